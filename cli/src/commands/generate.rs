@@ -1,0 +1,91 @@
+//! `sieve generate`: stream a completion of a prompt to stdout.
+
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use sieve_engine::chat::user_prompt;
+use sieve_engine::generate::{generate, GenerateOptions};
+use sieve_engine::sampling::SamplingParams;
+use sieve_engine::tokenizer::StreamDecoder;
+use sieve_engine::Precision;
+
+/// Arguments of `sieve generate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The prompt.
+    prompt: String,
+    /// Wrap the prompt in the model's chat template (ChatML) as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling mass (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Weight precision: f32 (reference) or fast (int8).
+    #[arg(long, default_value = "fast")]
+    precision: Precision,
+    /// Print timing and memory to stderr after the text.
+    #[arg(long)]
+    stats: bool,
+}
+
+/// Runs `sieve generate`.
+pub fn run(model_path: &Path, a: Args) -> Result<()> {
+    if a.prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let sampling = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    sampling.validate()?;
+    if a.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    let (tok, model) = super::load(model_path, a.precision)?;
+    let text = if a.chat { user_prompt(&a.prompt) } else { a.prompt.clone() };
+    let ids = tok.encode(&text)?;
+    let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_ids: tok.stop_ids().to_vec() };
+    let mut out = std::io::stdout().lock();
+    let mut dec = StreamDecoder::default();
+    let mut write_err = None;
+    let g = generate(&model, &ids, &opts, |id| {
+        let piece = dec.push(&tok, id);
+        match out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_err = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(e) = write_err {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(());
+        }
+        return Err(e.into());
+    }
+    writeln!(out, "{}", dec.finish())?;
+    if a.stats {
+        eprintln!(
+            "[{} prompt tokens, {} new, finish {:?}; prefill {:.1} tok/s, decode {:.1} tok/s; peak RSS {:.0} MiB]",
+            g.prompt_tokens,
+            g.tokens.len(),
+            g.finish,
+            g.prefill_tok_s(),
+            g.decode_tok_s(),
+            sieve_eval::bench::peak_rss_mb().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! One module per subcommand, plus the loading helpers they share.
+
+pub mod bench;
+pub mod eval;
+pub mod generate;
+pub mod info;
+pub mod tokenize;
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use sieve_engine::gguf::GgufFile;
+use sieve_engine::tokenizer::Tokenizer;
+use sieve_engine::{Model, Precision};
+
+/// Loads the tokenizer and the model at `precision`.
+pub fn load(path: &Path, precision: Precision) -> Result<(Tokenizer, Model)> {
+    let t0 = Instant::now();
+    let mut gguf = GgufFile::open(path).with_context(|| format!("loading model {}", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&gguf).context("building the tokenizer from the GGUF metadata")?;
+    let model = Model::from_gguf(&mut gguf, precision).with_context(|| format!("loading model {}", path.display()))?;
+    tracing::info!(ms = t0.elapsed().as_millis() as u64, ?precision, "model loaded");
+    Ok((tokenizer, model))
+}
+
+/// Loads only the tokenizer.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let gguf = GgufFile::open(path).with_context(|| format!("loading model {}", path.display()))?;
+    Tokenizer::from_gguf(&gguf).context("building the tokenizer from the GGUF metadata")
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

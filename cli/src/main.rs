@@ -1,0 +1,64 @@
+//! `sieve`: the command line of the sieve inference engine. Thin: parses arguments, loads the
+//! model, calls the engine and eval crates, renders text or JSON.
+
+mod commands;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// sieve: sparse LLM inference, measured.
+#[derive(Debug, Parser)]
+#[command(name = "sieve", version, about)]
+struct Cli {
+    /// GGUF model file (default: the model installed by ./scripts/setup.sh).
+    #[arg(long, global = true, env = "SIEVE_MODEL")]
+    model: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streamed to stdout.
+    Generate(commands::generate::Args),
+    /// Print the token ids of a text.
+    Tokenize(commands::tokenize::Args),
+    /// Evaluations (perplexity).
+    #[command(subcommand)]
+    Eval(commands::eval::EvalCommand),
+    /// Benchmarks (decode speed).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// Print the model's metadata and the engine's build.
+    Info(commands::info::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIEVE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let model = cli.model.unwrap_or_else(sieve_engine::paths::default_model_path);
+    match cli.command {
+        Command::Generate(a) => commands::generate::run(&model, a),
+        Command::Tokenize(a) => commands::tokenize::run(&model, a),
+        Command::Eval(c) => commands::eval::run(&model, c),
+        Command::Bench(c) => commands::bench::run(&model, c),
+        Command::Info(a) => commands::info::run(&model, a),
+    }
+}

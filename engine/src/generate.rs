@@ -1,0 +1,117 @@
+//! The generation loop: prefill the prompt, then decode token by token until a stop token,
+//! the token budget or the end of the context, streaming each token to a callback.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::model::{Logits, Model};
+use crate::sampling::{Sampler, SamplingParams};
+
+/// What a generation asks for.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Most new tokens; at least 1, at most the model's context.
+    pub max_tokens: usize,
+    /// Token choice.
+    pub sampling: SamplingParams,
+    /// Token ids that end the generation (not emitted).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token was produced.
+    Stop,
+    /// `max_tokens` were produced.
+    Length,
+    /// The context window is full.
+    ContextFull,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    /// New token ids (stop token excluded).
+    pub tokens: Vec<u32>,
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Time to run the prompt and produce the first logits.
+    pub prefill: Duration,
+    /// Time spent producing the tokens after the first.
+    pub decode: Duration,
+}
+
+impl Generation {
+    /// Prompt tokens per second of prefill.
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+    /// Decode steps per second (forward passes after the prefill).
+    pub fn decode_tok_s(&self) -> f64 {
+        let steps = self.tokens.len().saturating_sub(1);
+        if steps == 0 { 0.0 } else { steps as f64 / self.decode.as_secs_f64().max(1e-9) }
+    }
+}
+
+/// Checks a prompt and options against the model before any work.
+pub fn validate(model: &Model, prompt: &[u32], opts: &GenerateOptions) -> Result<()> {
+    let ctx = model.config().context_len;
+    if prompt.is_empty() {
+        return Err(EngineError::InvalidInput("the prompt is empty".into()));
+    }
+    if prompt.len() >= ctx {
+        return Err(EngineError::ContextOverflow { needed: prompt.len() + 1, max: ctx });
+    }
+    if opts.max_tokens == 0 {
+        return Err(EngineError::InvalidInput("max_tokens must be at least 1".into()));
+    }
+    if opts.max_tokens > ctx {
+        return Err(EngineError::InvalidInput(format!("max_tokens {} exceeds the model's context of {ctx}", opts.max_tokens)));
+    }
+    opts.sampling.validate()
+}
+
+/// Generates from `prompt`; `on_token` sees each new token id as it is chosen and may stop
+/// the generation by returning `ControlFlow::Break`.
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation> {
+    validate(model, prompt, opts)?;
+    let mut sampler = Sampler::new(opts.sampling)?;
+    let mut cache = model.new_cache();
+    let t0 = Instant::now();
+    let mut logits = model.forward(prompt, &mut cache, Logits::Last)?;
+    let prefill = t0.elapsed();
+    let t1 = Instant::now();
+    let mut tokens = Vec::new();
+    let finish = loop {
+        let next = sampler.sample(&logits);
+        if opts.stop_ids.contains(&next) {
+            break FinishReason::Stop;
+        }
+        tokens.push(next);
+        if on_token(next).is_break() {
+            break FinishReason::Cancelled;
+        }
+        if tokens.len() >= opts.max_tokens {
+            break FinishReason::Length;
+        }
+        if cache.len() >= cache.max_len() {
+            break FinishReason::ContextFull;
+        }
+        logits = model.forward(&[next], &mut cache, Logits::Last)?;
+    };
+    Ok(Generation { tokens, finish, prompt_tokens: prompt.len(), prefill, decode: t1.elapsed() })
+}

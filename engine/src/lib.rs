@@ -1,0 +1,25 @@
+//! sieve-engine: the model side of sieve.
+//!
+//! GGUF loading ([`gguf`]), the model's configuration ([`config`]) and weights in the
+//! layouts the kernels want ([`weights`]), the tokenizer ([`tokenizer`], [`chat`]), the Llama
+//! forward pass with its KV cache ([`model`], [`kv_cache`]), sampling ([`sampling`]) and the
+//! generation loop ([`generate`]).
+
+pub mod chat;
+pub mod error;
+pub mod gguf;
+pub mod paths;
+pub mod tokenizer;
+
+pub use error::{EngineError, Result};
+pub mod config;
+pub mod kv_cache;
+pub mod model;
+pub mod weights;
+
+pub use config::Config;
+pub use kv_cache::KvCache;
+pub use model::{Logits, Model};
+pub use weights::Precision;
+pub mod generate;
+pub mod sampling;

@@ -1,0 +1,228 @@
+//! The Llama forward pass: embeddings, blocks (RMSNorm, GQA attention with RoPE and the KV
+//! cache, SwiGLU MLP), final norm and LM head. One call handles a batch of consecutive
+//! positions: many for prefill (matrix-matrix products), one for decode (matrix-vector).
+
+use std::path::Path;
+
+use rayon::prelude::*;
+use sieve_kernels::ops::{self, Rope};
+use sieve_kernels::ActsQ8;
+
+use crate::config::Config;
+use crate::error::{EngineError, Result};
+use crate::gguf::GgufFile;
+use crate::kv_cache::KvCache;
+use crate::weights::{LayerWeights, Linear, Precision, Prepared, Weights};
+
+/// Which positions of a forward call need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (perplexity).
+    All,
+}
+
+/// A loaded model, ready to run.
+pub struct Model {
+    config: Config,
+    weights: Weights,
+    rope: Rope,
+}
+
+impl Model {
+    /// Loads the model in `path` at `precision`.
+    pub fn load(path: &Path, precision: Precision) -> Result<Self> {
+        let mut gguf = GgufFile::open(path)?;
+        Self::from_gguf(&mut gguf, precision)
+    }
+
+    /// Builds the model from an opened GGUF file.
+    pub fn from_gguf(gguf: &mut GgufFile, precision: Precision) -> Result<Self> {
+        let config = Config::from_gguf(gguf)?;
+        let weights = Weights::load(gguf, &config, precision)?;
+        let rope = Rope::new(config.head_dim, config.rope_dim, config.rope_theta, config.context_len);
+        Ok(Self { config, weights, rope })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The weights (for reports of size and precision).
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Precision the weights were loaded at.
+    pub fn precision(&self) -> Precision {
+        self.weights.precision
+    }
+
+    /// A fresh KV cache sized for the full context.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.n_layers, self.config.kv_dim(), self.config.context_len)
+    }
+
+    /// Runs `tokens` at the positions after those already in `cache`, appends their keys and
+    /// values, and returns logits: `vocab` values for [`Logits::Last`], `tokens.len() * vocab`
+    /// for [`Logits::All`].
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
+        let cfg = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(EngineError::InvalidInput("no tokens to run".into()));
+        }
+        let needed = cache.len() + n;
+        if needed > cache.max_len() || needed > self.rope.max_pos() {
+            return Err(EngineError::ContextOverflow { needed, max: cache.max_len().min(self.rope.max_pos()) });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(EngineError::InvalidInput(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size)));
+        }
+        let d = cfg.d_model;
+        let mut x = vec![0f32; n * d];
+        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
+            self.weights.token_embd.row_f32(t as usize, row);
+        }
+        let mut s = Scratch::new(cfg, n);
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            self.block(l, layer, &mut x, cache, &mut s)?;
+        }
+        cache.advance(n);
+
+        let rows: &[f32] = match logits {
+            Logits::Last => &x[(n - 1) * d..],
+            Logits::All => &x,
+        };
+        let m = rows.len() / d;
+        let mut normed = vec![0f32; m * d];
+        for (o, r) in normed.chunks_exact_mut(d).zip(rows.chunks_exact(d)) {
+            ops::rms_norm(r, &self.weights.output_norm, cfg.rms_eps, o);
+        }
+        let head = self.weights.lm_head();
+        let mut out = vec![0f32; m * head.rows()];
+        head.forward(&prepare(self.precision(), &normed, m, &mut s.qa)?, &mut out)?;
+        Ok(out)
+    }
+
+    fn block(&self, l: usize, w: &LayerWeights, x: &mut [f32], cache: &mut KvCache, s: &mut Scratch) -> Result<()> {
+        let cfg = &self.config;
+        let (n, d, kvd) = (s.n, cfg.d_model, cfg.kv_dim());
+        let p0 = cache.len();
+        let prec = self.precision();
+
+        for (o, r) in s.normed.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            ops::rms_norm(r, &w.attn_norm, cfg.rms_eps, o);
+        }
+        {
+            let a = prepare(prec, &s.normed, n, &mut s.qa)?;
+            w.wq.forward(&a, &mut s.q)?;
+            w.wk.forward(&a, &mut s.k)?;
+            w.wv.forward(&a, &mut s.v)?;
+        }
+        for t in 0..n {
+            self.rope.apply(&mut s.q[t * d..(t + 1) * d], p0 + t);
+            self.rope.apply(&mut s.k[t * kvd..(t + 1) * kvd], p0 + t);
+        }
+        cache.append(l, &s.k, &s.v);
+        let (keys, values) = cache.layer(l);
+        attention(cfg, &s.q, keys, values, p0, &mut s.attn);
+        add_projection(&w.wo, prec, &s.attn, n, &mut s.qa, &mut s.proj, x)?;
+
+        for (o, r) in s.normed.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            ops::rms_norm(r, &w.ffn_norm, cfg.rms_eps, o);
+        }
+        {
+            let m = prepare(prec, &s.normed, n, &mut s.qa)?;
+            w.w_gate.forward(&m, &mut s.gate)?;
+            w.w_up.forward(&m, &mut s.up)?;
+        }
+        ops::silu_mul(&mut s.gate, &s.up);
+        add_projection(&w.w_down, prec, &s.gate, n, &mut s.qa, &mut s.proj, x)?;
+        Ok(())
+    }
+}
+
+/// `x += W input`, quantizing `input` first on the fast path.
+fn add_projection(
+    w: &Linear,
+    prec: Precision,
+    input: &[f32],
+    n: usize,
+    qa: &mut ActsQ8,
+    proj: &mut [f32],
+    x: &mut [f32],
+) -> Result<()> {
+    w.forward(&prepare(prec, input, n, qa)?, proj)?;
+    for (xi, pi) in x.iter_mut().zip(proj.iter()) {
+        *xi += pi;
+    }
+    Ok(())
+}
+
+/// `n` activation rows prepared for [`Linear::forward`] at `prec` (quantized into `qa` on the
+/// fast path, so projections that share an input quantize it once).
+fn prepare<'a>(prec: Precision, x: &'a [f32], n: usize, qa: &'a mut ActsQ8) -> Result<Prepared<'a>> {
+    match prec {
+        Precision::F32 => Ok(Prepared::F32 { x, n }),
+        Precision::Fast => {
+            qa.quantize_from(x, n, x.len() / n)?;
+            Ok(Prepared::Q8(qa))
+        }
+    }
+}
+
+/// Causal GQA attention of `n` query rows at positions `p0..p0+n` over the cached keys and
+/// values (which already include these positions). Heads run in parallel.
+fn attention(cfg: &Config, q: &[f32], keys: &[f32], values: &[f32], p0: usize, out: &mut [f32]) {
+    let (hd, nh, kvd) = (cfg.head_dim, cfg.n_heads, cfg.kv_dim());
+    let group = cfg.n_heads / cfg.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / nh, i % nh);
+        let g = h / group;
+        let qh = &q[t * nh * hd + h * hd..][..hd];
+        let len = p0 + t + 1;
+        let mut scores: Vec<f32> = (0..len).map(|j| ops::dot(qh, &keys[j * kvd + g * hd..][..hd]) * scale).collect();
+        ops::softmax(&mut scores);
+        o.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            ops::axpy(p, &values[j * kvd + g * hd..][..hd], o);
+        }
+    });
+}
+
+/// Per-call buffers of one forward pass.
+struct Scratch {
+    n: usize,
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    qa: ActsQ8,
+}
+
+impl Scratch {
+    fn new(cfg: &Config, n: usize) -> Self {
+        let (d, f, kv) = (cfg.d_model, cfg.d_ff, cfg.kv_dim());
+        Self {
+            n,
+            normed: vec![0.0; n * d],
+            q: vec![0.0; n * d],
+            k: vec![0.0; n * kv],
+            v: vec![0.0; n * kv],
+            attn: vec![0.0; n * d],
+            proj: vec![0.0; n * d],
+            gate: vec![0.0; n * f],
+            up: vec![0.0; n * f],
+            qa: ActsQ8::default(),
+        }
+    }
+
+}

@@ -1,0 +1,189 @@
+//! The model's weights in the layouts and precisions the kernels read.
+//!
+//! Every matrix is dequantized from the GGUF to f32 first, then kept as f32 (the reference
+//! path) or re-quantized to int8 blocks of 32 (the fast path). The GGUF's Q8_0 tensors
+//! round-trip exactly; Q4_1 values gain at most half an int8 step of error.
+
+use serde::Serialize;
+use sieve_kernels::{ActsQ8, MatF32, MatQ8, QK};
+
+use crate::config::Config;
+use crate::error::{EngineError, Result};
+use crate::gguf::GgufFile;
+
+/// Numeric precision of the weights and of the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights and activations: the reference.
+    F32,
+    /// int8 weights and int8-quantized activations, f32 accumulation of block sums.
+    Fast,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "fast" | "int8" => Ok(Self::Fast),
+            _ => Err(EngineError::InvalidInput(format!("unknown precision '{s}' (expected f32 or fast)"))),
+        }
+    }
+}
+
+/// One weight matrix, row-major (`rows` outputs x `cols` inputs).
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// Reference precision.
+    F32(MatF32),
+    /// Fast precision.
+    Q8(MatQ8),
+}
+
+impl Linear {
+    fn new(precision: Precision, rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        Ok(match precision {
+            Precision::F32 => Linear::F32(MatF32::new(rows, cols, data)?),
+            Precision::Fast => Linear::Q8(MatQ8::quantize(rows, cols, &data)?),
+        })
+    }
+    /// Outputs.
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::F32(m) => m.rows(),
+            Linear::Q8(m) => m.rows(),
+        }
+    }
+    /// Inputs.
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::F32(m) => m.cols(),
+            Linear::Q8(m) => m.cols(),
+        }
+    }
+    /// Bytes of weights (and scales).
+    pub fn bytes(&self) -> usize {
+        match self {
+            Linear::F32(m) => m.bytes(),
+            Linear::Q8(m) => m.bytes(),
+        }
+    }
+    /// Row `r` in f32 (embedding lookup).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Linear::F32(m) => out.copy_from_slice(m.row(r)),
+            Linear::Q8(m) => m.dequantize_row(r, out),
+        }
+    }
+    /// `out[t] = W x[t]` for the prepared activation rows.
+    pub fn forward(&self, x: &Prepared<'_>, out: &mut [f32]) -> Result<()> {
+        match (self, x) {
+            (Linear::F32(w), Prepared::F32 { x, n }) => sieve_kernels::matmul_f32(w, x, *n, out)?,
+            (Linear::Q8(w), Prepared::Q8(q)) => sieve_kernels::matmul_q8(w, q, out)?,
+            _ => return Err(EngineError::InvalidInput("activations prepared for the other precision".into())),
+        }
+        Ok(())
+    }
+}
+
+/// Activation rows ready for [`Linear::forward`]: as they are (f32) or quantized once and
+/// shared by every projection that reads them (q, k and v; gate and up).
+pub enum Prepared<'a> {
+    /// f32 rows.
+    F32 { x: &'a [f32], n: usize },
+    /// int8 rows.
+    Q8(&'a ActsQ8),
+}
+
+/// Weights of one transformer block.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub wo: Linear,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Linear,
+    pub w_up: Linear,
+    pub w_down: Linear,
+}
+
+/// All weights of the model.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub precision: Precision,
+    pub token_embd: Linear,
+    /// Separate output head; `None` when tied to the embedding.
+    pub output: Option<Linear>,
+    pub output_norm: Vec<f32>,
+    pub layers: Vec<LayerWeights>,
+}
+
+impl Weights {
+    /// Loads every tensor of `cfg`'s architecture from `gguf`.
+    pub fn load(gguf: &mut GgufFile, cfg: &Config, precision: Precision) -> Result<Self> {
+        let (d, f, kv) = (cfg.d_model, cfg.d_ff, cfg.kv_dim());
+        if precision == Precision::Fast {
+            for (what, n) in [("embedding_length", d), ("feed_forward_length", f)] {
+                if n % QK != 0 {
+                    return Err(EngineError::Metadata {
+                        key: what.into(),
+                        reason: format!("{n} is not a multiple of {QK}; use --precision f32"),
+                    });
+                }
+            }
+        }
+        let has_output = gguf.tensor_shape("output.weight").is_some();
+        let mut mat = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
+            let data = gguf.read_f32(name, &[rows, cols])?;
+            Linear::new(precision, rows, cols, data)
+        };
+        let token_embd = mat("token_embd.weight", cfg.vocab_size, d)?;
+        let output = if has_output {
+            Some(mat("output.weight", cfg.vocab_size, d)?)
+        } else {
+            None
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let n = |s: &str| format!("blk.{l}.{s}.weight");
+            layers.push(LayerWeights {
+                wq: mat(&n("attn_q"), d, d)?,
+                wk: mat(&n("attn_k"), kv, d)?,
+                wv: mat(&n("attn_v"), kv, d)?,
+                wo: mat(&n("attn_output"), d, d)?,
+                w_gate: mat(&n("ffn_gate"), f, d)?,
+                w_up: mat(&n("ffn_up"), f, d)?,
+                w_down: mat(&n("ffn_down"), d, f)?,
+                attn_norm: Vec::new(),
+                ffn_norm: Vec::new(),
+            });
+        }
+        for (l, layer) in layers.iter_mut().enumerate() {
+            layer.attn_norm = gguf.read_f32(&format!("blk.{l}.attn_norm.weight"), &[d])?;
+            layer.ffn_norm = gguf.read_f32(&format!("blk.{l}.ffn_norm.weight"), &[d])?;
+        }
+        let output_norm = gguf.read_f32("output_norm.weight", &[d])?;
+        Ok(Self { precision, token_embd, output, output_norm, layers })
+    }
+
+    /// The matrix that maps the final hidden state to logits.
+    pub fn lm_head(&self) -> &Linear {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
+    /// Bytes held by all weights.
+    pub fn bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down].iter().map(|m| m.bytes()).sum::<usize>()
+                    + 4 * (l.attn_norm.len() + l.ffn_norm.len())
+            })
+            .sum();
+        layers + self.token_embd.bytes() + self.output.as_ref().map_or(0, Linear::bytes) + 4 * self.output_norm.len()
+    }
+}

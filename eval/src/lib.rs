@@ -1,0 +1,10 @@
+//! sieve-eval: measurements over a loaded model — perplexity over corpus windows
+//! ([`perplexity`]) and the decode benchmark ([`bench`]) — as plain data that the CLI renders
+//! as text or JSON.
+
+pub mod bench;
+pub mod corpus;
+pub mod error;
+pub mod perplexity;
+
+pub use error::EvalError;

@@ -1,0 +1,279 @@
+//! x86-64 AVX2 + FMA inner loops. Callers guarantee the CPU supports both features and that
+//! slice lengths match (q8: blocks of 32 values, one scale per block).
+
+use std::arch::x86_64::*;
+
+use crate::QK;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY (whole fn): register-only intrinsics; the caller enabled avx2.
+    unsafe {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at an index + 8 <= n.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * k;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum(v);
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let mut i = 0;
+    // SAFETY: every load/store touches 8 floats at an index + 8 <= n.
+    unsafe {
+        let av = _mm256_set1_ps(a);
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        while i + 8 <= n {
+            let r = _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(py.add(i)));
+            _mm256_storeu_ps(py.add(i), r);
+            i += 8;
+        }
+    }
+    while i < n {
+        y[i] += a * x[i];
+        i += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
+    let nb = ws.len().min(xs.len()).min(wq.len() / QK).min(xq.len() / QK);
+    // SAFETY: block b reads bytes [32b, 32b + 32) of each slice, b < nb.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut b = 0;
+        while b + 2 <= nb {
+            for (k, acc) in [&mut acc0, &mut acc1].into_iter().enumerate() {
+                let o = (b + k) * QK;
+                let w = _mm256_loadu_si256(wq.as_ptr().add(o) as *const __m256i);
+                let x = _mm256_loadu_si256(xq.as_ptr().add(o) as *const __m256i);
+                let p = _mm256_cvtepi32_ps(block_i32(_mm256_abs_epi8(w), w, x, ones));
+                *acc = _mm256_fmadd_ps(_mm256_set1_ps(ws[b + k] * xs[b + k]), p, *acc);
+            }
+            b += 2;
+        }
+        if b < nb {
+            let o = b * QK;
+            let w = _mm256_loadu_si256(wq.as_ptr().add(o) as *const __m256i);
+            let x = _mm256_loadu_si256(xq.as_ptr().add(o) as *const __m256i);
+            let p = _mm256_cvtepi32_ps(block_i32(_mm256_abs_epi8(w), w, x, ones));
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ws[b] * xs[b]), p, acc0);
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+}
+
+
+/// Sums of four vectors at once: lane `k` of the result is the sum of all lanes of `v[k]`.
+#[inline(always)]
+unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
+    // SAFETY: register-only intrinsics; the caller enabled avx2.
+    unsafe {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+    }
+}
+
+#[inline(always)]
+unsafe fn to_array(v: __m128) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    // SAFETY: `out` has room for the four floats of an unaligned store.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// `R` consecutive f32 rows (`w`: `R * cols` values) times one activation row `x` (`cols`).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_rows_x1<const R: usize>(w: &[f32], cols: usize, x: &[f32]) -> [f32; R] {
+    let mut out = [0f32; R];
+    if w.len() < R * cols || x.len() < cols {
+        return out;
+    }
+    let (pw, px) = (w.as_ptr(), x.as_ptr());
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at column i with i + 8 <= cols, of a row r < R.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); R];
+        while i + 8 <= cols {
+            let xv = _mm256_loadu_ps(px.add(i));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(r * cols + i)), xv, *a);
+            }
+            i += 8;
+        }
+        if R == 4 {
+            out.copy_from_slice(&to_array(hsum4([acc[0], acc[1], acc[2], acc[3]])));
+        } else {
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = hsum(a);
+            }
+        }
+    }
+    for i in i..cols {
+        for (r, o) in out.iter_mut().enumerate() {
+            *o += w[r * cols + i] * x[i];
+        }
+    }
+    out
+}
+
+/// `R` consecutive f32 rows times four activation rows: `out[r][t] = w[r] · x[t]`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_rows_x4<const R: usize>(w: &[f32], cols: usize, x: [&[f32]; 4]) -> [[f32; 4]; R] {
+    let mut out = [[0f32; 4]; R];
+    if w.len() < R * cols || x.iter().any(|xt| xt.len() < cols) {
+        return out;
+    }
+    let pw = w.as_ptr();
+    let px = x.map(|xt| xt.as_ptr());
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at column i with i + 8 <= cols, of a row r < R or
+    // of one of the four activation rows.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        while i + 8 <= cols {
+            let xv = px.map(|p| _mm256_loadu_ps(p.add(i)));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = _mm256_loadu_ps(pw.add(r * cols + i));
+                for t in 0..4 {
+                    a[t] = _mm256_fmadd_ps(wv, xv[t], a[t]);
+                }
+            }
+            i += 8;
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = to_array(hsum4(a));
+        }
+    }
+    for i in i..cols {
+        for (r, o) in out.iter_mut().enumerate() {
+            for t in 0..4 {
+                o[t] += w[r * cols + i] * x[t][i];
+            }
+        }
+    }
+    out
+}
+
+/// Signed int8 products of one 32-value block summed in pairs: 8 lanes of i32.
+/// `w_abs` is `|w|` (as unsigned bytes, so -128 reads 128); `x` is in [-127, 127].
+#[inline(always)]
+unsafe fn block_i32(w_abs: __m256i, w: __m256i, x: __m256i, ones: __m256i) -> __m256i {
+    // SAFETY: register-only intrinsics; the caller enabled avx2. maddubs: |w| <= 128 times
+    // x with w's sign moved onto it (|x| <= 127, so the sign move cannot wrap); each i16 lane
+    // is at most 2 * 128 * 127 = 32512 and cannot saturate.
+    unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(w_abs, _mm256_sign_epi8(x, w)), ones) }
+}
+
+/// `R` consecutive int8 rows (`wq`: `R * nb * 32` values, `ws`: `R * nb` scales) times one
+/// quantized activation row (`xq`: `nb * 32` values, `xs`: `nb` scales).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q8_rows_x1<const R: usize>(wq: &[i8], ws: &[f32], nb: usize, xq: &[i8], xs: &[f32]) -> [f32; R] {
+    let mut out = [0f32; R];
+    if wq.len() < R * nb * QK || ws.len() < R * nb || xq.len() < nb * QK || xs.len() < nb {
+        return out;
+    }
+    let (pw, px, pws, pxs) = (wq.as_ptr(), xq.as_ptr(), ws.as_ptr(), xs.as_ptr());
+    // SAFETY: block b < nb of row r < R reads values [(r * nb + b) * 32, +32) and scale
+    // r * nb + b, all inside the slices checked above; likewise for the activations.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let x = _mm256_loadu_si256(px.add(b * QK) as *const __m256i);
+            let sx = _mm256_broadcast_ss(&*pxs.add(b));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let w = _mm256_loadu_si256(pw.add((r * nb + b) * QK) as *const __m256i);
+                let p = block_i32(_mm256_abs_epi8(w), w, x, ones);
+                let d = _mm256_mul_ps(_mm256_broadcast_ss(&*pws.add(r * nb + b)), sx);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, *a);
+            }
+        }
+        if R == 4 {
+            out.copy_from_slice(&to_array(hsum4([acc[0], acc[1], acc[2], acc[3]])));
+        } else {
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = hsum(a);
+            }
+        }
+    }
+    out
+}
+
+/// `R` consecutive int8 rows times four quantized activation rows: `out[r][t] = w[r] · x[t]`.
+/// `xst` holds the activation scales transposed, `xst[4 * b + t]` = scale of block b of
+/// token t, so one load fetches a block's four token scales.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q8_rows_x4<const R: usize>(
+    wq: &[i8],
+    ws: &[f32],
+    nb: usize,
+    xq: [&[i8]; 4],
+    xst: &[f32],
+) -> [[f32; 4]; R] {
+    let mut out = [[0f32; 4]; R];
+    if wq.len() < R * nb * QK || ws.len() < R * nb || xq.iter().any(|x| x.len() < nb * QK) || xst.len() < 4 * nb {
+        return out;
+    }
+    let (pw, pws, pxs) = (wq.as_ptr(), ws.as_ptr(), xst.as_ptr());
+    let px = xq.map(|x| x.as_ptr());
+    // SAFETY: block b < nb of row r < R reads values [(r * nb + b) * 32, +32) and scale
+    // r * nb + b; of token t, values [b * 32, +32) and scale 4 * b + t: all inside the
+    // slices checked above.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        // Lanes t and t + 4 of acc[r] both accumulate row r against token t.
+        let mut acc = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let x = px.map(|p| _mm256_loadu_si256(p.add(b * QK) as *const __m256i));
+            let s4 = _mm256_broadcast_ps(&*(pxs.add(4 * b) as *const __m128));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let w = _mm256_loadu_si256(pw.add((r * nb + b) * QK) as *const __m256i);
+                let wa = _mm256_abs_epi8(w);
+                let p = x.map(|xt| block_i32(wa, w, xt, ones));
+                // [t0 t1 t2 t3 | t0 t1 t2 t3]: partial sums of each token's block dot.
+                let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+                let d = _mm256_mul_ps(_mm256_broadcast_ss(&*pws.add(r * nb + b)), s4);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), d, *a);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = to_array(_mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
+        }
+    }
+    out
+}

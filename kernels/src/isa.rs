@@ -1,0 +1,45 @@
+//! Run-time choice of the instruction set the kernels use.
+//!
+//! Detected once per process. `SIEVE_ISA=scalar` forces the portable fallback, which the tests
+//! use to check the SIMD paths against it.
+
+use std::sync::OnceLock;
+
+/// An instruction set the kernels have an implementation for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust, no explicit SIMD.
+    Scalar,
+    /// x86-64 AVX2 + FMA.
+    Avx2,
+}
+
+impl Isa {
+    /// Lower-case name, as printed by `sieve info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2+fma",
+        }
+    }
+}
+
+/// The best instruction set this CPU supports.
+pub fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Scalar
+}
+
+/// The instruction set in use: [`detect`], unless `SIEVE_ISA=scalar` asks for the fallback.
+pub fn active() -> Isa {
+    static ACTIVE: OnceLock<Isa> = OnceLock::new();
+    *ACTIVE.get_or_init(|| match std::env::var("SIEVE_ISA").as_deref() {
+        Ok("scalar") => Isa::Scalar,
+        _ => detect(),
+    })
+}

@@ -1,0 +1,20 @@
+//! sieve-kernels: the compute kernels of sieve, as pure functions over slices.
+//!
+//! Matrices are row-major (`rows` outputs x `cols` inputs). Two precisions:
+//! - [`MatF32`]: the f32 reference path;
+//! - [`MatQ8`]: the fast path, int8 weights in blocks of [`QK`] along each row with one f32
+//!   scale per block, multiplied against activations quantized the same way ([`ActsQ8`]).
+//!
+//! Products dispatch at run time to the best instruction set the CPU has ([`isa`]) and split
+//! rows over the rayon pool. No model code lives here.
+
+mod cpu;
+pub mod error;
+pub mod isa;
+pub mod matmul;
+pub mod ops;
+pub mod quant;
+
+pub use error::KernelError;
+pub use matmul::{matmul_f32, matmul_q8};
+pub use quant::{ActsQ8, MatF32, MatQ8, QK};

@@ -1,0 +1,184 @@
+//! Weight and activation containers, and the int8 block quantization of the fast path.
+
+use crate::KernelError;
+
+/// Values per quantization block (along the contiguous axis), as in GGML's Q8_0.
+pub const QK: usize = 32;
+
+fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), KernelError> {
+    if expected == got { Ok(()) } else { Err(KernelError::Length { what, expected, got }) }
+}
+
+/// `a * b`, or a shape error when it does not fit in `usize`.
+fn product(what: &'static str, a: usize, b: usize) -> Result<usize, KernelError> {
+    a.checked_mul(b).ok_or_else(|| KernelError::Shape(format!("{what}: {a} x {b} overflows")))
+}
+
+fn check_block(what: &'static str, cols: usize) -> Result<(), KernelError> {
+    if cols % QK == 0 { Ok(()) } else { Err(KernelError::Block { what, cols, block: QK }) }
+}
+
+/// A row-major f32 matrix: `rows` outputs, each a contiguous row of `cols` inputs.
+#[derive(Debug, Clone)]
+pub struct MatF32 {
+    rows: usize,
+    cols: usize,
+    data: Vec<f32>,
+}
+
+impl MatF32 {
+    /// Wraps `data` (row-major, `rows * cols` values).
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, KernelError> {
+        check_len("MatF32 data", product("MatF32", rows, cols)?, data.len())?;
+        Ok(Self { rows, cols, data })
+    }
+    /// Number of rows (outputs).
+    pub fn rows(&self) -> usize { self.rows }
+    /// Number of columns (inputs).
+    pub fn cols(&self) -> usize { self.cols }
+    /// All values, row-major.
+    pub fn data(&self) -> &[f32] { &self.data }
+    /// Row `r` (panics if out of range: callers index with their own loop bounds).
+    pub fn row(&self, r: usize) -> &[f32] { &self.data[r * self.cols..(r + 1) * self.cols] }
+    /// Bytes held by the weights.
+    pub fn bytes(&self) -> usize { self.data.len() * 4 }
+    /// Rows `r..r + count`, contiguous (panics if out of range).
+    pub(crate) fn rows_data(&self, r: usize, count: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + count) * self.cols]
+    }
+}
+
+/// A row-major int8 matrix with one f32 scale per block of [`QK`] values of a row.
+#[derive(Debug, Clone)]
+pub struct MatQ8 {
+    rows: usize,
+    cols: usize,
+    qs: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl MatQ8 {
+    /// Wraps already-quantized blocks: `qs` row-major (`rows * cols`), `scales` one per block.
+    pub fn from_parts(rows: usize, cols: usize, qs: Vec<i8>, scales: Vec<f32>) -> Result<Self, KernelError> {
+        check_block("MatQ8", cols)?;
+        let len = product("MatQ8", rows, cols)?;
+        check_len("MatQ8 values", len, qs.len())?;
+        check_len("MatQ8 scales", len / QK, scales.len())?;
+        Ok(Self { rows, cols, qs, scales })
+    }
+
+    /// Quantizes a row-major f32 matrix (symmetric, absmax per block, values in [-127, 127]).
+    pub fn quantize(rows: usize, cols: usize, data: &[f32]) -> Result<Self, KernelError> {
+        check_block("MatQ8", cols)?;
+        check_len("MatQ8 source", product("MatQ8", rows, cols)?, data.len())?;
+        let mut qs = vec![0i8; data.len()];
+        let mut scales = vec![0f32; data.len() / QK];
+        quantize_blocks(data, &mut qs, &mut scales);
+        Ok(Self { rows, cols, qs, scales })
+    }
+
+    /// Number of rows (outputs).
+    pub fn rows(&self) -> usize { self.rows }
+    /// Number of columns (inputs).
+    pub fn cols(&self) -> usize { self.cols }
+    /// Quantized values of row `r`.
+    pub fn row_qs(&self, r: usize) -> &[i8] { &self.qs[r * self.cols..(r + 1) * self.cols] }
+    /// Block scales of row `r`.
+    pub fn row_scales(&self, r: usize) -> &[f32] {
+        let b = self.cols / QK;
+        &self.scales[r * b..(r + 1) * b]
+    }
+    /// Values of rows `r..r + count`, contiguous (panics if out of range).
+    pub(crate) fn rows_qs(&self, r: usize, count: usize) -> &[i8] {
+        &self.qs[r * self.cols..(r + count) * self.cols]
+    }
+    /// Block scales of rows `r..r + count`, contiguous (panics if out of range).
+    pub(crate) fn rows_scales(&self, r: usize, count: usize) -> &[f32] {
+        let b = self.cols / QK;
+        &self.scales[r * b..(r + count) * b]
+    }
+    /// Row `r` back in f32.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        for ((o, q), s) in out.chunks_mut(QK).zip(self.row_qs(r).chunks(QK)).zip(self.row_scales(r)) {
+            for (oi, &qi) in o.iter_mut().zip(q) {
+                *oi = qi as f32 * s;
+            }
+        }
+    }
+    /// Bytes held by the weights and scales.
+    pub fn bytes(&self) -> usize { self.qs.len() + self.scales.len() * 4 }
+}
+
+/// `n` activation rows of `cols` values, quantized like [`MatQ8`] rows.
+#[derive(Debug, Clone, Default)]
+pub struct ActsQ8 {
+    n: usize,
+    cols: usize,
+    qs: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl ActsQ8 {
+    /// Quantizes `n` rows of `cols` values (`x.len() == n * cols`), reusing this buffer.
+    pub fn quantize_from(&mut self, x: &[f32], n: usize, cols: usize) -> Result<(), KernelError> {
+        check_block("ActsQ8", cols)?;
+        check_len("ActsQ8 source", product("ActsQ8", n, cols)?, x.len())?;
+        self.n = n;
+        self.cols = cols;
+        self.qs.resize(x.len(), 0);
+        self.scales.resize(x.len() / QK, 0.0);
+        quantize_blocks(x, &mut self.qs, &mut self.scales);
+        Ok(())
+    }
+    /// Number of rows (tokens).
+    pub fn n(&self) -> usize { self.n }
+    /// Values per row.
+    pub fn cols(&self) -> usize { self.cols }
+    /// Quantized values of row `t`.
+    pub fn row_qs(&self, t: usize) -> &[i8] { &self.qs[t * self.cols..(t + 1) * self.cols] }
+    /// Block scales of row `t`.
+    pub fn row_scales(&self, t: usize) -> &[f32] {
+        let b = self.cols / QK;
+        &self.scales[t * b..(t + 1) * b]
+    }
+}
+
+/// Absmax int8 quantization of whole blocks; `x.len()` is a multiple of [`QK`].
+fn quantize_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
+    for ((xb, qb), s) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(scales.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+        *s = d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_round_trips_within_half_a_step() {
+        let data: Vec<f32> = (0..64 * 3).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let m = MatQ8::quantize(3, 64, &data).unwrap();
+        let mut row = vec![0f32; 64];
+        for r in 0..3 {
+            m.dequantize_row(r, &mut row);
+            for (b, (&a, &d)) in data[r * 64..(r + 1) * 64].iter().zip(&row).enumerate() {
+                let step = m.row_scales(r)[b / QK];
+                assert!((a - d).abs() <= step * 0.5 + 1e-6, "{a} vs {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        assert!(matches!(MatQ8::quantize(1, 33, &[0.0; 33]), Err(KernelError::Block { .. })));
+        assert!(matches!(MatF32::new(2, 2, vec![0.0; 3]), Err(KernelError::Length { .. })));
+        let mut a = ActsQ8::default();
+        assert!(a.quantize_from(&[0.0; 64], 3, 32).is_err());
+    }
+}
