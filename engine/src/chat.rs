@@ -94,7 +94,8 @@ fn push_turn(out: &mut String, role: &str, content: &str) {
 mod tests {
     use super::*;
 
-    const SYS: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+    const SYS: &str =
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
 
     #[test]
     fn single_user_message_gets_default_system_prompt() {

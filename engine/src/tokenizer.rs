@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use rayon::prelude::*;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
@@ -85,10 +85,7 @@ impl Tokenizer {
             None => vec![1; n],
         };
         if types.len() != n {
-            return Err(meta_err(
-                "tokenizer.ggml.token_type",
-                format!("{} entries for {} tokens", types.len(), n),
-            ));
+            return Err(meta_err("tokenizer.ggml.token_type", format!("{} entries for {} tokens", types.len(), n)));
         }
         let merges = gguf.get_str_array("tokenizer.ggml.merges")?;
         let opt_id = |key: &str| -> Result<Option<u32>> {
@@ -102,7 +99,8 @@ impl Tokenizer {
             Ok(Some(id as u32))
         };
         let bos = opt_id("tokenizer.ggml.bos_token_id")?;
-        let eos = opt_id("tokenizer.ggml.eos_token_id")?.ok_or_else(|| meta_err("tokenizer.ggml.eos_token_id", "missing"))?;
+        let eos =
+            opt_id("tokenizer.ggml.eos_token_id")?.ok_or_else(|| meta_err("tokenizer.ggml.eos_token_id", "missing"))?;
         let add_bos = match gguf.metadata().get("tokenizer.ggml.add_bos_token") {
             Some(candle_core::quantized::gguf_file::Value::Bool(b)) => *b,
             _ => false,
@@ -187,7 +185,7 @@ impl Tokenizer {
         }
         let mut special_first = [false; 256];
         let mut can_split = true;
-        for (_, t) in tokens.iter().enumerate().filter(|(i, _)| special[*i]) {
+        for (t, _) in tokens.iter().zip(&special).filter(|(_, s)| **s) {
             if let Some(&b0) = t.as_bytes().first() {
                 special_first[b0 as usize] = true;
             }
@@ -529,7 +527,10 @@ mod tests {
             let (a, b) = (w[0].as_bytes(), w[1].as_bytes());
             assert_eq!(*a.last().unwrap(), b'\n');
             let first = b[0];
-            let ok = (first == b' ' && b.len() > 1 && b[1].is_ascii_alphabetic() | b[1].is_ascii_punctuation() && b[1] != b'<')
+            let ok = (first == b' '
+                && b.len() > 1
+                && b[1].is_ascii_alphabetic() | b[1].is_ascii_punctuation()
+                && b[1] != b'<')
                 || (first != b' ' && a.len() >= 2 && !a[a.len() - 2].is_ascii_whitespace());
             assert!(ok, "unsafe cut between {:?} and {:?}", w[0], w[1]);
         }

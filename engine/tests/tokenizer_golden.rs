@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde_json::Value;
-use sieve_engine::chat::{chat_prompt, user_prompt, ChatMessage};
+use sieve_engine::EngineError;
+use sieve_engine::chat::{ChatMessage, chat_prompt, user_prompt};
 use sieve_engine::gguf::GgufFile;
 use sieve_engine::tokenizer::{StreamDecoder, Tokenizer};
-use sieve_engine::EngineError;
 
 struct Case {
     name: String,
@@ -224,14 +224,4 @@ fn other_tokenizer_models_are_refused() {
     let _ = std::fs::remove_file(&path);
     assert!(matches!(err, EngineError::Tokenizer(_)), "{err:?}");
     assert!(err.to_string().contains("'llama'") && err.to_string().contains("gpt2"), "{err}");
-}
-
-#[test]
-#[ignore]
-fn tmp_dump() {
-    let tok = tokenizer();
-    let inp = std::fs::read_to_string("/tmp/tokcmp/in.json").unwrap();
-    let texts: Vec<String> = serde_json::from_str(&inp).unwrap();
-    let out: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
-    std::fs::write("/tmp/tokcmp/rust.json", serde_json::to_string(&out).unwrap()).unwrap();
 }
