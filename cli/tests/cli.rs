@@ -131,7 +131,7 @@ fn bad_generation_requests_are_refused() {
     assert_fails_with(&sieve(&["generate", ""]), "prompt is empty");
     assert_fails_with(&sieve(&["generate", "--max-tokens", "0", "hi"]), "--max-tokens must be at least 1");
     assert_fails_with(&sieve(&["generate", "--max-tokens", "100000000", "hi"]), "exceeds the model's context");
-    assert_fails_with(&sieve(&["generate", "--temperature", "-1", "hi"]), "temperature");
+    assert_fails_with(&sieve(&["generate", "--temperature=-1", "hi"]), "temperature");
     assert_fails_with(&sieve(&["generate", "--top-p", "0", "hi"]), "top_p");
     let long = "word ".repeat(9000);
     assert_fails_with(&sieve(&["generate", &long]), "context overflow");
