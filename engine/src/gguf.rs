@@ -147,6 +147,27 @@ impl GgufFile {
     }
 }
 
+impl GgufFile {
+    /// Reads tensor `name` as stored (GGML block bytes), after checking its shape.
+    pub fn read_raw(&mut self, name: &str, shape: &[usize]) -> Result<(GgmlDType, Vec<u8>)> {
+        let info = self.content.tensor_infos.get(name).ok_or_else(|| tensor_err(name, "missing from the file"))?;
+        if info.shape.dims() != shape {
+            return Err(tensor_err(name, &format!("shape {:?}, expected {:?}", info.shape.dims(), shape)));
+        }
+        let dtype = info.ggml_dtype;
+        let path = self.path.clone();
+        let (content, reader) = (&self.content, &mut self.reader);
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> candle_core::Result<Vec<u8>> {
+            Ok(content.tensor(reader, name, &Device::Cpu)?.data()?.into_owned())
+        }));
+        match read {
+            Ok(Ok(v)) => Ok((dtype, v)),
+            Ok(Err(e)) => Err(gguf_err(&path, format!("tensor {name}: {e}"))),
+            Err(_) => Err(gguf_err(&path, format!("tensor {name}: malformed data"))),
+        }
+    }
+}
+
 fn gguf_err(path: &Path, reason: String) -> EngineError {
     EngineError::Gguf { path: path.to_path_buf(), reason }
 }

@@ -1,11 +1,12 @@
 //! The model's weights in the layouts and precisions the kernels read.
 //!
-//! Every matrix is dequantized from the GGUF to f32 first, then kept as f32 (the reference
-//! path) or re-quantized to int8 blocks of 32 (the fast path). The GGUF's Q8_0 tensors
-//! round-trip exactly; Q4_1 values gain at most half an int8 step of error.
+//! The reference path dequantizes every matrix to f32. The fast path keeps Q4_1 tensors in
+//! their own blocks (the bytes llama.cpp reads) and re-quantizes everything else to int8
+//! blocks of 32 (the GGUF's Q8_0 embedding round-trips exactly).
 
 use serde::Serialize;
-use sieve_kernels::{ActsQ8, MatF32, MatQ8, QK};
+use candle_core::quantized::GgmlDType;
+use sieve_kernels::{ActsQ8, MatF32, MatQ4_1, MatQ8, QK};
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
@@ -17,7 +18,8 @@ use crate::gguf::GgufFile;
 pub enum Precision {
     /// f32 weights and activations: the reference.
     F32,
-    /// int8 weights and int8-quantized activations, f32 accumulation of block sums.
+    /// Q4_1 (as stored) or int8 weights, int8-quantized activations, f32 accumulation of
+    /// integer block sums.
     Fast,
 }
 
@@ -37,12 +39,21 @@ impl std::str::FromStr for Precision {
 pub enum Linear {
     /// Reference precision.
     F32(MatF32),
-    /// Fast precision.
+    /// Fast precision, int8 blocks (tensors not stored as Q4_1).
     Q8(MatQ8),
+    /// Fast precision, the GGUF's own Q4_1 blocks.
+    Q4(MatQ4_1),
 }
 
 impl Linear {
-    fn new(precision: Precision, rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+    /// Reads tensor `name` (`rows x cols`) at `precision`: f32 for the reference path; on the
+    /// fast path Q4_1 tensors keep their blocks and everything else becomes int8.
+    fn read(gguf: &mut GgufFile, name: &str, precision: Precision, rows: usize, cols: usize) -> Result<Self> {
+        if precision == Precision::Fast && gguf.tensor_dtype(name) == Some(GgmlDType::Q4_1) {
+            let (_, raw) = gguf.read_raw(name, &[rows, cols])?;
+            return Ok(Linear::Q4(MatQ4_1::from_ggml(rows, cols, &raw)?));
+        }
+        let data = gguf.read_f32(name, &[rows, cols])?;
         Ok(match precision {
             Precision::F32 => Linear::F32(MatF32::new(rows, cols, data)?),
             Precision::Fast => Linear::Q8(MatQ8::quantize(rows, cols, &data)?),
@@ -53,6 +64,7 @@ impl Linear {
         match self {
             Linear::F32(m) => m.rows(),
             Linear::Q8(m) => m.rows(),
+            Linear::Q4(m) => m.rows(),
         }
     }
     /// Inputs.
@@ -60,6 +72,7 @@ impl Linear {
         match self {
             Linear::F32(m) => m.cols(),
             Linear::Q8(m) => m.cols(),
+            Linear::Q4(m) => m.cols(),
         }
     }
     /// Bytes of weights (and scales).
@@ -67,6 +80,7 @@ impl Linear {
         match self {
             Linear::F32(m) => m.bytes(),
             Linear::Q8(m) => m.bytes(),
+            Linear::Q4(m) => m.bytes(),
         }
     }
     /// Row `r` in f32 (embedding lookup).
@@ -74,6 +88,7 @@ impl Linear {
         match self {
             Linear::F32(m) => out.copy_from_slice(m.row(r)),
             Linear::Q8(m) => m.dequantize_row(r, out),
+            Linear::Q4(m) => m.dequantize_row(r, out),
         }
     }
     /// `out[t] = W x[t]` for the prepared activation rows.
@@ -81,6 +96,7 @@ impl Linear {
         match (self, x) {
             (Linear::F32(w), Prepared::F32 { x, n }) => sieve_kernels::matmul_f32(w, x, *n, out)?,
             (Linear::Q8(w), Prepared::Q8(q)) => sieve_kernels::matmul_q8(w, q, out)?,
+            (Linear::Q4(w), Prepared::Q8(q)) => sieve_kernels::matmul_q4_1(w, q, out)?,
             _ => return Err(EngineError::InvalidInput("activations prepared for the other precision".into())),
         }
         Ok(())
@@ -136,10 +152,7 @@ impl Weights {
             }
         }
         let has_output = gguf.tensor_shape("output.weight").is_some();
-        let mut mat = |name: &str, rows: usize, cols: usize| -> Result<Linear> {
-            let data = gguf.read_f32(name, &[rows, cols])?;
-            Linear::new(precision, rows, cols, data)
-        };
+        let mut mat = |name: &str, rows: usize, cols: usize| Linear::read(gguf, name, precision, rows, cols);
         let token_embd = mat("token_embd.weight", cfg.vocab_size, d)?;
         let output = if has_output {
             Some(mat("output.weight", cfg.vocab_size, d)?)

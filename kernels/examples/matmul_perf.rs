@@ -38,9 +38,39 @@ fn time<F: FnMut(usize)>(reps: usize, mut f: F) -> f64 {
 }
 
 fn main() -> Result<(), sieve_kernels::KernelError> {
+    // PERF_INSIDE=1 runs everything on a pool thread (as an engine inside `install` would);
+    // PERF_ONLY=gemv|gemm runs one half.
+    if std::env::var("PERF_INSIDE").is_ok_and(|v| v == "1") {
+        println!("calling from inside the rayon pool");
+        let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| sieve_kernels::KernelError::Shape(e.to_string()))?;
+        return pool.install(run);
+    }
+    run()
+}
+
+fn run() -> Result<(), sieve_kernels::KernelError> {
+    let only = std::env::var("PERF_ONLY").unwrap_or_default();
+    if only == "one" {
+        // One q8 GEMM shape, many times: for profilers.
+        // PERF_SHAPE=rows,cols,n (default 1536,576,256).
+        let shape: Vec<usize> = std::env::var("PERF_SHAPE").unwrap_or_default().split(',').filter_map(|v| v.parse().ok()).collect();
+        let (rows, cols, n) = match shape[..] {
+            [r, c, n] => (r, c, n),
+            _ => (1536, 576, 256),
+        };
+        let w = MatQ8::quantize(rows, cols, &values(rows * cols, 3))?;
+        let mut acts = ActsQ8::default();
+        acts.quantize_from(&values(n * cols, 5), n, cols)?;
+        let mut out = vec![0f32; rows * n];
+        let reps = (20_000_000_000 / (rows * cols * n)).clamp(5, 500);
+        let t = time(reps, |_| matmul_q8(&w, &acts, &mut out).unwrap_or(()));
+        println!("q8  GEMM  {rows}x{cols} n={n} {:8.2} ms {:7.1} GMAC/s", t * 1e3, (rows * cols * n) as f64 / t / 1e9);
+        return Ok(());
+    }
     println!("rayon threads {}, isa {}", rayon::current_num_threads(), sieve_kernels::isa::active().name());
     let llc = 64usize << 20;
-    for &(rows, cols) in &[(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576), (14336, 4096), (4096, 14336)] {
+    let gemv: &[(usize, usize)] = if only.contains("gemm") { &[] } else { &[(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576), (14336, 4096), (4096, 14336)] };
+    for &(rows, cols) in gemv {
         let data = values(rows * cols, (rows * 31 + cols) as u64);
         let base = MatQ8::quantize(rows, cols, &data)?;
         let copies = llc.div_ceil(base.bytes()).max(1);
@@ -64,7 +94,8 @@ fn main() -> Result<(), sieve_kernels::KernelError> {
             println!("f32 GEMV {rows:>5}x{cols:<5} {:>8.1} KB  hot {:7.1} us {:6.1} GB/s", w.bytes() as f64 / 1e3, hot * 1e6, w.bytes() as f64 / 1e9 / hot);
         }
     }
-    for &(rows, cols, n) in &[(1536, 576, 256), (576, 1536, 256), (576, 576, 256), (14336, 4096, 16)] {
+    let gemm: &[(usize, usize, usize)] = if only == "gemv" { &[] } else { &[(1536, 576, 256), (576, 1536, 256), (576, 576, 256), (14336, 4096, 16)] };
+    for &(rows, cols, n) in gemm {
         let data = values(rows * cols, 3);
         let w = MatQ8::quantize(rows, cols, &data)?;
         let x = values(n * cols, 5);
@@ -74,6 +105,9 @@ fn main() -> Result<(), sieve_kernels::KernelError> {
         let macs = (rows * cols * n) as f64;
         let t = time(10, |_| matmul_q8(&w, &acts, &mut out).unwrap_or(()));
         println!("q8  GEMM {rows:>5}x{cols:<5} n={n:<4} {:8.2} ms {:7.1} GMAC/s", t * 1e3, macs / t / 1e9);
+        if only == "q8gemm" {
+            continue;
+        }
         let wf = MatF32::new(rows, cols, data)?;
         let t = time(5, |_| matmul_f32(&wf, &x, n, &mut out).unwrap_or(()));
         println!("f32 GEMM {rows:>5}x{cols:<5} n={n:<4} {:8.2} ms {:7.1} GMAC/s", t * 1e3, macs / t / 1e9);

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable Rust, no explicit SIMD.
     Scalar,
-    /// x86-64 AVX2 + FMA.
+    /// x86-64 AVX2 + FMA + F16C.
     Avx2,
 }
 
@@ -28,7 +28,9 @@ impl Isa {
 pub fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
             return Isa::Avx2;
         }
     }

@@ -9,12 +9,16 @@
 //! rows over the rayon pool. No model code lives here.
 
 mod cpu;
+pub mod attention;
 pub mod error;
 pub mod isa;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
+pub mod q4;
 pub mod quant;
 
 pub use error::KernelError;
 pub use matmul::{matmul_f32, matmul_q8};
+pub use q4::{matmul_q4_1, MatQ4_1};
 pub use quant::{ActsQ8, MatF32, MatQ8, QK};

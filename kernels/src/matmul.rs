@@ -1,17 +1,20 @@
 //! Dense matrix products `out[t][r] = W[r] · x[t]` for `n` activation rows, split over rows
-//! on the rayon pool. With `n == 1` this is the decode GEMV; larger `n` is batched prefill.
+//! on the [`crate::pool`]. With `n == 1` this is the decode GEMV; larger `n` is batched
+//! prefill.
 //!
-//! Inner kernels work on register tiles: several weight rows against one token (GEMV: the
-//! activation block is loaded once for [`GEMV_ROWS`] rows), or against four tokens at a
-//! time (GEMM: each weight block is loaded once per four tokens). Tokens are walked in tiles
-//! of [`TOKEN_TILE`] so the tile's activations stay in L1 while the thread's rows stream past.
+//! - GEMV (and the tokens past the last group of four): [`GEMV_ROWS`] consecutive rows per
+//!   kernel call, each row streamed in order (the decode path is memory-bound).
+//! - q8 GEMM: tokens in groups of four, widened to i16 and interleaved so one `vpmaddwd`
+//!   does 16 MACs whose lanes each belong to one token (see `cpu::q8_gemm_i16`); weight rows
+//!   are widened per cache panel; 16-token tiles of activations stay in L1.
+//! - f32 GEMM: [`F32_GEMM_ROWS`] rows x 4 tokens register tiles, tokens in tiles of
+//!   [`TOKEN_TILE`].
 //!
-//! Parallel split: rayon hands-offs cost microseconds (far more when the caller is not a
-//! pool thread and the workers must be woken), so a product is cut into at most
+//! Parallel split: a hand-off costs microseconds, so a product is cut into at most
 //! `4 * threads` tasks and never into tasks smaller than [`MIN_TASK_WORK`]; small products
 //! run on the calling thread.
 
-use rayon::prelude::*;
+
 
 use crate::cpu;
 use crate::{ActsQ8, KernelError, MatF32, MatQ8, QK};
@@ -22,30 +25,55 @@ const TOKEN_TILE: usize = 16;
 /// Weight rows per GEMV kernel call.
 const GEMV_ROWS: usize = 4;
 
-/// Weight rows per q8 GEMM (four-token) kernel call.
-const GEMM_ROWS: usize = 4;
+/// Blocks of [`QK`] per K chunk of the q8 GEMM: a tile of [`GEMM_GROUPS`] x 4 tokens of
+/// widened activations (16 x 24 x 64 B = 24 KB) stays in L1.
+const GEMM_K_BLOCKS: usize = 16;
+
+/// Weight rows widened at a time for the q8 GEMM (32 x 24 x 64 B = 48 KB, held in L2).
+const GEMM_ROW_BLOCK: usize = 32;
+
+/// Groups of four tokens whose partial sums are kept at a time (32 rows x 256 tokens x 4 B
+/// = 32 KB).
+const GEMM_PASS_GROUPS: usize = 64;
+
+/// Packed activations kept between calls up to this many values (16 MiB), so prefill
+/// does not allocate and fault in a fresh buffer for every product.
+const PACK_KEEP: usize = 8 << 20;
+
+thread_local! {
+    /// This thread's buffers for packed activations (values, scales).
+    static PACK: std::cell::RefCell<(Vec<i16>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Token passes at least this long widen the weight panel to i16 first (the fastest kernel
+/// operand); shorter ones read the int8 weights directly, since widening a value costs
+/// about as much as a few dozen tokens' multiplies by it save.
+const GEMM_WIDEN_MIN_TOKENS: usize = 64;
+
+/// Groups of four tokens per q8 GEMM microkernel call.
+const GEMM_GROUPS: usize = 4;
 
 /// Weight rows per f32 GEMM (four-token) kernel call: 2 x 4 accumulators fill the FMA
 /// pipes without spilling registers.
 const F32_GEMM_ROWS: usize = 2;
 
-/// Least work worth a parallel task, in weight bytes times tokens: about the bytes a core
-/// streams in ~10 µs at decode, well above the cost of a hand-off to a sleeping worker.
-const MIN_TASK_WORK: usize = 128 << 10;
+/// Least work worth a parallel task, in weight bytes times tokens: a 192 x 576 q8 GEMV
+/// (110 KB) still splits in three, which measured faster than running it on one thread.
+const MIN_TASK_WORK: usize = 32 << 10;
 
 /// Rows per task for a product of `rows` rows of `row_bytes` weight bytes against `n`
 /// tokens: a multiple of the kernels' row tile, at most `4 * threads` tasks, none smaller
 /// than [`MIN_TASK_WORK`].
 fn row_chunk(rows: usize, row_bytes: usize, n: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::pool::global().threads();
     let work = rows.saturating_mul(row_bytes).saturating_mul(n.max(1));
     let tasks = (work / MIN_TASK_WORK).clamp(1, threads * 4);
-    rows.div_ceil(tasks).next_multiple_of(GEMV_ROWS.max(GEMM_ROWS)).max(1)
+    rows.div_ceil(tasks).next_multiple_of(GEMV_ROWS).max(1)
 }
 
 /// Output pointer shared by the row chunks of one product.
 #[derive(Clone, Copy)]
-struct OutPtr {
+pub(crate) struct OutPtr {
     ptr: *mut f32,
     len: usize,
 }
@@ -61,16 +89,17 @@ impl OutPtr {
     /// # Safety
     /// No other thread may access entry `i` during the product (chunks own their rows).
     #[inline(always)]
-    unsafe fn write(self, i: usize, v: f32) {
+    pub(crate) unsafe fn write(self, i: usize, v: f32) {
         assert!(i < self.len, "output index out of range");
         // SAFETY: `i < len`, the length of the live output slice; the caller guarantees
         // exclusive access to entry `i`.
         unsafe { *self.ptr.add(i) = v };
     }
+
 }
 
 /// Runs `body` over row ranges that partition `0..rows`, in parallel when worth it.
-fn for_each_row_chunk(
+pub(crate) fn for_each_row_chunk(
     rows: usize,
     row_bytes: usize,
     n: usize,
@@ -80,11 +109,12 @@ fn for_each_row_chunk(
     let ptr = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
     let chunk = row_chunk(rows, row_bytes, n);
     let chunks = rows.div_ceil(chunk);
+    let range = |c: usize| c * chunk..((c + 1) * chunk).min(rows);
     if chunks <= 1 {
         body(0..rows, ptr);
-        return;
+    } else {
+        crate::pool::parallel_for(chunks, |c| body(range(c), ptr));
     }
-    (0..chunks).into_par_iter().for_each(|c| body(c * chunk..((c + 1) * chunk).min(rows), ptr));
 }
 
 fn check(rows: usize, cols: usize, x_cols: usize, x_len: usize, n: usize, out_len: usize) -> Result<(), KernelError> {
@@ -182,40 +212,49 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
     let (rows, cols, n) = (w.rows(), w.cols(), x.n());
     check(rows, cols, x.cols(), n * x.cols(), n, out.len())?;
     let nb = cols / QK;
-    // Activation scales of each group of four tokens, transposed: [group][block][token].
-    let mut xst = vec![0f32; n / 4 * 4 * nb];
-    for (g, dst) in xst.chunks_exact_mut(4 * nb).enumerate() {
-        for k in 0..4 {
-            for (b, &s) in x.row_scales(4 * g + k).iter().enumerate() {
-                dst[4 * b + k] = s;
-            }
+    // Every full group of four tokens, widened and interleaved for the GEMM microkernel, in
+    // this thread's reusable buffers (fresh ones should this thread already be using them).
+    let groups = n / 4;
+    PACK.with(|cell| {
+        let mut fresh = (Vec::new(), Vec::new());
+        let mut held = cell.try_borrow_mut();
+        let (x16, xs8) = match held.as_deref_mut() {
+            Ok((a, b)) => (a, b),
+            Err(_) => (&mut fresh.0, &mut fresh.1),
+        };
+        x16.clear();
+        x16.resize(groups * nb * 4 * QK, 0);
+        xs8.clear();
+        xs8.resize(groups * nb * 8, 0.0);
+        for (g, (p, ps)) in x16.chunks_exact_mut(nb * 4 * QK).zip(xs8.chunks_exact_mut(nb * 8)).enumerate() {
+            let t = 4 * g;
+            let xq = [x.row_qs(t), x.row_qs(t + 1), x.row_qs(t + 2), x.row_qs(t + 3)];
+            let xs = [x.row_scales(t), x.row_scales(t + 1), x.row_scales(t + 2), x.row_scales(t + 3)];
+            cpu::pack_acts_i16(xq, xs, nb, p, ps);
         }
-    }
+        let packed = Packed { x16, xs8, groups, nb };
+        q8_products(w, x, &packed, out);
+        if x16.capacity() > PACK_KEEP {
+            *x16 = Vec::new();
+        }
+    });
+    Ok(())
+}
+
+/// The row-parallel part of [`matmul_q8`], once the activations are packed.
+fn q8_products(w: &MatQ8, x: &ActsQ8, packed: &Packed, out: &mut [f32]) {
+    let (rows, cols, n, nb, groups) = (w.rows(), w.cols(), x.n(), packed.nb, packed.groups);
     for_each_row_chunk(rows, cols + 4 * nb, n, out, |range, out| {
-        tile_rows(
-            range,
-            n,
-            (GEMM_ROWS, GEMV_ROWS),
-            |r, count, t| {
-                let xq = [x.row_qs(t), x.row_qs(t + 1), x.row_qs(t + 2), x.row_qs(t + 3)];
-                let xs = &xst[t / 4 * 4 * nb..(t / 4 + 1) * 4 * nb];
+        if groups > 0 {
+            q8_gemm_rows(w, packed, range.clone(), out);
+        }
+        // Tokens past the last group of four, and the decode GEMV: GEMV_ROWS rows at a time.
+        for t in groups * 4..n {
+            let (xq, xs) = (x.row_qs(t), x.row_scales(t));
+            let mut r = range.start;
+            while r < range.end {
+                let count = if range.end - r >= GEMV_ROWS { GEMV_ROWS } else { 1 };
                 let (wq, ws) = (w.rows_qs(r, count), w.rows_scales(r, count));
-                let mut res = [[0f32; 4]; GEMM_ROWS];
-                if count == GEMM_ROWS {
-                    res = cpu::q8_rows_x4::<GEMM_ROWS>(wq, ws, nb, xq, xs);
-                } else {
-                    res[0] = cpu::q8_rows_x4::<1>(wq, ws, nb, xq, xs)[0];
-                }
-                for (i, v) in res.iter().take(count).enumerate() {
-                    for (k, &v) in v.iter().enumerate() {
-                        // SAFETY: row r + i belongs to this chunk (see OutPtr).
-                        unsafe { out.write((t + k) * rows + r + i, v) };
-                    }
-                }
-            },
-            |r, count, t| {
-                let (wq, ws) = (w.rows_qs(r, count), w.rows_scales(r, count));
-                let (xq, xs) = (x.row_qs(t), x.row_scales(t));
                 let mut res = [0f32; GEMV_ROWS];
                 if count == GEMV_ROWS {
                     res = cpu::q8_rows_x1::<GEMV_ROWS>(wq, ws, nb, xq, xs);
@@ -226,8 +265,112 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
                     // SAFETY: row r + i belongs to this chunk (see OutPtr).
                     unsafe { out.write(t * rows + r + i, v) };
                 }
-            },
-        )
+                r += count;
+            }
+        }
     });
-    Ok(())
+}
+
+/// Activations packed by [`cpu::pack_acts_i16`]: `groups` groups of four tokens.
+struct Packed<'a> {
+    x16: &'a [i16],
+    xs8: &'a [f32],
+    groups: usize,
+    nb: usize,
+}
+
+impl Packed<'_> {
+    /// Group g's values and scales for blocks `b0..b1`.
+    fn group(&self, g: usize, b0: usize, b1: usize) -> (&[i16], &[f32]) {
+        let (v, s) = (g * self.nb * 4 * QK, g * self.nb * 8);
+        (&self.x16[v + b0 * 4 * QK..v + b1 * 4 * QK], &self.xs8[s + b0 * 8..s + b1 * 8])
+    }
+}
+
+/// The GEMM over rows `range` against every packed group, blocked for the caches: rows
+/// [`GEMM_ROW_BLOCK`] at a time and [`GEMM_K_BLOCKS`] blocks at a time form a panel; each
+/// 16-token tile of activations for those blocks stays in L1 while the panel's rows stream
+/// past. When enough tokens pass over the panel it is first widened to i16 (L2 resident);
+/// otherwise the kernel reads the int8 weights directly. Partial sums over the K chunks add
+/// up in a small token-major buffer (up to [`GEMM_PASS_GROUPS`] groups of tokens at a time),
+/// written to `out` once.
+fn q8_gemm_rows(w: &MatQ8, x: &Packed, range: std::ops::Range<usize>, out: OutPtr) {
+    let (rows, cols, nb) = (w.rows(), w.cols(), x.nb);
+    let kchunks = nb.div_ceil(GEMM_K_BLOCKS).max(1);
+    let kb = nb.div_ceil(kchunks);
+    let mut w16 = Vec::new();
+    let mut blk = vec![0f32; GEMM_ROW_BLOCK * GEMM_PASS_GROUPS * 4];
+    for ra in range.clone().step_by(GEMM_ROW_BLOCK) {
+        let nr = GEMM_ROW_BLOCK.min(range.end - ra);
+        let (qs, scales) = (w.rows_qs(ra, nr), w.rows_scales(ra, nr));
+        for p0 in (0..x.groups).step_by(GEMM_PASS_GROUPS) {
+            let pg = GEMM_PASS_GROUPS.min(x.groups - p0);
+            let widen = 4 * pg >= GEMM_WIDEN_MIN_TOKENS;
+            // Token-major: token j's results for the block's rows are blk[j * nr..][..nr].
+            let blk = &mut blk[..4 * pg * nr];
+            blk.fill(0.0);
+            for kc in 0..kchunks {
+                let (b0, b1) = (kc * kb, ((kc + 1) * kb).min(nb));
+                let kn = b1 - b0;
+                if widen {
+                    w16.resize(nr * kn * QK, 0);
+                    for (i, dst) in w16.chunks_exact_mut(kn * QK).enumerate() {
+                        cpu::widen_i16(&qs[i * cols + b0 * QK..i * cols + b1 * QK], dst);
+                    }
+                }
+                for g0 in (p0..p0 + pg).step_by(GEMM_GROUPS) {
+                    let count = GEMM_GROUPS.min(p0 + pg - g0);
+                    let gs: [(&[i16], &[f32]); GEMM_GROUPS] = std::array::from_fn(|g| x.group(g0 + g.min(count - 1), b0, b1));
+                    let gs = &gs[..count];
+                    let res = &mut blk[4 * (g0 - p0) * nr..];
+                    let ws = &scales[b0..];
+                    if widen {
+                        gemm_groups(&w16[..nr * kn * QK], kn * QK, ws, nb, nr, kn, gs, res);
+                    } else {
+                        gemm_groups(&qs[b0 * QK..], cols, ws, nb, nr, kn, gs, res);
+                    }
+                }
+            }
+            // Each token gets a contiguous run of the block's rows.
+            for (j, vals) in blk.chunks_exact(nr).enumerate() {
+                let base = (4 * p0 + j) * rows + ra;
+                for (i, &v) in vals.iter().enumerate() {
+                    // SAFETY: row ra + i belongs to this chunk (see OutPtr).
+                    unsafe { out.write(base + i, v) };
+                }
+            }
+        }
+    }
+}
+
+/// One microkernel call over up to [`GEMM_GROUPS`] packed groups `gs`; results go to the
+/// token-major `res` (row stride `nr`).
+#[allow(clippy::too_many_arguments)]
+fn gemm_groups<W: cpu::GemmWeight>(
+    w: &[W],
+    w_stride: usize,
+    ws: &[f32],
+    ws_stride: usize,
+    nr: usize,
+    kn: usize,
+    gs: &[(&[i16], &[f32])],
+    res: &mut [f32],
+) {
+    fn call<W: cpu::GemmWeight, const T: usize>(
+        (w, w_stride, ws, ws_stride, rows, nb): (&[W], usize, &[f32], usize, usize, usize),
+        gs: &[(&[i16], &[f32])],
+        res: &mut [f32],
+    ) {
+        let x16: [&[i16]; T] = std::array::from_fn(|g| gs[g].0);
+        let xs8: [&[f32]; T] = std::array::from_fn(|g| gs[g].1);
+        cpu::q8_gemm(&cpu::GemmTile { w, w_stride, ws, ws_stride, rows, nb, x16, xs8 }, res, rows);
+    }
+    let a = (w, w_stride, ws, ws_stride, nr, kn);
+    match gs.len() {
+        4 => call::<W, 4>(a, gs, res),
+        3 => call::<W, 3>(a, gs, res),
+        2 => call::<W, 2>(a, gs, res),
+        1 => call::<W, 1>(a, gs, res),
+        _ => {}
+    }
 }

@@ -116,6 +116,8 @@ pub struct ActsQ8 {
     cols: usize,
     qs: Vec<i8>,
     scales: Vec<f32>,
+    /// Per block `scale * Σ values`: the term Q4_1's block minimum multiplies.
+    sums: Vec<f32>,
 }
 
 impl ActsQ8 {
@@ -128,6 +130,10 @@ impl ActsQ8 {
         self.qs.resize(x.len(), 0);
         self.scales.resize(x.len() / QK, 0.0);
         quantize_blocks(x, &mut self.qs, &mut self.scales);
+        self.sums.clear();
+        self.sums.extend(
+            self.qs.chunks_exact(QK).zip(&self.scales).map(|(q, s)| q.iter().map(|&v| v as i32).sum::<i32>() as f32 * s),
+        );
         Ok(())
     }
     /// Number of rows (tokens).
@@ -140,6 +146,11 @@ impl ActsQ8 {
     pub fn row_scales(&self, t: usize) -> &[f32] {
         let b = self.cols / QK;
         &self.scales[t * b..(t + 1) * b]
+    }
+    /// Block sums (`scale * Σ values`) of row `t`.
+    pub fn row_sums(&self, t: usize) -> &[f32] {
+        let b = self.cols / QK;
+        &self.sums[t * b..(t + 1) * b]
     }
 }
 

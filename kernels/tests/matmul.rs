@@ -96,6 +96,16 @@ fn large_products_split_over_threads() {
     }
 }
 
+/// The q8 GEMM's blocking: K chunks (more than 24 blocks), row blocks of 32 with leftovers,
+/// token passes that widen the weights (64 tokens and more) or not, several passes, and
+/// tokens past the last group of four.
+#[test]
+fn q8_gemm_blocking_edges() {
+    for &(rows, cols, n) in &[(70, 1600, 67), (33, 800, 64), (37, 96, 261), (5, 768, 63), (64, 4096, 20), (3, 32, 259)] {
+        check_q8(rows, cols, n, (rows * n) as u64);
+    }
+}
+
 #[test]
 fn empty_products_are_fine() {
     let m = MatQ8::quantize(0, 64, &[]).expect("empty matrix");

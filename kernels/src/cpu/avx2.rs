@@ -212,16 +212,31 @@ pub unsafe fn q8_rows_x1<const R: usize>(wq: &[i8], ws: &[f32], nb: usize, xq: &
     // r * nb + b, all inside the slices checked above; likewise for the activations.
     unsafe {
         let ones = _mm256_set1_epi16(1);
+        // Rows one after the other, so the weights stream through memory in order; two
+        // accumulators per row hide the FMA latency.
         let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..nb {
-            let x = _mm256_loadu_si256(px.add(b * QK) as *const __m256i);
-            let sx = _mm256_broadcast_ss(&*pxs.add(b));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let w = _mm256_loadu_si256(pw.add((r * nb + b) * QK) as *const __m256i);
-                let p = block_i32(_mm256_abs_epi8(w), w, x, ones);
-                let d = _mm256_mul_ps(_mm256_broadcast_ss(&*pws.add(r * nb + b)), sx);
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, *a);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let (pw, pws) = (pw.add(r * nb * QK), pws.add(r * nb));
+            let mut a1 = _mm256_setzero_ps();
+            let mut b = 0;
+            while b + 2 <= nb {
+                for (k, a) in [&mut *a, &mut a1].into_iter().enumerate() {
+                    let w = _mm256_loadu_si256(pw.add((b + k) * QK) as *const __m256i);
+                    let x = _mm256_loadu_si256(px.add((b + k) * QK) as *const __m256i);
+                    let p = block_i32(_mm256_abs_epi8(w), w, x, ones);
+                    let d = _mm256_mul_ps(_mm256_broadcast_ss(&*pws.add(b + k)), _mm256_broadcast_ss(&*pxs.add(b + k)));
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, *a);
+                }
+                b += 2;
             }
+            if b < nb {
+                let w = _mm256_loadu_si256(pw.add(b * QK) as *const __m256i);
+                let x = _mm256_loadu_si256(px.add(b * QK) as *const __m256i);
+                let p = block_i32(_mm256_abs_epi8(w), w, x, ones);
+                let d = _mm256_mul_ps(_mm256_broadcast_ss(&*pws.add(b)), _mm256_broadcast_ss(&*pxs.add(b)));
+                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, a1);
+            }
+            *a = _mm256_add_ps(*a, a1);
         }
         if R == 4 {
             out.copy_from_slice(&to_array(hsum4([acc[0], acc[1], acc[2], acc[3]])));
@@ -234,46 +249,112 @@ pub unsafe fn q8_rows_x1<const R: usize>(wq: &[i8], ws: &[f32], nb: usize, xq: &
     out
 }
 
-/// `R` consecutive int8 rows times four quantized activation rows: `out[r][t] = w[r] · x[t]`.
-/// `xst` holds the activation scales transposed, `xst[4 * b + t]` = scale of block b of
-/// token t, so one load fetches a block's four token scales.
+/// int8 to i16 (sign-extended), over the common length.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn q8_rows_x4<const R: usize>(
-    wq: &[i8],
-    ws: &[f32],
-    nb: usize,
-    xq: [&[i8]; 4],
-    xst: &[f32],
-) -> [[f32; 4]; R] {
-    let mut out = [[0f32; 4]; R];
-    if wq.len() < R * nb * QK || ws.len() < R * nb || xq.iter().any(|x| x.len() < nb * QK) || xst.len() < 4 * nb {
-        return out;
-    }
-    let (pw, pws, pxs) = (wq.as_ptr(), ws.as_ptr(), xst.as_ptr());
-    let px = xq.map(|x| x.as_ptr());
-    // SAFETY: block b < nb of row r < R reads values [(r * nb + b) * 32, +32) and scale
-    // r * nb + b; of token t, values [b * 32, +32) and scale 4 * b + t: all inside the
-    // slices checked above.
+pub unsafe fn widen_i16(src: &[i8], dst: &mut [i16]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    // SAFETY: each step reads 16 bytes and writes 16 i16 at an index + 16 <= n.
     unsafe {
-        let ones = _mm256_set1_epi16(1);
-        // Lanes t and t + 4 of acc[r] both accumulate row r against token t.
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..nb {
-            let x = px.map(|p| _mm256_loadu_si256(p.add(b * QK) as *const __m256i));
-            let s4 = _mm256_broadcast_ps(&*(pxs.add(4 * b) as *const __m128));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let w = _mm256_loadu_si256(pw.add((r * nb + b) * QK) as *const __m256i);
-                let wa = _mm256_abs_epi8(w);
-                let p = x.map(|xt| block_i32(wa, w, xt, ones));
-                // [t0 t1 t2 t3 | t0 t1 t2 t3]: partial sums of each token's block dot.
-                let h = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-                let d = _mm256_mul_ps(_mm256_broadcast_ss(&*pws.add(r * nb + b)), s4);
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), d, *a);
+        while i + 16 <= n {
+            let v = _mm256_cvtepi8_epi16(_mm_loadu_si128(src.as_ptr().add(i) as *const __m128i));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, v);
+            i += 16;
+        }
+    }
+    for i in i..n {
+        dst[i] = src[i] as i16;
+    }
+}
+
+/// A weight element type the GEMM microkernel reads four at a time.
+pub trait Quad: Copy {
+    /// The four values at `p`, as i16, broadcast to all four 64-bit lanes.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading four values; the caller must have enabled avx2.
+    unsafe fn quad(p: *const Self) -> __m256i;
+}
+
+impl Quad for i16 {
+    #[inline(always)]
+    unsafe fn quad(p: *const i16) -> __m256i {
+        // SAFETY: four i16 (8 bytes) readable at p, per the contract.
+        unsafe { _mm256_set1_epi64x((p as *const i64).read_unaligned()) }
+    }
+}
+
+impl Quad for i8 {
+    #[inline(always)]
+    unsafe fn quad(p: *const i8) -> __m256i {
+        // SAFETY: four bytes readable at p, per the contract.
+        unsafe { _mm256_cvtepi8_epi16(_mm_set1_epi32((p as *const i32).read_unaligned())) }
+    }
+}
+
+/// GEMM microkernel (see [`super::GemmTile`] for the operands): adds row r · token `4g + t`
+/// to `res[(4g + t) * res_stride + r]` (token-major, so each token's results for consecutive
+/// rows are contiguous).
+///
+/// Each activation vector holds four values of each of the four tokens of a group, and the
+/// row's four matching weights are broadcast to all quarters, so one `vpmaddwd` does 16 MACs
+/// whose i32 lanes each belong to one token: a block sums in integers and costs one
+/// conversion and one FMA per group, with no horizontal sums and no sign tricks (which
+/// compete for Zen 3's two vector-multiply pipes). One weight quad feeds `T` multiplies.
+/// Weights widened to i16 beforehand are the fastest operand; int8 weights are widened
+/// here, one extra shuffle per quad.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q8_gemm<W: Quad, const T: usize>(tile: &super::GemmTile<'_, W, T>, res: &mut [f32], res_stride: usize) {
+    let super::GemmTile { w, w_stride, ws, ws_stride, rows, nb, x16, xs8 } = *tile;
+    if rows == 0 {
+        return;
+    }
+    let wlen = (rows - 1) * w_stride + nb * QK;
+    let slen = (rows - 1) * ws_stride + nb;
+    let rlen = (4 * T - 1) * res_stride + rows;
+    if w.len() < wlen
+        || ws.len() < slen
+        || res.len() < rlen
+        || res_stride < rows
+        || x16.iter().any(|x| x.len() < nb * 4 * QK)
+        || xs8.iter().any(|s| s.len() < nb * 8)
+    {
+        return;
+    }
+    let px = x16.map(|x| x.as_ptr());
+    let pxs = xs8.map(|s| s.as_ptr());
+    for r in 0..rows {
+        // SAFETY: row r < rows reads w[r * w_stride + b * 32 + 4q .. +4] and
+        // ws[r * ws_stride + b] for b < nb, q < 8; group g reads x16[g][b * 128 + 16q .. +16]
+        // and xs8[g][8b .. +8]; the results go to res[(4g + t) * res_stride + r], t < 4: all
+        // inside the lengths checked above.
+        unsafe {
+            let pw = w.as_ptr().add(r * w_stride);
+            let pws = ws.as_ptr().add(r * ws_stride);
+            let mut acc = [_mm256_setzero_ps(); T];
+            for b in 0..nb {
+                let mut sums = [_mm256_setzero_si256(); T];
+                for q in 0..8 {
+                    let wq = W::quad(pw.add(b * QK + 4 * q));
+                    for (s, p) in sums.iter_mut().zip(px) {
+                        let x = _mm256_loadu_si256(p.add(b * 4 * QK + 16 * q) as *const __m256i);
+                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(wq, x));
+                    }
+                }
+                let sw = _mm256_broadcast_ss(&*pws.add(b));
+                for ((a, s), p) in acc.iter_mut().zip(sums).zip(pxs) {
+                    let d = _mm256_mul_ps(sw, _mm256_loadu_ps(p.add(8 * b)));
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, *a);
+                }
+            }
+            for (g, a) in acc.into_iter().enumerate() {
+                // Lanes (2t, 2t + 1) belong to token t: [t0 t1 t0 t1 | t2 t3 t2 t3] after hadd.
+                let h = _mm256_hadd_ps(a, a);
+                let v = _mm_shuffle_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1), 0b01_00_01_00);
+                for (t, v) in to_array(v).into_iter().enumerate() {
+                    *res.as_mut_ptr().add((4 * g + t) * res_stride + r) += v;
+                }
             }
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = to_array(_mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
-        }
     }
-    out
 }

@@ -5,9 +5,12 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod attention;
+pub mod q4;
 mod scalar;
 
 use crate::isa::{active, Isa};
+use crate::QK;
 
 /// Dot product of two f32 slices (over the shorter length, should they differ).
 #[inline]
@@ -83,15 +86,72 @@ pub fn q8_rows_x1<const R: usize>(wq: &[i8], ws: &[f32], nb: usize, xq: &[i8], x
     }
 }
 
-/// `R` consecutive int8 rows times four quantized activation rows, `out[r][t]`; the
-/// activation scales come transposed: `xst[4 * b + t]` is block b of token t.
+/// Packs four quantized activation rows of `nb` blocks for [`q8_gemm`], widened to
+/// i16: per block, eight 16-value vectors (vector q holds values `4q..4q + 4` of tokens 0, 1,
+/// 2, 3 in turn) in `x16` (`nb * 128`), and the block's scales as
+/// `[s0 s0 s1 s1 s2 s2 s3 s3]` in `xs8` (`nb * 8`).
+pub fn pack_acts_i16(xq: [&[i8]; 4], xs: [&[f32]; 4], nb: usize, x16: &mut [i16], xs8: &mut [f32]) {
+    for (b, (pb, sb)) in x16.chunks_exact_mut(4 * QK).zip(xs8.chunks_exact_mut(8)).take(nb).enumerate() {
+        for (t, (q, s)) in xq.iter().zip(xs).enumerate() {
+            if let (Some(src), Some(&scale)) = (q.get(b * QK..(b + 1) * QK), s.get(b)) {
+                for (quad, part) in src.chunks_exact(4).enumerate() {
+                    for (d, &v) in pb[quad * 16 + t * 4..quad * 16 + t * 4 + 4].iter_mut().zip(part) {
+                        *d = v as i16;
+                    }
+                }
+                sb[2 * t] = scale;
+                sb[2 * t + 1] = scale;
+            }
+        }
+    }
+}
+
+/// Widens int8 weights to i16 (the GEMM microkernel's operand), over the common length.
+pub fn widen_i16(src: &[i8], dst: &mut [i16]) {
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `active()` returns Avx2 only when the CPU reports avx2 and fma; the kernel
+        // works within both slices.
+        Isa::Avx2 => unsafe { avx2::widen_i16(src, dst) },
+        _ => scalar::widen_i16(src, dst),
+    }
+}
+
+/// Operands of one GEMM microkernel call: `rows` weight rows of `nb` blocks (row r's values
+/// at `w[r * w_stride..][..nb * 32]`, its block scales at `ws[r * ws_stride..][..nb]`) and
+/// `T` groups of four tokens packed by [`pack_acts_i16`] (`x16[g]`: `nb * 128` values,
+/// `xs8[g]`: `nb * 8` scales).
+#[derive(Clone, Copy)]
+pub struct GemmTile<'a, W, const T: usize> {
+    pub w: &'a [W],
+    pub w_stride: usize,
+    pub ws: &'a [f32],
+    pub ws_stride: usize,
+    pub rows: usize,
+    pub nb: usize,
+    pub x16: [&'a [i16]; T],
+    pub xs8: [&'a [f32]; T],
+}
+
+/// Weight element types of the GEMM microkernel: i16 (widened beforehand, fastest) or the
+/// int8 originals.
+#[cfg(target_arch = "x86_64")]
+pub trait GemmWeight: avx2::Quad + Into<i32> {}
+/// Weight element types of the GEMM microkernel.
+#[cfg(not(target_arch = "x86_64"))]
+pub trait GemmWeight: Copy + Into<i32> {}
+impl GemmWeight for i8 {}
+impl GemmWeight for i16 {}
+
+/// GEMM microkernel: adds row r · token `4g + t` of `tile` to
+/// `res[(4g + t) * res_stride + r]` (`res_stride >= tile.rows`).
 #[inline]
-pub fn q8_rows_x4<const R: usize>(wq: &[i8], ws: &[f32], nb: usize, xq: [&[i8]; 4], xst: &[f32]) -> [[f32; 4]; R] {
+pub fn q8_gemm<W: GemmWeight, const T: usize>(tile: &GemmTile<'_, W, T>, res: &mut [f32], res_stride: usize) {
     match active() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as for `f32_rows_x1`.
-        Isa::Avx2 => unsafe { avx2::q8_rows_x4::<R>(wq, ws, nb, xq, xst) },
-        _ => scalar::q8_rows_x4::<R>(wq, ws, nb, xq, xst),
+        Isa::Avx2 => unsafe { avx2::q8_gemm::<W, T>(tile, res, res_stride) },
+        _ => scalar::q8_gemm::<W, T>(tile, res, res_stride),
     }
 }
 
@@ -148,6 +208,55 @@ mod tests {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
 
+    /// Runs a GEMM microkernel the way the product does: `rows` weight rows (row-major,
+    /// `nb` blocks, scales at stride `ws_stride`), read as int8 (`wide == false`) or widened
+    /// to i16 with padded rows; `4T` tokens packed in groups of four. Returns the token-major
+    /// result buffer (stride `rows + 3`), which starts at 1.0 since kernels add to it.
+    #[allow(clippy::too_many_arguments)]
+    fn run_gemm<const T: usize>(
+        avx2: bool,
+        wide: bool,
+        wq: &[i8],
+        ws: &[f32],
+        ws_stride: usize,
+        rows: usize,
+        nb: usize,
+        xq: &[Vec<i8>],
+        xs: &[Vec<f32>],
+    ) -> Vec<f32> {
+        let w_stride = nb * QK + if wide { 8 } else { 0 };
+        let mut w8 = vec![0i8; rows * w_stride];
+        let mut w16 = vec![0i16; rows * w_stride];
+        for r in 0..rows {
+            w8[r * w_stride..r * w_stride + nb * QK].copy_from_slice(&wq[r * nb * QK..(r + 1) * nb * QK]);
+            super::widen_i16(&wq[r * nb * QK..(r + 1) * nb * QK], &mut w16[r * w_stride..]);
+        }
+        let mut x16 = vec![vec![0i16; nb * 4 * QK]; T];
+        let mut xs8 = vec![vec![0f32; nb * 8]; T];
+        for g in 0..T {
+            let q = [0, 1, 2, 3].map(|k| &xq[4 * g + k][..]);
+            let s = [0, 1, 2, 3].map(|k| &xs[4 * g + k][..]);
+            super::pack_acts_i16(q, s, nb, &mut x16[g], &mut xs8[g]);
+        }
+        let stride = rows + 3;
+        let mut res = vec![1f32; 4 * T * stride];
+        let x16: [&[i16]; T] = std::array::from_fn(|g| &x16[g][..]);
+        let xs8: [&[f32]; T] = std::array::from_fn(|g| &xs8[g][..]);
+        let t8 = super::GemmTile { w: &w8[..], w_stride, ws, ws_stride, rows, nb, x16, xs8 };
+        let t16 = super::GemmTile { w: &w16[..], w_stride, ws, ws_stride, rows, nb, x16, xs8 };
+        match (avx2, wide) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: callers pass avx2 only when the CPU has avx2 and fma.
+            (true, false) => unsafe { super::avx2::q8_gemm(&t8, &mut res, stride) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            (true, true) => unsafe { super::avx2::q8_gemm(&t16, &mut res, stride) },
+            (_, false) => scalar::q8_gemm(&t8, &mut res, stride),
+            (_, true) => scalar::q8_gemm(&t16, &mut res, stride),
+        }
+        res
+    }
+
     #[test]
     fn scalar_q8_matches_naive_with_extreme_values() {
         let wq = vec![-128i8; 64];
@@ -164,7 +273,12 @@ mod tests {
         assert_eq!(scalar::dot_f32(&[1.0, 2.0, 3.0], &[1.0]), 1.0);
         assert_eq!(scalar::f32_rows_x1::<2>(&[1.0; 3], 2, &[1.0; 2]), [2.0, 0.0]);
         assert_eq!(scalar::q8_rows_x1::<2>(&[1; 32], &[1.0], 1, &[1; 32], &[1.0]), [32.0, 0.0]);
-        assert_eq!(scalar::q8_rows_x4::<2>(&[1; 32], &[1.0], 1, [&[1; 32]; 4], &[1.0; 4])[1], [0.0; 4]);
+        let mut res = [0f32; 4];
+        let tile = |rows| super::GemmTile { w: &[1i8; 32][..], w_stride: 32, ws: &[1.0][..], ws_stride: 1, rows, nb: 1, x16: [&[1i16; 128][..]], xs8: [&[1.0; 8][..]] };
+        scalar::q8_gemm(&tile(2), &mut res, 1);
+        assert_eq!(res, [0.0; 4], "rows > res_stride is refused");
+        scalar::q8_gemm(&tile(1), &mut res, 1);
+        assert_eq!(res, [32.0; 4]);
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -183,7 +297,17 @@ mod tests {
             assert_eq!(super::avx2::f32_rows_x1::<4>(&[1.0; 7], 2, &[1.0; 2]), [0.0; 4]);
             assert_eq!(super::avx2::f32_rows_x4::<2>(&[1.0; 4], 2, [&[1.0; 1]; 4]), [[0.0; 4]; 2]);
             assert_eq!(super::avx2::q8_rows_x1::<4>(&[1; 96], &[1.0; 4], 1, &[1; 32], &[1.0]), [0.0; 4]);
-            assert_eq!(super::avx2::q8_rows_x4::<1>(&[1; 32], &[1.0], 1, [&[1; 32]; 4], &[1.0; 3]), [[0.0; 4]]);
+            let mut res = [0f32; 8];
+            let (w, x) = (&[1i16; 32][..], &[1i16; 128][..]);
+            let short = super::GemmTile { w, w_stride: 32, ws: &[1.0][..], ws_stride: 1, rows: 1, nb: 1, x16: [x, &x[1..]], xs8: [&[1.0; 8][..]; 2] };
+            super::avx2::q8_gemm(&short, &mut res, 1);
+            assert_eq!(res, [0.0; 8]);
+            let two_rows = super::GemmTile { w, w_stride: 32, ws: &[1.0][..], ws_stride: 1, rows: 2, nb: 1, x16: [x], xs8: [&[1.0; 8][..]] };
+            super::avx2::q8_gemm(&two_rows, &mut res, 2);
+            assert_eq!(res, [0.0; 8]);
+            let one = super::GemmTile { rows: 1, ..two_rows };
+            super::avx2::q8_gemm(&one, &mut res, 1);
+            assert_eq!(res[..4], [32.0; 4]);
         }
     }
 
@@ -220,21 +344,24 @@ mod tests {
         fn scalar_q8_kernels_match_naive(nb in 0usize..12, seed: u64) {
             let wq = ints(4 * nb * QK, seed, true);
             let ws: Vec<f32> = floats(4 * nb, seed ^ 1).iter().map(|v| v.abs()).collect();
-            let xq: Vec<Vec<i8>> = (0..4).map(|t| ints(nb * QK, seed ^ (t + 2), false)).collect();
-            let xs: Vec<Vec<f32>> = (0..4).map(|t| floats(nb, seed ^ (t + 9)).iter().map(|v| v.abs()).collect()).collect();
-            let xst: Vec<f32> = (0..4 * nb).map(|i| xs[i % 4][i / 4]).collect();
-            let xqa = [&xq[0][..], &xq[1][..], &xq[2][..], &xq[3][..]];
+            let xq: Vec<Vec<i8>> = (0..16).map(|t| ints(nb * QK, seed ^ (t + 2), false)).collect();
+            let xs: Vec<Vec<f32>> = (0..16).map(|t| floats(nb, seed ^ (t + 99)).iter().map(|v| v.abs()).collect()).collect();
             let one = scalar::q8_rows_x1::<4>(&wq, &ws, nb, &xq[0], &xs[0]);
-            let four = scalar::q8_rows_x4::<4>(&wq, &ws, nb, xqa, &xst);
+            let stride = 4 + 3;
+            let four = run_gemm::<4>(false, false, &wq, &ws, nb, 4, nb, &xq, &xs);
+            prop_assert_eq!(&four, &run_gemm::<4>(false, true, &wq, &ws, nb, 4, nb, &xq, &xs));
             for r in 0..4 {
                 let (rq, rs) = (&wq[r * nb * QK..(r + 1) * nb * QK], &ws[r * nb..(r + 1) * nb]);
                 let (want, mag) = naive_q8_mag(rq, rs, &xq[0], &xs[0]);
                 prop_assert!(close(scalar::dot_q8(rq, rs, &xq[0], &xs[0]), want, mag));
                 prop_assert!(close(one[r], want, mag));
-                for t in 0..4 {
+                for t in 0..16 {
                     let (want, mag) = naive_q8_mag(rq, rs, &xq[t], &xs[t]);
-                    prop_assert!(close(four[r][t], want, mag));
+                    prop_assert!(close(four[t * stride + r] - 1.0, want, mag + 1.0));
                 }
+            }
+            for t in 0..16 {
+                prop_assert_eq!(&four[t * stride + 4..(t + 1) * stride], &[1.0; 3]);
             }
         }
     }
@@ -285,43 +412,50 @@ mod tests {
         }
 
         #[test]
-        fn avx2_q8_kernels_match_scalar(nb in 0usize..12, seed: u64) {
+        fn avx2_q8_kernels_match_scalar(nb in 0usize..12, rows in 0usize..6, pad in 0usize..3, seed: u64) {
             if !have_avx2() {
                 return Ok(());
             }
-            let wq = ints(4 * nb * QK, seed, true);
-            let ws: Vec<f32> = floats(4 * nb, seed ^ 1).iter().map(|v| v.abs()).collect();
-            let xq: Vec<Vec<i8>> = (0..4).map(|t| ints(nb * QK, seed ^ (t + 2), false)).collect();
-            let xs: Vec<Vec<f32>> = (0..4).map(|t| floats(nb, seed ^ (t + 9)).iter().map(|v| v.abs()).collect()).collect();
-            let xst: Vec<f32> = (0..4 * nb).map(|i| xs[i % 4][i / 4]).collect();
-            let xqa = [&xq[0][..], &xq[1][..], &xq[2][..], &xq[3][..]];
+            let ws_stride = nb + pad;
+            let wq = ints(6 * nb * QK, seed, true);
+            let ws: Vec<f32> = floats(6 * ws_stride, seed ^ 1).iter().map(|v| v.abs()).collect();
+            let xq: Vec<Vec<i8>> = (0..16).map(|t| ints(nb * QK, seed ^ (t + 2), false)).collect();
+            let xs: Vec<Vec<f32>> = (0..16).map(|t| floats(nb, seed ^ (t + 99)).iter().map(|v| v.abs()).collect()).collect();
+            let dense_ws: Vec<f32> = (0..6).flat_map(|r| ws[r * ws_stride..r * ws_stride + nb].to_vec()).collect();
             // Only the order of f32 additions differs: a few ulps of the largest term sum.
-            let mag = (0..4)
-                .flat_map(|r| (0..4).map(move |t| (r, t)))
-                .map(|(r, t)| naive_q8_mag(&wq[r * nb * QK..(r + 1) * nb * QK], &ws[r * nb..(r + 1) * nb], &xq[t], &xs[t]).1)
+            let mag = (0..6)
+                .flat_map(|r| (0..16).map(move |t| (r, t)))
+                .map(|(r, t)| naive_q8_mag(&wq[r * nb * QK..(r + 1) * nb * QK], &dense_ws[r * nb..(r + 1) * nb], &xq[t], &xs[t]).1)
                 .fold(0f64, f64::max) as f32;
-            let near = |a: f32, b: f32| (a - b).abs() <= 1e-6 * mag + 1e-6;
+            let near = |a: f32, b: f32| (a - b).abs() <= 1e-6 * mag + 1e-5;
             // SAFETY: avx2 and fma are present (checked above); every slice holds the
             // lengths the kernels read.
             unsafe {
-                let want1 = scalar::q8_rows_x1::<4>(&wq, &ws, nb, &xq[0], &xs[0]);
-                let got1 = super::avx2::q8_rows_x1::<4>(&wq, &ws, nb, &xq[0], &xs[0]);
-                let got11 = super::avx2::q8_rows_x1::<1>(&wq, &ws, nb, &xq[0], &xs[0]);
-                let dot = super::avx2::dot_q8(&wq[..nb * QK], &ws[..nb], &xq[0], &xs[0]);
+                let want1 = scalar::q8_rows_x1::<4>(&wq, &dense_ws, nb, &xq[0], &xs[0]);
+                let got1 = super::avx2::q8_rows_x1::<4>(&wq, &dense_ws, nb, &xq[0], &xs[0]);
+                let got11 = super::avx2::q8_rows_x1::<1>(&wq, &dense_ws, nb, &xq[0], &xs[0]);
+                let dot = super::avx2::dot_q8(&wq[..nb * QK], &dense_ws[..nb], &xq[0], &xs[0]);
                 prop_assert!(near(got11[0], want1[0]) && near(dot, want1[0]));
-                let want4 = scalar::q8_rows_x4::<4>(&wq, &ws, nb, xqa, &xst);
-                let got4 = super::avx2::q8_rows_x4::<4>(&wq, &ws, nb, xqa, &xst);
-                let got41 = super::avx2::q8_rows_x4::<1>(&wq, &ws, nb, xqa, &xst);
                 for r in 0..4 {
                     prop_assert!(near(got1[r], want1[r]), "row {}: {} vs {}", r, got1[r], want1[r]);
-                    for t in 0..4 {
-                        prop_assert!(near(got4[r][t], want4[r][t]), "{} {}: {} vs {}", r, t, got4[r][t], want4[r][t]);
-                    }
-                }
-                for t in 0..4 {
-                    prop_assert!(near(got41[0][t], want4[0][t]));
                 }
             }
+            macro_rules! check_t {
+                ($t:literal) => {{
+                    let want = run_gemm::<$t>(false, false, &wq, &ws, ws_stride, rows, nb, &xq, &xs);
+                    for wide in [false, true] {
+                        let got = run_gemm::<$t>(true, wide, &wq, &ws, ws_stride, rows, nb, &xq, &xs);
+                        prop_assert_eq!(got.len(), want.len());
+                        for (i, (&p, &q)) in got.iter().zip(&want).enumerate() {
+                            prop_assert!(near(p, q), "T {} wide {} index {}: {} vs {}", $t, wide, i, p, q);
+                        }
+                    }
+                }};
+            }
+            check_t!(1);
+            check_t!(2);
+            check_t!(3);
+            check_t!(4);
         }
     }
 }

@@ -57,18 +57,36 @@ pub fn q8_rows_x1<const R: usize>(wq: &[i8], ws: &[f32], nb: usize, xq: &[i8], x
     })
 }
 
-/// `R` consecutive int8 rows times four quantized activation rows, whose scales come
-/// transposed (`xst[4 * b + t]`).
-pub fn q8_rows_x4<const R: usize>(wq: &[i8], ws: &[f32], nb: usize, xq: [&[i8]; 4], xst: &[f32]) -> [[f32; 4]; R] {
-    std::array::from_fn(|r| match (wq.get(r * nb * QK..(r + 1) * nb * QK), ws.get(r * nb..(r + 1) * nb)) {
-        (Some(q), Some(s)) => std::array::from_fn(|t| {
-            let mut sum = 0f32;
-            for (b, ((wb, xb), &sw)) in q.chunks_exact(QK).zip(xq[t].chunks_exact(QK)).zip(s).enumerate() {
-                let acc: i32 = wb.iter().zip(xb).map(|(&w, &x)| w as i32 * x as i32).sum();
-                sum += acc as f32 * (sw * xst.get(4 * b + t).copied().unwrap_or(0.0));
+/// int8 to i16, over the common length.
+pub fn widen_i16(src: &[i8], dst: &mut [i16]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = v as i16;
+    }
+}
+
+/// The GEMM microkernel, as [`super::avx2::q8_gemm`] documents.
+pub fn q8_gemm<W: Copy + Into<i32>, const T: usize>(tile: &super::GemmTile<'_, W, T>, res: &mut [f32], res_stride: usize) {
+    let super::GemmTile { w, w_stride, ws, ws_stride, rows, nb, x16, xs8 } = *tile;
+    for r in 0..rows {
+        for g in 0..T {
+            for t in 0..4 {
+                let mut sum = 0f32;
+                for b in 0..nb {
+                    let mut acc = 0i32;
+                    for i in 0..QK {
+                        let wv: i32 = w.get(r * w_stride + b * QK + i).map_or(0, |&v| v.into());
+                        let x = x16[g].get(b * 4 * QK + (i / 4) * 16 + t * 4 + i % 4).copied().unwrap_or(0) as i32;
+                        acc += wv * x;
+                    }
+                    let sw = ws.get(r * ws_stride + b).copied().unwrap_or(0.0);
+                    sum += acc as f32 * (sw * xs8[g].get(8 * b + 2 * t).copied().unwrap_or(0.0));
+                }
+                if rows <= res_stride {
+                    if let Some(o) = res.get_mut((4 * g + t) * res_stride + r) {
+                        *o += sum;
+                    }
+                }
             }
-            sum
-        }),
-        _ => [0.0; 4],
-    })
+        }
+    }
 }

@@ -1,0 +1,75 @@
+//! Inner loops of the Q4_1 x int8 product (one file per ISA) and their dispatch.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod scalar;
+
+use crate::isa::{active, Isa};
+
+/// One Q4_1 weight row: codes (16 bytes per block), f16 scales and minima.
+pub struct Q4Row<'a> {
+    pub codes: &'a [u8],
+    pub d: &'a [u16],
+    pub m: &'a [u16],
+}
+
+/// One int8 activation row: values, block scales and block sums (`scale * Σ values`).
+pub struct ActRow<'a> {
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    pub sum: &'a [f32],
+}
+
+/// Dot product of a Q4_1 row and an activation row with as many blocks.
+#[inline]
+pub fn dot(w: &Q4Row<'_>, x: &ActRow<'_>) -> f32 {
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `active()` returns Avx2 only when the CPU reports avx2, fma and f16c.
+        Isa::Avx2 => unsafe { avx2::dot(w, x) },
+        _ => scalar::dot(w, x),
+    }
+}
+
+/// [`dot`] of one weight row against four activation rows (codes unpacked once).
+#[inline]
+pub fn dot_x4(w: &Q4Row<'_>, x: [ActRow<'_>; 4]) -> [f32; 4] {
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as for `dot`.
+        Isa::Avx2 => unsafe { avx2::dot_x4(w, &x) },
+        _ => [0, 1, 2, 3].map(|k| scalar::dot(w, &x[k])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 loops against the scalar reference on the same operands.
+    #[test]
+    fn avx2_matches_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if active() == Isa::Avx2 {
+            let nb = 5;
+            let codes: Vec<u8> = (0..nb * 16).map(|i| (i * 37 % 256) as u8).collect();
+            let d: Vec<u16> = (0..nb).map(|i| half::f16::from_f32(0.01 + i as f32 * 0.003).to_bits()).collect();
+            let m: Vec<u16> = (0..nb).map(|i| half::f16::from_f32(-0.1 + i as f32 * 0.02).to_bits()).collect();
+            let w = Q4Row { codes: &codes, d: &d, m: &m };
+            let xs: Vec<Vec<i8>> = (0..4).map(|k| (0..nb * 32).map(|i| ((i * 31 + k * 7) % 255) as i8).collect()).collect();
+            let xd: Vec<f32> = (0..nb).map(|i| 0.02 + i as f32 * 0.001).collect();
+            let xsum: Vec<f32> = (0..nb).map(|i| 0.5 - i as f32 * 0.1).collect();
+            let row = |k: usize| ActRow { q: &xs[k], d: &xd, sum: &xsum };
+            let want = scalar::dot(&w, &row(0));
+            // SAFETY: the CPU supports avx2, fma and f16c (checked above).
+            let got = unsafe { avx2::dot(&w, &row(0)) };
+            assert!((want - got).abs() < 1e-4 * (1.0 + want.abs()), "{want} vs {got}");
+            // SAFETY: as above.
+            let got4 = unsafe { avx2::dot_x4(&w, &[row(0), row(1), row(2), row(3)]) };
+            for k in 0..4 {
+                let want = scalar::dot(&w, &row(k));
+                assert!((want - got4[k]).abs() < 1e-4 * (1.0 + want.abs()), "{k}: {want} vs {}", got4[k]);
+            }
+        }
+    }
+}

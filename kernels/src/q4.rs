@@ -1,0 +1,204 @@
+//! Q4_1 weights in GGML's own quantization, kept as the GGUF stores them: per block of 32
+//! values of a row, 16 bytes of 4-bit codes and two f16 numbers, scale `d` and minimum `m`
+//! (value = d * code + m). Multiplied against [`ActsQ8`] activations:
+//! `Σ (d q_i + m) x_i = d dx Σ q_i x̂_i + m (dx Σ x̂_i)` — the second term is the block sum
+//! the activations carry, so a block costs one unsigned x signed int8 dot.
+//!
+//! This is the fast path's layout for Q4_1 tensors: the same bytes per weight as llama.cpp
+//! (0.625), which is what decode at batch 1 is bound by.
+
+use half::f16;
+
+use crate::cpu::q4 as inner;
+use crate::matmul::{for_each_row_chunk, OutPtr};
+use crate::{ActsQ8, KernelError, QK};
+
+/// Bytes of one GGML `block_q4_1`: f16 d, f16 m, 16 bytes of codes.
+pub const Q4_1_BLOCK_BYTES: usize = 20;
+
+/// A row-major matrix of Q4_1 blocks.
+#[derive(Debug, Clone)]
+pub struct MatQ4_1 {
+    rows: usize,
+    cols: usize,
+    /// 4-bit codes, 16 bytes per block: byte j holds value j (low nibble) and j + 16 (high).
+    codes: Vec<u8>,
+    /// f16 bits of each block's scale.
+    d: Vec<u16>,
+    /// f16 bits of each block's minimum.
+    m: Vec<u16>,
+}
+
+impl MatQ4_1 {
+    /// From GGML `block_q4_1` bytes, row-major (`rows * cols / 32` blocks of 20 bytes).
+    pub fn from_ggml(rows: usize, cols: usize, raw: &[u8]) -> Result<Self, KernelError> {
+        if cols % QK != 0 {
+            return Err(KernelError::Block { what: "MatQ4_1", cols, block: QK });
+        }
+        let blocks = rows * cols / QK;
+        if raw.len() != blocks * Q4_1_BLOCK_BYTES {
+            return Err(KernelError::Length { what: "MatQ4_1 bytes", expected: blocks * Q4_1_BLOCK_BYTES, got: raw.len() });
+        }
+        let mut codes = Vec::with_capacity(blocks * 16);
+        let mut d = Vec::with_capacity(blocks);
+        let mut m = Vec::with_capacity(blocks);
+        for b in raw.chunks_exact(Q4_1_BLOCK_BYTES) {
+            d.push(u16::from_le_bytes([b[0], b[1]]));
+            m.push(u16::from_le_bytes([b[2], b[3]]));
+            codes.extend_from_slice(&b[4..]);
+        }
+        Ok(Self { rows, cols, codes, d, m })
+    }
+
+    /// Quantizes f32 rows as GGML does (per block: m = min, d = (max - min) / 15).
+    pub fn quantize(rows: usize, cols: usize, data: &[f32]) -> Result<Self, KernelError> {
+        if cols % QK != 0 {
+            return Err(KernelError::Block { what: "MatQ4_1", cols, block: QK });
+        }
+        if data.len() != rows * cols {
+            return Err(KernelError::Length { what: "MatQ4_1 source", expected: rows * cols, got: data.len() });
+        }
+        let mut raw = Vec::with_capacity(data.len() / QK * Q4_1_BLOCK_BYTES);
+        for x in data.chunks_exact(QK) {
+            let min = x.iter().copied().fold(f32::INFINITY, f32::min);
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let d = (max - min) / 15.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            raw.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+            raw.extend_from_slice(&f16::from_f32(min).to_bits().to_le_bytes());
+            for j in 0..16 {
+                let lo = ((x[j] - min) * id).round().clamp(0.0, 15.0) as u8;
+                let hi = ((x[j + 16] - min) * id).round().clamp(0.0, 15.0) as u8;
+                raw.push(lo | (hi << 4));
+            }
+        }
+        Self::from_ggml(rows, cols, &raw)
+    }
+
+    /// Number of rows (outputs).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns (inputs).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes held (codes and f16 scales and minima).
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + 2 * (self.d.len() + self.m.len())
+    }
+    fn row(&self, r: usize) -> inner::Q4Row<'_> {
+        let nb = self.cols / QK;
+        inner::Q4Row {
+            codes: &self.codes[r * nb * 16..(r + 1) * nb * 16],
+            d: &self.d[r * nb..(r + 1) * nb],
+            m: &self.m[r * nb..(r + 1) * nb],
+        }
+    }
+    /// Row `r` in f32.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let row = self.row(r);
+        for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+            let (d, m) = (f16::from_bits(row.d[b]).to_f32(), f16::from_bits(row.m[b]).to_f32());
+            for j in 0..16 {
+                let c = row.codes[b * 16 + j];
+                o[j] = d * (c & 0x0f) as f32 + m;
+                o[j + 16] = d * (c >> 4) as f32 + m;
+            }
+        }
+    }
+}
+
+/// `out[t][r] = W[r] · x[t]` for Q4_1 weights and int8 activations.
+pub fn matmul_q4_1(w: &MatQ4_1, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelError> {
+    let (rows, cols, n) = (w.rows, w.cols, x.n());
+    if x.cols() != cols {
+        return Err(KernelError::Shape(format!("weights have {cols} columns, activations {}", x.cols())));
+    }
+    if out.len() != n * rows {
+        return Err(KernelError::Length { what: "output", expected: n * rows, got: out.len() });
+    }
+    let row_bytes = cols / QK * Q4_1_BLOCK_BYTES;
+    let acts = |t: usize| inner::ActRow { q: x.row_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
+    for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| {
+        for r in range {
+            let row = w.row(r);
+            let mut t = 0;
+            while t + 4 <= n {
+                let v = inner::dot_x4(&row, [acts(t), acts(t + 1), acts(t + 2), acts(t + 3)]);
+                for (k, v) in v.into_iter().enumerate() {
+                    // SAFETY: t + k < n and r < rows; only this chunk writes row r.
+                    unsafe { out.write((t + k) * rows + r, v) };
+                }
+                t += 4;
+            }
+            for t in t..n {
+                let v = inner::dot(&row, &acts(t));
+                // SAFETY: as above.
+                unsafe { out.write(t * rows + r, v) };
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_f64_on_dequantized_operands() {
+        for (rows, cols, n) in [(1, 32, 1), (7, 64, 1), (13, 96, 5), (33, 576, 9), (4, 32, 4)] {
+            let w = MatQ4_1::quantize(rows, cols, &data(rows * cols, 1)).unwrap();
+            let x = data(n * cols, 2);
+            let mut a = ActsQ8::default();
+            a.quantize_from(&x, n, cols).unwrap();
+            let mut out = vec![0f32; n * rows];
+            matmul_q4_1(&w, &a, &mut out).unwrap();
+            let mut wr = vec![0f32; cols];
+            for r in 0..rows {
+                w.dequantize_row(r, &mut wr);
+                for t in 0..n {
+                    let (xq, xs) = (a.row_qs(t), a.row_scales(t));
+                    let want: f64 = (0..cols).map(|i| wr[i] as f64 * xq[i] as f64 * xs[i / QK] as f64).sum();
+                    let got = out[t * rows + r] as f64;
+                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{rows}x{cols} n{n} r{r} t{t}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_error_is_within_half_a_step() {
+        let x = data(64, 3);
+        let w = MatQ4_1::quantize(1, 64, &x).unwrap();
+        let mut back = vec![0f32; 64];
+        w.dequantize_row(0, &mut back);
+        for (b, (xs, ys)) in x.chunks(32).zip(back.chunks(32)).enumerate() {
+            let step = f16::from_bits(w.d[b]).to_f32();
+            for (a, y) in xs.iter().zip(ys) {
+                assert!((a - y).abs() <= step * 0.5 + 2e-3, "{a} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(MatQ4_1::from_ggml(1, 32, &[0u8; 19]).is_err());
+        assert!(MatQ4_1::from_ggml(1, 33, &[0u8; 20]).is_err());
+        let w = MatQ4_1::from_ggml(1, 32, &[0u8; 20]).unwrap();
+        let mut a = ActsQ8::default();
+        a.quantize_from(&[0.0; 64], 1, 64).unwrap();
+        assert!(matmul_q4_1(&w, &a, &mut [0.0; 1]).is_err());
+    }
+}
