@@ -49,9 +49,18 @@ impl Linear {
     /// Reads tensor `name` (`rows x cols`) at `precision`: f32 for the reference path; on the
     /// fast path Q4_1 tensors keep their blocks and everything else becomes int8.
     fn read(gguf: &mut GgufFile, name: &str, precision: Precision, rows: usize, cols: usize) -> Result<Self> {
-        if precision == Precision::Fast && gguf.tensor_dtype(name) == Some(GgmlDType::Q4_1) {
-            let (_, raw) = gguf.read_raw(name, &[rows, cols])?;
-            return Ok(Linear::Q4(MatQ4_1::from_ggml(rows, cols, &raw)?));
+        if precision == Precision::Fast {
+            match gguf.tensor_dtype(name) {
+                Some(GgmlDType::Q4_1) => {
+                    let (_, raw) = gguf.read_raw(name, &[rows, cols])?;
+                    return Ok(Linear::Q4(MatQ4_1::from_ggml(rows, cols, &raw)?));
+                }
+                Some(GgmlDType::Q8_0) => {
+                    let (_, raw) = gguf.read_raw(name, &[rows, cols])?;
+                    return Ok(Linear::Q8(q8_0_blocks(rows, cols, &raw)?));
+                }
+                _ => {}
+            }
         }
         let data = gguf.read_f32(name, &[rows, cols])?;
         Ok(match precision {
@@ -101,6 +110,26 @@ impl Linear {
         }
         Ok(())
     }
+}
+
+/// GGML `block_q8_0` bytes (f16 scale, 32 int8 values) as a [`MatQ8`], without a detour
+/// through f32 (which would cost a transient f32 copy of the whole embedding).
+fn q8_0_blocks(rows: usize, cols: usize, raw: &[u8]) -> Result<MatQ8> {
+    const BLOCK: usize = 2 + QK;
+    let blocks = rows * cols / QK;
+    if raw.len() != blocks * BLOCK || cols % QK != 0 {
+        return Err(EngineError::Tensor {
+            tensor: "Q8_0".into(),
+            reason: format!("{} bytes for {rows}x{cols}, expected {}", raw.len(), blocks * BLOCK),
+        });
+    }
+    let mut qs = Vec::with_capacity(rows * cols);
+    let mut scales = Vec::with_capacity(blocks);
+    for b in raw.chunks_exact(BLOCK) {
+        scales.push(half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+        qs.extend(b[2..].iter().map(|&v| v as i8));
+    }
+    Ok(MatQ8::from_parts(rows, cols, qs, scales)?)
 }
 
 /// Activation rows ready for [`Linear::forward`]: as they are (f32) or quantized once and

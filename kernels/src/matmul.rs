@@ -26,10 +26,11 @@ const TOKEN_TILE: usize = 16;
 const GEMV_ROWS: usize = 4;
 
 /// Blocks of [`QK`] per K chunk of the q8 GEMM: a tile of [`GEMM_GROUPS`] x 4 tokens of
-/// widened activations (16 x 24 x 64 B = 24 KB) stays in L1.
+/// widened activations (16 x 16 x 64 B = 16 KB) stays in L1 (24 blocks measured 10% slower
+/// at 576 x 1536, 8 and 12 no better).
 const GEMM_K_BLOCKS: usize = 16;
 
-/// Weight rows widened at a time for the q8 GEMM (32 x 24 x 64 B = 48 KB, held in L2).
+/// Weight rows per panel of the q8 GEMM (32 x 16 x 64 B = 32 KB when widened).
 const GEMM_ROW_BLOCK: usize = 32;
 
 /// Groups of four tokens whose partial sums are kept at a time (32 rows x 256 tokens x 4 B
@@ -94,6 +95,17 @@ impl OutPtr {
         // SAFETY: `i < len`, the length of the live output slice; the caller guarantees
         // exclusive access to entry `i`.
         unsafe { *self.ptr.add(i) = v };
+    }
+
+    /// Adds `v` to entry `i`.
+    ///
+    /// # Safety
+    /// As for [`OutPtr::write`].
+    #[inline(always)]
+    pub(crate) unsafe fn add(self, i: usize, v: f32) {
+        assert!(i < self.len, "output index out of range");
+        // SAFETY: `i < len`; the caller guarantees exclusive access to entry `i`.
+        unsafe { *self.ptr.add(i) += v };
     }
 
 }
@@ -212,9 +224,15 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
     let (rows, cols, n) = (w.rows(), w.cols(), x.n());
     check(rows, cols, x.cols(), n * x.cols(), n, out.len())?;
     let nb = cols / QK;
-    // Every full group of four tokens, widened and interleaved for the GEMM microkernel, in
-    // this thread's reusable buffers (fresh ones should this thread already be using them).
-    let groups = n / 4;
+    with_packed_acts(x, nb, |packed| q8_products(w, x, packed, out));
+    Ok(())
+}
+
+/// Runs `f` with every full group of four tokens of `x` widened and interleaved for the GEMM
+/// microkernel, in this thread's reusable buffers (fresh ones should this thread already be
+/// using them).
+pub(crate) fn with_packed_acts(x: &ActsQ8, nb: usize, f: impl FnOnce(&Packed<'_>)) {
+    let groups = x.n() / 4;
     PACK.with(|cell| {
         let mut fresh = (Vec::new(), Vec::new());
         let mut held = cell.try_borrow_mut();
@@ -232,13 +250,11 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
             let xs = [x.row_scales(t), x.row_scales(t + 1), x.row_scales(t + 2), x.row_scales(t + 3)];
             cpu::pack_acts_i16(xq, xs, nb, p, ps);
         }
-        let packed = Packed { x16, xs8, groups, nb };
-        q8_products(w, x, &packed, out);
+        f(&Packed { x16, xs8, groups, nb });
         if x16.capacity() > PACK_KEEP {
             *x16 = Vec::new();
         }
     });
-    Ok(())
 }
 
 /// The row-parallel part of [`matmul_q8`], once the activations are packed.
@@ -246,7 +262,7 @@ fn q8_products(w: &MatQ8, x: &ActsQ8, packed: &Packed, out: &mut [f32]) {
     let (rows, cols, n, nb, groups) = (w.rows(), w.cols(), x.n(), packed.nb, packed.groups);
     for_each_row_chunk(rows, cols + 4 * nb, n, out, |range, out| {
         if groups > 0 {
-            q8_gemm_rows(w, packed, range.clone(), out);
+            q8_gemm_rows(w, 0, w.rows(), packed, range.clone(), out);
         }
         // Tokens past the last group of four, and the decode GEMV: GEMV_ROWS rows at a time.
         for t in groups * 4..n {
@@ -272,10 +288,10 @@ fn q8_products(w: &MatQ8, x: &ActsQ8, packed: &Packed, out: &mut [f32]) {
 }
 
 /// Activations packed by [`cpu::pack_acts_i16`]: `groups` groups of four tokens.
-struct Packed<'a> {
+pub(crate) struct Packed<'a> {
     x16: &'a [i16],
     xs8: &'a [f32],
-    groups: usize,
+    pub(crate) groups: usize,
     nb: usize,
 }
 
@@ -293,9 +309,17 @@ impl Packed<'_> {
 /// past. When enough tokens pass over the panel it is first widened to i16 (L2 resident);
 /// otherwise the kernel reads the int8 weights directly. Partial sums over the K chunks add
 /// up in a small token-major buffer (up to [`GEMM_PASS_GROUPS`] groups of tokens at a time),
-/// written to `out` once.
-fn q8_gemm_rows(w: &MatQ8, x: &Packed, range: std::ops::Range<usize>, out: OutPtr) {
-    let (rows, cols, nb) = (w.rows(), w.cols(), x.nb);
+/// written to `out` once, at output row `row_offset + r` of an output with `rows` values per
+/// token.
+pub(crate) fn q8_gemm_rows(
+    w: &MatQ8,
+    row_offset: usize,
+    rows: usize,
+    x: &Packed,
+    range: std::ops::Range<usize>,
+    out: OutPtr,
+) {
+    let (cols, nb) = (w.cols(), x.nb);
     let kchunks = nb.div_ceil(GEMM_K_BLOCKS).max(1);
     let kb = nb.div_ceil(kchunks);
     let mut w16 = Vec::new();
@@ -333,7 +357,7 @@ fn q8_gemm_rows(w: &MatQ8, x: &Packed, range: std::ops::Range<usize>, out: OutPt
             }
             // Each token gets a contiguous run of the block's rows.
             for (j, vals) in blk.chunks_exact(nr).enumerate() {
-                let base = (4 * p0 + j) * rows + ra;
+                let base = (4 * p0 + j) * rows + row_offset + ra;
                 for (i, &v) in vals.iter().enumerate() {
                     // SAFETY: row ra + i belongs to this chunk (see OutPtr).
                     unsafe { out.write(base + i, v) };

@@ -10,8 +10,8 @@
 use half::f16;
 
 use crate::cpu::q4 as inner;
-use crate::matmul::{for_each_row_chunk, OutPtr};
-use crate::{ActsQ8, KernelError, QK};
+use crate::matmul::{for_each_row_chunk, q8_gemm_rows, with_packed_acts, OutPtr, Packed};
+use crate::{ActsQ8, KernelError, MatQ8, QK};
 
 /// Bytes of one GGML `block_q4_1`: f16 d, f16 m, 16 bytes of codes.
 pub const Q4_1_BLOCK_BYTES: usize = 20;
@@ -119,11 +119,44 @@ pub fn matmul_q4_1(w: &MatQ4_1, x: &ActsQ8, out: &mut [f32]) -> Result<(), Kerne
         return Err(KernelError::Length { what: "output", expected: n * rows, got: out.len() });
     }
     let row_bytes = cols / QK * Q4_1_BLOCK_BYTES;
+    if n >= 4 {
+        with_packed_acts(x, cols / QK, |packed| products(w, x, Some(packed), row_bytes, out));
+    } else {
+        products(w, x, None, row_bytes, out);
+    }
+    Ok(())
+}
+
+/// The row-parallel part of [`matmul_q4_1`]. Full groups of four tokens go through the
+/// int8 GEMM microkernel: a chunk's codes are unpacked to bytes (0..15) with `d` as the block
+/// scale, and the `m · Σx` term is added afterwards. Remaining tokens (and decode) use the
+/// Q4_1 dot product directly.
+fn products(w: &MatQ4_1, x: &ActsQ8, packed: Option<&Packed<'_>>, row_bytes: usize, out: &mut [f32]) {
+    let (rows, cols, n) = (w.rows, w.cols, x.n());
+    let nb = cols / QK;
+    let grouped = packed.map_or(0, |p| p.groups * 4);
     let acts = |t: usize| inner::ActRow { q: x.row_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
     for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| {
+        if let Some(packed) = packed.filter(|p| p.groups > 0) {
+            if let Ok(codes) = w.unpack_rows(range.clone()) {
+                q8_gemm_rows(&codes, range.start, rows, packed, 0..range.len(), out);
+                let mut mins = vec![0f32; nb];
+                for r in range.clone() {
+                    let row = w.row(r);
+                    for (m, &bits) in mins.iter_mut().zip(row.m) {
+                        *m = f16::from_bits(bits).to_f32();
+                    }
+                    for t in 0..grouped {
+                        let v: f32 = mins.iter().zip(x.row_sums(t)).map(|(a, b)| a * b).sum();
+                        // SAFETY: t < n and r < rows; only this chunk touches row r.
+                        unsafe { out.add(t * rows + r, v) };
+                    }
+                }
+            }
+        }
         for r in range {
             let row = w.row(r);
-            let mut t = 0;
+            let mut t = grouped;
             while t + 4 <= n {
                 let v = inner::dot_x4(&row, [acts(t), acts(t + 1), acts(t + 2), acts(t + 3)]);
                 for (k, v) in v.into_iter().enumerate() {
@@ -139,7 +172,26 @@ pub fn matmul_q4_1(w: &MatQ4_1, x: &ActsQ8, out: &mut [f32]) -> Result<(), Kerne
             }
         }
     });
-    Ok(())
+}
+
+impl MatQ4_1 {
+    /// Rows `range` as int8 codes (0..15) with each block's `d` as its scale: the value
+    /// minus the block minimum, in the layout of the int8 GEMM.
+    fn unpack_rows(&self, range: std::ops::Range<usize>) -> Result<MatQ8, KernelError> {
+        let nb = self.cols / QK;
+        let mut qs = Vec::with_capacity(range.len() * self.cols);
+        let mut scales = Vec::with_capacity(range.len() * nb);
+        for r in range.clone() {
+            let row = self.row(r);
+            for b in 0..nb {
+                let c = &row.codes[b * 16..(b + 1) * 16];
+                qs.extend(c.iter().map(|&v| (v & 0x0f) as i8));
+                qs.extend(c.iter().map(|&v| (v >> 4) as i8));
+                scales.push(f16::from_bits(row.d[b]).to_f32());
+            }
+        }
+        MatQ8::from_parts(range.len(), self.cols, qs, scales)
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +210,7 @@ mod tests {
 
     #[test]
     fn matches_f64_on_dequantized_operands() {
-        for (rows, cols, n) in [(1, 32, 1), (7, 64, 1), (13, 96, 5), (33, 576, 9), (4, 32, 4)] {
+        for (rows, cols, n) in [(1, 32, 1), (7, 64, 1), (13, 96, 5), (33, 576, 9), (4, 32, 4), (70, 1536, 37), (300, 64, 16)] {
             let w = MatQ4_1::quantize(rows, cols, &data(rows * cols, 1)).unwrap();
             let x = data(n * cols, 2);
             let mut a = ActsQ8::default();

@@ -15,7 +15,7 @@ fn product(what: &'static str, a: usize, b: usize) -> Result<usize, KernelError>
 }
 
 fn check_block(what: &'static str, cols: usize) -> Result<(), KernelError> {
-    if cols % QK == 0 { Ok(()) } else { Err(KernelError::Block { what, cols, block: QK }) }
+    if cols.is_multiple_of(QK) { Ok(()) } else { Err(KernelError::Block { what, cols, block: QK }) }
 }
 
 /// A row-major f32 matrix: `rows` outputs, each a contiguous row of `cols` inputs.

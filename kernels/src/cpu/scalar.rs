@@ -81,10 +81,8 @@ pub fn q8_gemm<W: Copy + Into<i32>, const T: usize>(tile: &super::GemmTile<'_, W
                     let sw = ws.get(r * ws_stride + b).copied().unwrap_or(0.0);
                     sum += acc as f32 * (sw * xs8[g].get(8 * b + 2 * t).copied().unwrap_or(0.0));
                 }
-                if rows <= res_stride {
-                    if let Some(o) = res.get_mut((4 * g + t) * res_stride + r) {
-                        *o += sum;
-                    }
+                if let Some(o) = res.get_mut((4 * g + t) * res_stride + r).filter(|_| rows <= res_stride) {
+                    *o += sum;
                 }
             }
         }
