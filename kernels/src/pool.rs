@@ -150,6 +150,7 @@ impl Drop for Pool {
 fn worker(s: &Shared, w: usize) {
     let mut seen = 0u64;
     let mut idle_since = Instant::now();
+    let mut spins = 0u32;
     while !s.stop.load(SeqCst) {
         let g = s.generation.load(SeqCst);
         if g % 2 == 1 && g != seen {
@@ -167,9 +168,12 @@ fn worker(s: &Shared, w: usize) {
             }
             s.in_job.fetch_sub(1, SeqCst);
             idle_since = Instant::now();
+            spins = 0;
             continue;
         }
-        if idle_since.elapsed() < SPIN {
+        // Read the clock only now and then: the spin loop's latency is the pool's latency.
+        spins = spins.wrapping_add(1);
+        if spins % 1024 != 0 || idle_since.elapsed() < SPIN {
             std::hint::spin_loop();
             continue;
         }
@@ -180,6 +184,7 @@ fn worker(s: &Shared, w: usize) {
         }
         s.sleeping[w].store(false, SeqCst);
         idle_since = Instant::now();
+        spins = 0;
     }
 }
 
