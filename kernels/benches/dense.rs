@@ -1,6 +1,7 @@
 //! Dense product benchmarks at the shapes of SmolLM2-135M (hidden 576, MLP 1536, vocab
 //! 49152) and Llama-3-8B (hidden 4096, MLP 14336): GEMV (n = 1, decode) and GEMM (n = 256,
-//! prefill; n = 16 for the 8B shapes), f32 and q8. Throughput is in weight bytes, so GEMV
+//! prefill; n = 16 for the 8B shapes), f32, q8 and q4_1 (the fast path's format for the
+//! GGUF's Q4_1 tensors). Throughput is in weight bytes, so GEMV
 //! numbers read directly as effective memory bandwidth.
 //!
 //! `cargo bench -p sieve-kernels --bench dense [filter]`
@@ -9,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sieve_kernels::{matmul_f32, matmul_q8, ActsQ8, MatF32, MatQ8};
+use sieve_kernels::{matmul_f32, matmul_q4_1, matmul_q8, ActsQ8, MatF32, MatQ4_1, MatQ8};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -42,6 +43,7 @@ fn dense(c: &mut Criterion) {
     for &(name, rows, cols, ns) in SHAPES {
         let data = values(rows * cols, (rows + cols) as u64);
         let wq = MatQ8::quantize(rows, cols, &data).expect("q8 shape");
+        let w4 = MatQ4_1::quantize(rows, cols, &data).expect("q4_1 shape");
         let wf = MatF32::new(rows, cols, data).expect("f32 shape");
         let mut group = c.benchmark_group(format!("dense/{name}_{rows}x{cols}"));
         group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
@@ -66,6 +68,10 @@ fn dense(c: &mut Criterion) {
                     })
                 });
             }
+            group.throughput(Throughput::Bytes(w4.bytes() as u64));
+            group.bench_function(BenchmarkId::new("q4_1", n), |b| {
+                b.iter(|| matmul_q4_1(black_box(&w4), black_box(&acts), &mut out).expect("q4_1 product"))
+            });
             group.throughput(Throughput::Bytes(wf.bytes() as u64));
             group.bench_function(BenchmarkId::new("f32", n), |b| {
                 b.iter(|| matmul_f32(black_box(&wf), black_box(&x), n, &mut out).expect("f32 product"))
