@@ -6,7 +6,7 @@
 //!   scale per block, multiplied against activations quantized the same way ([`ActsQ8`]).
 //!
 //! Products dispatch at run time to the best instruction set the CPU has ([`isa`]) and split
-//! rows over the rayon pool. No model code lives here.
+//! rows over the spinning worker pool ([`pool`]). No model code lives here.
 
 mod cpu;
 pub mod attention;

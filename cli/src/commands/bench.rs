@@ -67,7 +67,7 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
     let out = DecodeOutput {
         report: &report,
         precision: a.precision,
-        threads: rayon_threads(),
+        threads: sieve_kernels::pool::global().threads(),
         isa: sieve_kernels::isa::active().name(),
     };
     if a.json {
@@ -80,8 +80,4 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
         );
         Ok(())
     }
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

@@ -44,7 +44,7 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
         ),
         config,
         isa: sieve_kernels::isa::active().name(),
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: sieve_kernels::pool::global().threads(),
         sieve_version: env!("CARGO_PKG_VERSION"),
     };
     if a.json {
