@@ -3,7 +3,9 @@
 //! (cycling through enough copies to exceed the last-level cache, as decode does across
 //! layers), and GEMM compute throughput in GMAC/s.
 //!
-//! `cargo run --release -p sieve-kernels --example matmul_perf`
+//! `cargo run --release -p sieve-kernels --example matmul_perf`; `PERF_ONLY=gemv|gemm|q8gemm`
+//! runs a part, `PERF_ONLY=one PERF_SHAPE=rows,cols,n` one q8 GEMM in a loop (for `perf`).
+//! `SIEVE_THREADS` sets the pool size.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -38,17 +40,6 @@ fn time<F: FnMut(usize)>(reps: usize, mut f: F) -> f64 {
 }
 
 fn main() -> Result<(), sieve_kernels::KernelError> {
-    // PERF_INSIDE=1 runs everything on a pool thread (as an engine inside `install` would);
-    // PERF_ONLY=gemv|gemm runs one half.
-    if std::env::var("PERF_INSIDE").is_ok_and(|v| v == "1") {
-        println!("calling from inside the rayon pool");
-        let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| sieve_kernels::KernelError::Shape(e.to_string()))?;
-        return pool.install(run);
-    }
-    run()
-}
-
-fn run() -> Result<(), sieve_kernels::KernelError> {
     let only = std::env::var("PERF_ONLY").unwrap_or_default();
     if only == "one" {
         // One q8 GEMM shape, many times: for profilers.
@@ -67,7 +58,7 @@ fn run() -> Result<(), sieve_kernels::KernelError> {
         println!("q8  GEMM  {rows}x{cols} n={n} {:8.2} ms {:7.1} GMAC/s", t * 1e3, (rows * cols * n) as f64 / t / 1e9);
         return Ok(());
     }
-    println!("rayon threads {}, isa {}", rayon::current_num_threads(), sieve_kernels::isa::active().name());
+    println!("pool threads {}, isa {}", sieve_kernels::pool::global().threads(), sieve_kernels::isa::active().name());
     let llc = 64usize << 20;
     let gemv: &[(usize, usize)] = if only.contains("gemm") { &[] } else { &[(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576), (14336, 4096), (4096, 14336)] };
     for &(rows, cols) in gemv {

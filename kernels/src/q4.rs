@@ -135,7 +135,12 @@ fn products(w: &MatQ4_1, x: &ActsQ8, packed: Option<&Packed<'_>>, row_bytes: usi
     let (rows, cols, n) = (w.rows, w.cols, x.n());
     let nb = cols / QK;
     let grouped = packed.map_or(0, |p| p.groups * 4);
-    let acts = |t: usize| inner::ActRow { q: x.row_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
+    let acts = |t: usize| inner::ActRow {
+        q: x.row_qs(t),
+        pair_q: x.row_pair_qs(t),
+        d: x.row_scales(t),
+        sum: x.row_sums(t),
+    };
     for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| {
         if let Some(packed) = packed.filter(|p| p.groups > 0) {
             if let Ok(codes) = w.unpack_rows(range.clone()) {

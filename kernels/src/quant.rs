@@ -118,6 +118,10 @@ pub struct ActsQ8 {
     scales: Vec<f32>,
     /// Per block `scale * Σ values`: the term Q4_1's block minimum multiplies.
     sums: Vec<f32>,
+    /// The values with each pair of blocks' middle halves swapped (`a0 b0 a1 b1` from
+    /// `a0 a1 b0 b1`): the order in which 32 bytes of Q4_1 codes unpack (low nibbles of two
+    /// blocks, then high nibbles), so the Q4_1 GEMV multiplies two blocks per vector.
+    pair_qs: Vec<i8>,
 }
 
 impl ActsQ8 {
@@ -134,6 +138,18 @@ impl ActsQ8 {
         self.sums.extend(
             self.qs.chunks_exact(QK).zip(&self.scales).map(|(q, s)| q.iter().map(|&v| v as i32).sum::<i32>() as f32 * s),
         );
+        self.pair_qs.clear();
+        for row in self.qs.chunks_exact(cols) {
+            let mut pairs = row.chunks_exact(2 * QK);
+            for p in &mut pairs {
+                let h = QK / 2;
+                self.pair_qs.extend_from_slice(&p[..h]);
+                self.pair_qs.extend_from_slice(&p[QK..QK + h]);
+                self.pair_qs.extend_from_slice(&p[h..QK]);
+                self.pair_qs.extend_from_slice(&p[QK + h..]);
+            }
+            self.pair_qs.extend_from_slice(pairs.remainder());
+        }
         Ok(())
     }
     /// Number of rows (tokens).
@@ -146,6 +162,10 @@ impl ActsQ8 {
     pub fn row_scales(&self, t: usize) -> &[f32] {
         let b = self.cols / QK;
         &self.scales[t * b..(t + 1) * b]
+    }
+    /// Values of row `t` in pair order (see the field's comment).
+    pub fn row_pair_qs(&self, t: usize) -> &[i8] {
+        &self.pair_qs[t * self.cols..(t + 1) * self.cols]
     }
     /// Block sums (`scale * Σ values`) of row `t`.
     pub fn row_sums(&self, t: usize) -> &[f32] {

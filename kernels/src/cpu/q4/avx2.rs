@@ -69,24 +69,54 @@ unsafe fn scales8(w: &Q4Row<'_>, x: &ActRow<'_>, b0: usize, nb: usize, out: &mut
     }
 }
 
+/// Σ codes * x of blocks b and b + 1 at once: 32 bytes of codes split into low and high
+/// nibbles line up with the pair-ordered activations. Lanes 0-3 hold block b's sum, 4-7
+/// block b + 1's. Two maddubs sums stay below 2 * 2 * 15 * 128, far from i16 saturation.
+#[inline(always)]
+unsafe fn block_pair(w: &Q4Row<'_>, pair_q: &[i8], b: usize) -> __m256 {
+    // SAFETY: reads codes [16b, 16b + 32) and pair_q [32b, 32b + 64); the caller ensures
+    // b + 1 < nb.
+    unsafe {
+        let packed = _mm256_loadu_si256(w.codes.as_ptr().add(b * 16) as *const __m256i);
+        let mask = _mm256_set1_epi8(0x0f);
+        let lo = _mm256_and_si256(packed, mask);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+        let xlo = _mm256_loadu_si256(pair_q.as_ptr().add(b * 32) as *const __m256i);
+        let xhi = _mm256_loadu_si256(pair_q.as_ptr().add(b * 32 + 32) as *const __m256i);
+        let p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot(w: &Q4Row<'_>, x: &ActRow<'_>) -> f32 {
-    let nb = w.d.len().min(w.m.len()).min(w.codes.len() / 16).min(x.d.len()).min(x.sum.len()).min(x.q.len() / 32);
+    let nb = w.d.len().min(w.m.len()).min(w.codes.len() / 16).min(x.d.len()).min(x.sum.len());
+    let nb = nb.min(x.q.len() / 32).min(x.pair_q.len() / 32);
     let mut mins = 0f32;
     let mut sc = [0f32; 8];
-    // SAFETY: every block index is < nb, within all slices.
+    // SAFETY: every block index is < nb, within all slices; pairs need b + 1 < nb.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut acc = [_mm256_setzero_ps(); 2];
         let mut b0 = 0;
         while b0 < nb {
             mins += scales8(w, x, b0, nb, &mut sc);
-            for i in 0..(nb - b0).min(8) {
+            let k = (nb - b0).min(8);
+            let scv = _mm256_loadu_ps(sc.as_ptr());
+            let mut i = 0;
+            while i + 2 <= k {
+                let idx = _mm256_setr_epi32(i as i32, i as i32, i as i32, i as i32, i as i32 + 1, i as i32 + 1, i as i32 + 1, i as i32 + 1);
+                let p = block_pair(w, x.pair_q, b0 + i);
+                acc[(i / 2) & 1] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scv, idx), acc[(i / 2) & 1]);
+                i += 2;
+            }
+            if i < k {
+                // A last odd block (pair order leaves it as it was).
                 let p = block(codes(w, b0 + i), x.q, b0 + i);
-                acc[i & 3] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc[i]), acc[i & 3]);
+                acc[0] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc[i]), acc[0]);
             }
             b0 += 8;
         }
-        hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]))) + mins
+        hsum(_mm256_add_ps(acc[0], acc[1])) + mins
     }
 }
 

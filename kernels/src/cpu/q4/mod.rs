@@ -13,9 +13,11 @@ pub struct Q4Row<'a> {
     pub m: &'a [u16],
 }
 
-/// One int8 activation row: values, block scales and block sums (`scale * Σ values`).
+/// One int8 activation row: values (also in pair order, see `ActsQ8`), block scales and
+/// block sums (`scale * Σ values`).
 pub struct ActRow<'a> {
     pub q: &'a [i8],
+    pub pair_q: &'a [i8],
     pub d: &'a [f32],
     pub sum: &'a [f32],
 }
@@ -46,6 +48,22 @@ pub fn dot_x4(w: &Q4Row<'_>, x: [ActRow<'_>; 4]) -> [f32; 4] {
 mod tests {
     use super::*;
 
+    /// `x` in the pair order `ActsQ8` produces.
+    fn pair_order(x: &[i8]) -> Vec<i8> {
+        let n = x.len();
+        let mut out = Vec::with_capacity(n);
+        let mut i = 0;
+        while i + 64 <= n {
+            out.extend_from_slice(&x[i..i + 16]);
+            out.extend_from_slice(&x[i + 32..i + 48]);
+            out.extend_from_slice(&x[i + 16..i + 32]);
+            out.extend_from_slice(&x[i + 48..i + 64]);
+            i += 64;
+        }
+        out.extend_from_slice(&x[i..]);
+        out
+    }
+
     /// The AVX2 loops against the scalar reference on the same operands.
     #[test]
     fn avx2_matches_scalar() {
@@ -59,7 +77,8 @@ mod tests {
             let xs: Vec<Vec<i8>> = (0..4).map(|k| (0..nb * 32).map(|i| ((i * 31 + k * 7) % 255) as i8).collect()).collect();
             let xd: Vec<f32> = (0..nb).map(|i| 0.02 + i as f32 * 0.001).collect();
             let xsum: Vec<f32> = (0..nb).map(|i| 0.5 - i as f32 * 0.1).collect();
-            let row = |k: usize| ActRow { q: &xs[k], d: &xd, sum: &xsum };
+            let pairs: Vec<Vec<i8>> = xs.iter().map(|x| pair_order(x)).collect();
+            let row = |k: usize| ActRow { q: &xs[k], pair_q: &pairs[k], d: &xd, sum: &xsum };
             let want = scalar::dot(&w, &row(0));
             // SAFETY: the CPU supports avx2, fma and f16c (checked above).
             let got = unsafe { avx2::dot(&w, &row(0)) };
