@@ -17,6 +17,7 @@ pub mod ops;
 pub mod pool;
 pub mod q4;
 pub mod quant;
+pub mod sparse;
 
 pub use error::KernelError;
 pub use matmul::{matmul_f32, matmul_q8};

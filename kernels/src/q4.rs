@@ -87,6 +87,9 @@ impl MatQ4_1 {
     pub fn bytes(&self) -> usize {
         self.codes.len() + 2 * (self.d.len() + self.m.len())
     }
+    pub(crate) fn row_view(&self, r: usize) -> inner::Q4Row<'_> {
+        self.row(r)
+    }
     fn row(&self, r: usize) -> inner::Q4Row<'_> {
         let nb = self.cols / QK;
         inner::Q4Row {

@@ -7,6 +7,7 @@
 mod avx2;
 pub mod attention;
 pub mod q4;
+pub mod sparse;
 mod scalar;
 
 use crate::isa::{active, Isa};

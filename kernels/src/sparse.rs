@@ -1,0 +1,322 @@
+//! Sparse GEMVs for activation sparsity (decode, batch 1).
+//!
+//! - Input sparsity: `y = W (x ⊙ [|x| > t])` over input-major weights (W transposed, one
+//!   contiguous row of outputs per input channel); the mask is taken inside the kernel and
+//!   the rows of masked channels are never read. f32, and int8 with one scale per output
+//!   channel so that active channels accumulate in integers (activations are quantized over
+//!   the active set with one scale).
+//! - Output sparsity: `y_k = W[rows[k]] · x` over row-major weights for a list of rows, and
+//!   the fused SwiGLU `h_k = silu(Wg[rows[k]] · x) * (Wu[rows[k]] · x)`, in every precision of
+//!   the dense path.
+
+use crate::cpu;
+use crate::cpu::q4 as q4_inner;
+use crate::cpu::sparse::{self as inner, SparsePairs};
+use crate::pool::{global, parallel_for};
+use crate::{ActsQ8, KernelError, MatF32, MatQ4_1, MatQ8};
+
+/// Outputs per parallel task of an input-sparse GEMV (a multiple of the SIMD tile).
+const OUT_TILE: usize = 64;
+
+/// Weights stored input-major: `inputs` rows of `outputs` values.
+#[derive(Debug, Clone)]
+pub struct InputMajorF32 {
+    inputs: usize,
+    outputs: usize,
+    data: Vec<f32>,
+}
+
+impl InputMajorF32 {
+    /// Transposes a row-major `outputs x inputs` matrix.
+    pub fn from_row_major(w: &MatF32) -> Self {
+        let (outputs, inputs) = (w.rows(), w.cols());
+        let mut data = vec![0f32; inputs * outputs];
+        for j in 0..outputs {
+            for (i, &v) in w.row(j).iter().enumerate() {
+                data[i * outputs + j] = v;
+            }
+        }
+        Self { inputs, outputs, data }
+    }
+    /// Input channels.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+    /// Output channels.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+}
+
+/// int8 weights stored input-major, one f32 scale per output channel.
+#[derive(Debug, Clone)]
+pub struct InputMajorQ8 {
+    inputs: usize,
+    outputs: usize,
+    qs: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl InputMajorQ8 {
+    /// Quantizes and transposes a row-major `outputs x inputs` f32 matrix (absmax per output
+    /// channel).
+    pub fn from_row_major(outputs: usize, inputs: usize, data: &[f32]) -> Result<Self, KernelError> {
+        let len = outputs.checked_mul(inputs).ok_or_else(|| KernelError::Shape("matrix too large".into()))?;
+        if data.len() != len {
+            return Err(KernelError::Length { what: "InputMajorQ8 source", expected: len, got: data.len() });
+        }
+        let mut qs = vec![0i8; len];
+        let mut scales = vec![0f32; outputs];
+        for (j, row) in data.chunks_exact(inputs.max(1)).enumerate().take(outputs) {
+            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            for (i, &v) in row.iter().enumerate() {
+                qs[i * outputs + j] = (v * inv).round().clamp(-127.0, 127.0) as i8;
+            }
+            scales[j] = d;
+        }
+        Ok(Self { inputs, outputs, qs, scales })
+    }
+    /// Input channels.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+    /// Output channels.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.qs.len() + 4 * self.scales.len()
+    }
+    /// Weight (input `i`, output `j`) in f32.
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        self.qs[i * self.outputs + j] as f32 * self.scales[j]
+    }
+}
+
+/// Output entry pointer shared by tasks that own disjoint output ranges.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every task writes only its own output range, and the job returns only after all
+// tasks finished.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// `start + len` lies inside the output and no other task touches this range.
+    unsafe fn range<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+fn check_threshold(t: f32) -> Result<(), KernelError> {
+    if t.is_nan() || t < 0.0 {
+        return Err(KernelError::Shape(format!("threshold {t} must be a non-negative number")));
+    }
+    Ok(())
+}
+
+fn check_io(inputs: usize, outputs: usize, x: usize, out: usize) -> Result<(), KernelError> {
+    if x != inputs {
+        return Err(KernelError::Length { what: "input vector", expected: inputs, got: x });
+    }
+    if out != outputs {
+        return Err(KernelError::Length { what: "output vector", expected: outputs, got: out });
+    }
+    Ok(())
+}
+
+/// `out = W (x ⊙ [|x| > threshold])` for f32 input-major weights; returns how many input
+/// channels were active.
+pub fn gemv_input_sparse_f32(w: &InputMajorF32, x: &[f32], threshold: f32, out: &mut [f32]) -> Result<usize, KernelError> {
+    check_threshold(threshold)?;
+    check_io(w.inputs, w.outputs, x.len(), out.len())?;
+    let active: Vec<u32> = (0..x.len()).filter(|&i| x[i].abs() > threshold).map(|i| i as u32).collect();
+    let tasks = w.outputs.div_ceil(OUT_TILE);
+    let o = Out(out.as_mut_ptr());
+    parallel_for(tasks, |t| {
+        let j0 = t * OUT_TILE;
+        let len = OUT_TILE.min(w.outputs - j0);
+        // SAFETY: task t owns outputs j0..j0 + len, inside `out`.
+        let y = unsafe { o.range(j0, len) };
+        y.fill(0.0);
+        for &i in &active {
+            let i = i as usize;
+            cpu::axpy_f32(x[i], &w.data[i * w.outputs + j0..][..len], y);
+        }
+    });
+    Ok(active.len())
+}
+
+/// Reusable buffers of [`gemv_input_sparse_q8`].
+#[derive(Debug, Default)]
+pub struct SparseScratch {
+    pairs: Vec<[u32; 2]>,
+    xq: Vec<[i16; 2]>,
+}
+
+/// `out = W (x ⊙ [|x| > threshold])` for int8 input-major weights; returns how many input
+/// channels were active. The active values are quantized to int8 with one scale.
+pub fn gemv_input_sparse_q8(
+    w: &InputMajorQ8,
+    x: &[f32],
+    threshold: f32,
+    out: &mut [f32],
+    scratch: &mut SparseScratch,
+) -> Result<usize, KernelError> {
+    check_threshold(threshold)?;
+    check_io(w.inputs, w.outputs, x.len(), out.len())?;
+    let mut amax = 0f32;
+    let mut count = 0usize;
+    scratch.pairs.clear();
+    scratch.xq.clear();
+    for v in x.iter().filter(|v| v.abs() > threshold) {
+        amax = amax.max(v.abs());
+        count += 1;
+    }
+    let sx = amax / 127.0;
+    let inv = if sx > 0.0 { 1.0 / sx } else { 0.0 };
+    let mut pending: Option<(u32, i16)> = None;
+    for (i, &v) in x.iter().enumerate() {
+        if v.abs() > threshold {
+            let q = (v * inv).round().clamp(-127.0, 127.0) as i16;
+            match pending.take() {
+                None => pending = Some((i as u32, q)),
+                Some((i0, q0)) => {
+                    scratch.pairs.push([i0, i as u32]);
+                    scratch.xq.push([q0, q]);
+                }
+            }
+        }
+    }
+    if let Some((i0, q0)) = pending {
+        scratch.pairs.push([i0, i0]);
+        scratch.xq.push([q0, 0]);
+    }
+    let op = SparsePairs { w: &w.qs, outputs: w.outputs, pairs: &scratch.pairs, xq: &scratch.xq };
+    let tasks = w.outputs.div_ceil(OUT_TILE);
+    let o = Out(out.as_mut_ptr());
+    parallel_for(tasks, |t| {
+        let j0 = t * OUT_TILE;
+        let len = OUT_TILE.min(w.outputs - j0);
+        let mut acc = [0i32; OUT_TILE];
+        inner::accumulate(&op, j0, &mut acc[..len]);
+        // SAFETY: task t owns outputs j0..j0 + len, inside `out`.
+        let y = unsafe { o.range(j0, len) };
+        for ((yj, &a), &s) in y.iter_mut().zip(&acc[..len]).zip(&w.scales[j0..j0 + len]) {
+            *yj = a as f32 * sx * s;
+        }
+    });
+    Ok(count)
+}
+
+/// Weights the output-sparse GEMV reads rows of (row-major, the dense layouts).
+pub enum RowMajor<'a> {
+    /// f32 rows against f32 activations.
+    F32(&'a MatF32),
+    /// int8 rows against int8 activations.
+    Q8(&'a MatQ8),
+    /// Q4_1 rows against int8 activations.
+    Q4(&'a MatQ4_1),
+}
+
+/// One activation vector in the form each precision reads.
+pub enum Vector<'a> {
+    /// f32 values (for [`RowMajor::F32`]).
+    F32(&'a [f32]),
+    /// One quantized row (for the int8 and Q4_1 weights).
+    Q8(&'a ActsQ8),
+}
+
+impl RowMajor<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            RowMajor::F32(m) => m.rows(),
+            RowMajor::Q8(m) => m.rows(),
+            RowMajor::Q4(m) => m.rows(),
+        }
+    }
+    fn cols(&self) -> usize {
+        match self {
+            RowMajor::F32(m) => m.cols(),
+            RowMajor::Q8(m) => m.cols(),
+            RowMajor::Q4(m) => m.cols(),
+        }
+    }
+    /// Row `r` · `x`; `r` is in range and `x` matches (checked by the callers).
+    fn dot(&self, r: usize, x: &Vector<'_>) -> f32 {
+        match (self, x) {
+            (RowMajor::F32(m), Vector::F32(x)) => cpu::dot_f32(m.row(r), x),
+            (RowMajor::Q8(m), Vector::Q8(a)) => cpu::dot_q8(m.row_qs(r), m.row_scales(r), a.row_qs(0), a.row_scales(0)),
+            (RowMajor::Q4(m), Vector::Q8(a)) => q4_inner::dot(
+                &m.row_view(r),
+                &q4_inner::ActRow { q: a.row_qs(0), pair_q: a.row_pair_qs(0), d: a.row_scales(0), sum: a.row_sums(0) },
+            ),
+            _ => 0.0,
+        }
+    }
+}
+
+fn check_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: usize) -> Result<(), KernelError> {
+    let matches = match (w, x) {
+        (RowMajor::F32(_), Vector::F32(v)) => v.len() == w.cols(),
+        (RowMajor::Q8(_) | RowMajor::Q4(_), Vector::Q8(a)) => a.n() == 1 && a.cols() == w.cols(),
+        _ => false,
+    };
+    if !matches {
+        return Err(KernelError::Shape(format!("the vector does not match {}-column weights of this precision", w.cols())));
+    }
+    if out != rows.len() {
+        return Err(KernelError::Length { what: "output", expected: rows.len(), got: out });
+    }
+    if let Some(&bad) = rows.iter().find(|&&r| r as usize >= w.rows()) {
+        return Err(KernelError::Shape(format!("row {bad} out of range ({} rows)", w.rows())));
+    }
+    Ok(())
+}
+
+/// Rows per task of the output-sparse GEMVs.
+fn row_tasks(n: usize) -> (usize, usize) {
+    let per = n.div_ceil(4 * global().threads()).max(16);
+    (per, n.div_ceil(per))
+}
+
+/// `out[k] = W[rows[k]] · x`: only the listed rows are read.
+pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
+    check_rows(w, x, rows, out.len())?;
+    let (per, tasks) = row_tasks(rows.len());
+    let o = Out(out.as_mut_ptr());
+    parallel_for(tasks, |t| {
+        let k0 = t * per;
+        let len = per.min(rows.len() - k0);
+        // SAFETY: task t owns out[k0..k0 + len].
+        let y = unsafe { o.range(k0, len) };
+        for (yk, &r) in y.iter_mut().zip(&rows[k0..k0 + len]) {
+            *yk = w.dot(r as usize, x);
+        }
+    });
+    Ok(())
+}
+
+/// The SwiGLU on selected neurons: `h[k] = silu(Wg[rows[k]] · x) * (Wu[rows[k]] · x)`, the
+/// two products of a neuron computed together while its input is hot in cache.
+pub fn swiglu_rows(gate: &RowMajor<'_>, up: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], h: &mut [f32]) -> Result<(), KernelError> {
+    check_rows(gate, x, rows, h.len())?;
+    check_rows(up, x, rows, h.len())?;
+    let (per, tasks) = row_tasks(rows.len());
+    let o = Out(h.as_mut_ptr());
+    parallel_for(tasks, |t| {
+        let k0 = t * per;
+        let len = per.min(rows.len() - k0);
+        // SAFETY: task t owns h[k0..k0 + len].
+        let y = unsafe { o.range(k0, len) };
+        for (yk, &r) in y.iter_mut().zip(&rows[k0..k0 + len]) {
+            *yk = crate::ops::silu(gate.dot(r as usize, x)) * up.dot(r as usize, x);
+        }
+    });
+    Ok(())
+}
