@@ -96,6 +96,26 @@ impl InputMajorQ8 {
     }
 }
 
+/// Active pairs per sub-run of a split-K task.
+const PAIR_RUN: usize = 64;
+
+/// Per-task partial sums of the split-K input-sparse GEMV.
+#[derive(Clone, Copy)]
+struct Partial(*mut i32);
+// SAFETY: every task writes only its own block of partial sums, and the job returns only
+// after all tasks finished.
+unsafe impl Send for Partial {}
+unsafe impl Sync for Partial {}
+
+impl Partial {
+    /// # Safety
+    /// `start + len` lies inside the buffer and no other task touches this range.
+    unsafe fn range<'a>(self, start: usize, len: usize) -> &'a mut [i32] {
+        // SAFETY: guaranteed by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
 /// Output entry pointer shared by tasks that own disjoint output ranges.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -197,20 +217,39 @@ pub fn gemv_input_sparse_q8(
         scratch.pairs.push([i0, i0]);
         scratch.xq.push([q0, 0]);
     }
-    let op = SparsePairs { w: &w.qs, outputs: w.outputs, pairs: &scratch.pairs, xq: &scratch.xq };
-    let tasks = w.outputs.div_ceil(OUT_TILE);
-    let o = Out(out.as_mut_ptr());
+    // Split-K: each task takes a contiguous run of active pairs and sums all outputs for it,
+    // reading whole rows front to back (rows of large matrices span pages; sweeping one
+    // cache line of every row per output tile would miss the TLB on every load). Within a
+    // task, pairs go in sub-runs of PAIR_RUN so a tile's rows stay in the TLB and L2.
+    let pairs = &scratch.pairs;
+    let xq = &scratch.xq;
+    let outputs = w.outputs;
+    let tasks = (2 * global().threads()).min(pairs.len()).max(1);
+    let per = pairs.len().div_ceil(tasks).max(1);
+    let tasks = pairs.len().div_ceil(per).max(1);
+    let mut partial = vec![0i32; tasks * outputs];
+    let p = Partial(partial.as_mut_ptr());
     parallel_for(tasks, |t| {
-        let j0 = t * OUT_TILE;
-        let len = OUT_TILE.min(w.outputs - j0);
-        let mut acc = [0i32; OUT_TILE];
-        inner::accumulate(&op, j0, &mut acc[..len]);
-        // SAFETY: task t owns outputs j0..j0 + len, inside `out`.
-        let y = unsafe { o.range(j0, len) };
-        for ((yj, &a), &s) in y.iter_mut().zip(&acc[..len]).zip(&w.scales[j0..j0 + len]) {
-            *yj = a as f32 * sx * s;
+        let (k0, k1) = (t * per, ((t + 1) * per).min(pairs.len()));
+        // SAFETY: task t owns partial[t * outputs..(t + 1) * outputs].
+        let sums = unsafe { p.range(t * outputs, outputs) };
+        let mut tile = [0i32; OUT_TILE];
+        for r0 in (k0..k1).step_by(PAIR_RUN) {
+            let r1 = (r0 + PAIR_RUN).min(k1);
+            let op = SparsePairs { w: &w.qs, outputs, pairs: &pairs[r0..r1], xq: &xq[r0..r1] };
+            for j0 in (0..outputs).step_by(OUT_TILE) {
+                let len = OUT_TILE.min(outputs - j0);
+                inner::accumulate(&op, j0, &mut tile[..len]);
+                for (s, v) in sums[j0..j0 + len].iter_mut().zip(&tile[..len]) {
+                    *s += v;
+                }
+            }
         }
     });
+    for (j, y) in out.iter_mut().enumerate() {
+        let total: i32 = (0..tasks).map(|t| partial[t * outputs + j]).sum();
+        *y = total as f32 * sx * w.scales[j];
+    }
     Ok(count)
 }
 
