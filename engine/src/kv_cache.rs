@@ -33,6 +33,12 @@ impl KvCache {
         self.len = 0;
         self.keys.iter_mut().chain(self.values.iter_mut()).for_each(Vec::clear);
     }
+    /// Forgets positions from `len` on, in every layer (no-op if fewer are stored).
+    pub fn truncate(&mut self, len: usize) {
+        let keep = len.min(self.len) * self.kv_dim;
+        self.keys.iter_mut().chain(self.values.iter_mut()).for_each(|v| v.truncate(keep));
+        self.len = self.len.min(len);
+    }
     /// Appends `k` and `v` (whole rows of `kv_dim`) to `layer`.
     pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
         self.keys[layer].extend_from_slice(k);
@@ -53,5 +59,26 @@ impl KvCache {
     /// Bytes currently held.
     pub fn bytes(&self) -> usize {
         self.keys.iter().chain(&self.values).map(|v| v.len() * 4).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_drops_partial_appends_in_every_layer() {
+        let mut c = KvCache::new(2, 3, 10);
+        c.append(0, &[1.0; 3], &[2.0; 3]);
+        c.append(1, &[1.0; 3], &[2.0; 3]);
+        c.advance(1);
+        c.append(0, &[3.0; 3], &[4.0; 3]);
+        c.truncate(1);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.layer(0).0.len(), 3);
+        assert_eq!(c.layer(1).1.len(), 3);
+        assert_eq!(c.bytes(), 4 * 3 * 4);
+        c.clear();
+        assert!(c.is_empty());
     }
 }

@@ -87,8 +87,13 @@ impl Model {
             self.weights.token_embd.row_f32(t as usize, row);
         }
         let mut s = Scratch::new(cfg, n);
+        let start = cache.len();
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            self.block(l, layer, &mut x, cache, &mut s)?;
+            if let Err(e) = self.block(l, layer, &mut x, cache, &mut s) {
+                // Leave the cache as it was: some layers may already hold these positions.
+                cache.truncate(start);
+                return Err(e);
+            }
         }
         cache.advance(n);
 
