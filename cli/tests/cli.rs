@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn model_path() -> PathBuf {
-    let p = std::env::var_os("SIEVE_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(sieve_engine::paths::default_model_path);
+    let p = std::env::var_os("SIEVE_MODEL").map(PathBuf::from).unwrap_or_else(sieve_engine::paths::default_model_path);
     assert!(p.exists(), "model not found at {} — run ./scripts/setup.sh first", p.display());
     p
 }
@@ -51,7 +49,19 @@ fn greedy_generation_knows_the_capital_of_france() {
 
 #[test]
 fn chat_generation_stops_and_is_reproducible_with_a_seed() {
-    let args = ["generate", "--chat", "--max-tokens", "24", "--temperature", "0.8", "--top-p", "0.9", "--seed", "7", "Name a colour."];
+    let args = [
+        "generate",
+        "--chat",
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+        "Name a colour.",
+    ];
     let a = sieve(&args);
     let b = sieve(&args);
     assert!(a.status.success(), "{}", stderr(&a));
@@ -113,8 +123,8 @@ fn corrupt_and_truncated_files_are_refused() {
 
 #[test]
 fn unsupported_architecture_is_refused() {
-    use candle_core::quantized::gguf_file::{write, Value};
     use candle_core::quantized::QTensor;
+    use candle_core::quantized::gguf_file::{Value, write};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mamba.gguf");
     let mut f = std::fs::File::create(&path).unwrap();
@@ -153,7 +163,10 @@ fn bad_corpora_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bad.txt");
     std::fs::write(&bin, b"valid start \xff\xfe then garbage").unwrap();
-    assert_fails_with(&sieve(&["eval", "ppl", "--corpus", bin.to_str().unwrap()]), "not valid UTF-8 (first bad byte at offset 12)");
+    assert_fails_with(
+        &sieve(&["eval", "ppl", "--corpus", bin.to_str().unwrap()]),
+        "not valid UTF-8 (first bad byte at offset 12)",
+    );
     let short = dir.path().join("short.txt");
     std::fs::write(&short, "Only a few words here.").unwrap();
     assert_fails_with(&sieve(&["eval", "ppl", "--corpus", short.to_str().unwrap()]), "corpus too short");

@@ -100,18 +100,28 @@ impl Config {
             }
         }
         if self.d_model % self.n_heads != 0 {
-            return bad("attention.head_count", format!("{} does not divide embedding_length {}", self.n_heads, self.d_model));
+            return bad(
+                "attention.head_count",
+                format!("{} does not divide embedding_length {}", self.n_heads, self.d_model),
+            );
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return bad("attention.head_count_kv", format!("{} does not divide head_count {}", self.n_kv_heads, self.n_heads));
+            return bad(
+                "attention.head_count_kv",
+                format!("{} does not divide head_count {}", self.n_kv_heads, self.n_heads),
+            );
         }
         if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
-            return bad("rope.dimension_count", format!("{} is not an even number <= head size {}", self.rope_dim, self.head_dim));
+            return bad(
+                "rope.dimension_count",
+                format!("{} is not an even number <= head size {}", self.rope_dim, self.head_dim),
+            );
         }
         if self.n_layers > 1024 || self.d_model > 1 << 16 || self.d_ff > 1 << 18 || self.context_len > 1 << 20 {
             return bad("block_count/embedding_length", "implausibly large model dimensions".into());
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) || !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) || !(self.rms_eps.is_finite() && self.rms_eps > 0.0)
+        {
             return bad("rope.freq_base/layer_norm_rms_epsilon", "must be finite and positive".into());
         }
         Ok(())

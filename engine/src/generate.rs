@@ -75,7 +75,10 @@ pub fn validate(model: &Model, prompt: &[u32], opts: &GenerateOptions) -> Result
         return Err(EngineError::InvalidInput("max_tokens must be at least 1".into()));
     }
     if opts.max_tokens > ctx {
-        return Err(EngineError::InvalidInput(format!("max_tokens {} exceeds the model's context of {ctx}", opts.max_tokens)));
+        return Err(EngineError::InvalidInput(format!(
+            "max_tokens {} exceeds the model's context of {ctx}",
+            opts.max_tokens
+        )));
     }
     opts.sampling.validate()
 }

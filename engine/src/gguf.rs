@@ -7,9 +7,9 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::GgmlDType;
 use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::error::{EngineError, Result};
 
@@ -88,9 +88,7 @@ impl GgufFile {
     /// An array of strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<String>> {
         let arr = self.get(key)?.to_vec().map_err(|e| meta_err(key, &e.to_string()))?;
-        arr.iter()
-            .map(|v| v.to_string().cloned().map_err(|_| meta_err(key, "expected strings")))
-            .collect()
+        arr.iter().map(|v| v.to_string().cloned().map_err(|_| meta_err(key, "expected strings"))).collect()
     }
 
     /// An array of integers (token types and the like).

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use sieve_kernels::ops::{self, Rope};
-use sieve_kernels::attention::attend_head;
 use sieve_kernels::ActsQ8;
+use sieve_kernels::attention::attend_head;
+use sieve_kernels::ops::{self, Rope};
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
@@ -79,7 +79,10 @@ impl Model {
             return Err(EngineError::ContextOverflow { needed, max: cache.max_len().min(self.rope.max_pos()) });
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(EngineError::InvalidInput(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab_size)));
+            return Err(EngineError::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                cfg.vocab_size
+            )));
         }
         let d = cfg.d_model;
         let mut x = vec![0f32; n * d];
@@ -253,5 +256,4 @@ impl Scratch {
             qa: ActsQ8::default(),
         }
     }
-
 }

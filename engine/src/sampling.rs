@@ -133,8 +133,14 @@ mod tests {
     fn same_seed_same_draws_and_top_k_respected() {
         let logits: Vec<f32> = (0..100).map(|i| (i % 17) as f32 * 0.3).collect();
         let params = SamplingParams { temperature: 1.0, top_k: 5, top_p: 1.0, seed: 42 };
-        let a: Vec<u32> = { let mut s = Sampler::new(params).unwrap(); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(params).unwrap(); (0..50).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(params).unwrap();
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(params).unwrap();
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         let mut top: Vec<u32> = (0..100u32).collect();
         top.sort_by(|&x, &y| logits[y as usize].total_cmp(&logits[x as usize]));

@@ -4,8 +4,8 @@
 //! their own blocks (the bytes llama.cpp reads) and re-quantizes everything else to int8
 //! blocks of 32 (the GGUF's Q8_0 embedding round-trips exactly).
 
-use serde::Serialize;
 use candle_core::quantized::GgmlDType;
+use serde::Serialize;
 use sieve_kernels::{ActsQ8, MatF32, MatQ4_1, MatQ8, QK};
 
 use crate::config::Config;
@@ -183,11 +183,7 @@ impl Weights {
         let has_output = gguf.tensor_shape("output.weight").is_some();
         let mut mat = |name: &str, rows: usize, cols: usize| Linear::read(gguf, name, precision, rows, cols);
         let token_embd = mat("token_embd.weight", cfg.vocab_size, d)?;
-        let output = if has_output {
-            Some(mat("output.weight", cfg.vocab_size, d)?)
-        } else {
-            None
-        };
+        let output = if has_output { Some(mat("output.weight", cfg.vocab_size, d)?) } else { None };
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");

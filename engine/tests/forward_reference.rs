@@ -91,7 +91,9 @@ fn reference_logits(path: &std::path::Path, tokens: &[u32]) -> Vec<f64> {
                 let g = h / group;
                 let q = &qs[p][h * hd..(h + 1) * hd];
                 let sc: Vec<f64> = (0..=p)
-                    .map(|j| q.iter().zip(&ks[j][g * hd..(g + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
+                    .map(|j| {
+                        q.iter().zip(&ks[j][g * hd..(g + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()
+                    })
                     .collect();
                 let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
@@ -139,7 +141,8 @@ fn f32_and_fast_paths_match_the_f64_reference() {
 
     let f32_model = Model::load(&path, Precision::F32).unwrap();
     let mut cache = f32_model.new_cache();
-    let got: Vec<f64> = f32_model.forward(&PROMPT, &mut cache, Logits::Last).unwrap().into_iter().map(f64::from).collect();
+    let got: Vec<f64> =
+        f32_model.forward(&PROMPT, &mut cache, Logits::Last).unwrap().into_iter().map(f64::from).collect();
     let max_err = got.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
     assert!(max_err < 1e-3 * scale, "f32 path: max |logit error| {max_err} (scale {scale})");
     assert_eq!(argmax(&got), argmax(&reference));

@@ -2,9 +2,9 @@
 //! repeated, median reported — the same shape as the llama.cpp anchor's measurement.
 
 use serde::Serialize;
-use sieve_engine::generate::{generate, GenerateOptions};
-use sieve_engine::sampling::SamplingParams;
 use sieve_engine::Model;
+use sieve_engine::generate::{GenerateOptions, generate};
+use sieve_engine::sampling::SamplingParams;
 
 use crate::error::{EvalError, Result};
 
@@ -43,7 +43,12 @@ pub struct BenchReport {
 }
 
 /// Runs the benchmark on the first `opts.prompt_tokens` of `tokens`.
-pub fn bench_decode(model: &Model, tokens: &[u32], opts: BenchOptions, mut on_run: impl FnMut()) -> Result<BenchReport> {
+pub fn bench_decode(
+    model: &Model,
+    tokens: &[u32],
+    opts: BenchOptions,
+    mut on_run: impl FnMut(),
+) -> Result<BenchReport> {
     if opts.runs == 0 || opts.new_tokens == 0 || opts.prompt_tokens == 0 {
         return Err(EvalError::InvalidOption("runs, prompt tokens and new tokens must be at least 1".into()));
     }
@@ -55,7 +60,8 @@ pub fn bench_decode(model: &Model, tokens: &[u32], opts: BenchOptions, mut on_ru
         });
     }
     let prompt = &tokens[..opts.prompt_tokens];
-    let request = GenerateOptions { max_tokens: opts.new_tokens, sampling: SamplingParams::default(), stop_ids: Vec::new() };
+    let request =
+        GenerateOptions { max_tokens: opts.new_tokens, sampling: SamplingParams::default(), stop_ids: Vec::new() };
     let mut runs = Vec::with_capacity(opts.runs);
     for _ in 0..opts.runs {
         let g = generate(model, prompt, &request, |_| std::ops::ControlFlow::Continue(()))?;

@@ -9,8 +9,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sieve_kernels::{matmul_f32, matmul_q4_1, matmul_q8, ActsQ8, MatF32, MatQ4_1, MatQ8};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sieve_kernels::{ActsQ8, MatF32, MatQ4_1, MatQ8, matmul_f32, matmul_q4_1, matmul_q8};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(len: usize, seed: u64) -> Vec<f32> {

@@ -7,9 +7,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use sieve_kernels::sparse::{gemv_input_sparse_q8, gemv_rows, InputMajorQ8, RowMajor, SparseScratch, Vector};
-use sieve_kernels::{matmul_q4_1, matmul_q8, ActsQ8, MatQ4_1, MatQ8};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use sieve_kernels::sparse::{InputMajorQ8, RowMajor, SparseScratch, Vector, gemv_input_sparse_q8, gemv_rows};
+use sieve_kernels::{ActsQ8, MatQ4_1, MatQ8, matmul_q4_1, matmul_q8};
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use sieve_kernels::{matmul_f32, matmul_q8, ActsQ8, MatF32, MatQ8};
+use sieve_kernels::{ActsQ8, MatF32, MatQ8, matmul_f32, matmul_q8};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -44,7 +44,8 @@ fn main() -> Result<(), sieve_kernels::KernelError> {
     if only == "one" {
         // One q8 GEMM shape, many times: for profilers.
         // PERF_SHAPE=rows,cols,n (default 1536,576,256).
-        let shape: Vec<usize> = std::env::var("PERF_SHAPE").unwrap_or_default().split(',').filter_map(|v| v.parse().ok()).collect();
+        let shape: Vec<usize> =
+            std::env::var("PERF_SHAPE").unwrap_or_default().split(',').filter_map(|v| v.parse().ok()).collect();
         let (rows, cols, n) = match shape[..] {
             [r, c, n] => (r, c, n),
             _ => (1536, 576, 256),
@@ -60,7 +61,11 @@ fn main() -> Result<(), sieve_kernels::KernelError> {
     }
     println!("pool threads {}, isa {}", sieve_kernels::pool::global().threads(), sieve_kernels::isa::active().name());
     let llc = 64usize << 20;
-    let gemv: &[(usize, usize)] = if only.contains("gemm") { &[] } else { &[(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576), (14336, 4096), (4096, 14336)] };
+    let gemv: &[(usize, usize)] = if only.contains("gemm") {
+        &[]
+    } else {
+        &[(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576), (14336, 4096), (4096, 14336)]
+    };
     for &(rows, cols) in gemv {
         let data = values(rows * cols, (rows * 31 + cols) as u64);
         let base = MatQ8::quantize(rows, cols, &data)?;
@@ -75,17 +80,27 @@ fn main() -> Result<(), sieve_kernels::KernelError> {
         let gb = base.bytes() as f64 / 1e9;
         println!(
             "q8  GEMV {rows:>5}x{cols:<5} {:>8.1} KB  hot {:7.1} us {:6.1} GB/s   cold {:7.1} us {:6.1} GB/s",
-            base.bytes() as f64 / 1e3, hot * 1e6, gb / hot, cold * 1e6, gb / cold
+            base.bytes() as f64 / 1e3,
+            hot * 1e6,
+            gb / hot,
+            cold * 1e6,
+            gb / cold
         );
         drop(mats);
         if rows * cols <= 1536 * 576 {
             let w = MatF32::new(rows, cols, data)?;
             let x = values(cols, 9);
             let hot = time(reps, |_| matmul_f32(black_box(&w), &x, 1, &mut out).unwrap_or(()));
-            println!("f32 GEMV {rows:>5}x{cols:<5} {:>8.1} KB  hot {:7.1} us {:6.1} GB/s", w.bytes() as f64 / 1e3, hot * 1e6, w.bytes() as f64 / 1e9 / hot);
+            println!(
+                "f32 GEMV {rows:>5}x{cols:<5} {:>8.1} KB  hot {:7.1} us {:6.1} GB/s",
+                w.bytes() as f64 / 1e3,
+                hot * 1e6,
+                w.bytes() as f64 / 1e9 / hot
+            );
         }
     }
-    let gemm: &[(usize, usize, usize)] = if only == "gemv" { &[] } else { &[(1536, 576, 256), (576, 1536, 256), (576, 576, 256), (14336, 4096, 16)] };
+    let gemm: &[(usize, usize, usize)] =
+        if only == "gemv" { &[] } else { &[(1536, 576, 256), (576, 1536, 256), (576, 576, 256), (14336, 4096, 16)] };
     for &(rows, cols, n) in gemm {
         let data = values(rows * cols, 3);
         let w = MatQ8::quantize(rows, cols, &data)?;

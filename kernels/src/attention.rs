@@ -1,8 +1,8 @@
 //! Attention of one query head over a KV cache: `softmax(scale · K q) V`, with bounds
 //! checked here so the per-ISA loops can index freely.
 
-use crate::cpu::attention as inner;
 use crate::KernelError;
+use crate::cpu::attention as inner;
 
 /// Computes one head's attention output into `out` (`q.len()` values). Keys and values of
 /// position `j < len` are `keys[j * stride + offset..][..q.len()]` (same for `values`).

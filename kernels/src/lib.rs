@@ -8,8 +8,8 @@
 //! Products dispatch at run time to the best instruction set the CPU has ([`isa`]) and split
 //! rows over the spinning worker pool ([`pool`]). No model code lives here.
 
-mod cpu;
 pub mod attention;
+mod cpu;
 pub mod error;
 pub mod isa;
 pub mod matmul;
@@ -21,5 +21,5 @@ pub mod sparse;
 
 pub use error::KernelError;
 pub use matmul::{matmul_f32, matmul_q8};
-pub use q4::{matmul_q4_1, MatQ4_1};
+pub use q4::{MatQ4_1, matmul_q4_1};
 pub use quant::{ActsQ8, MatF32, MatQ8, QK};

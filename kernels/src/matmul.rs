@@ -14,8 +14,6 @@
 //! `4 * threads` tasks and never into tasks smaller than [`MIN_TASK_WORK`]; small products
 //! run on the calling thread.
 
-
-
 use crate::cpu;
 use crate::{ActsQ8, KernelError, MatF32, MatQ8, QK};
 
@@ -107,7 +105,6 @@ impl OutPtr {
         // SAFETY: `i < len`; the caller guarantees exclusive access to entry `i`.
         unsafe { *self.ptr.add(i) += v };
     }
-
 }
 
 /// Runs `body` over row ranges that partition `0..rows`, in parallel when worth it.
@@ -344,7 +341,8 @@ pub(crate) fn q8_gemm_rows(
                 }
                 for g0 in (p0..p0 + pg).step_by(GEMM_GROUPS) {
                     let count = GEMM_GROUPS.min(p0 + pg - g0);
-                    let gs: [(&[i16], &[f32]); GEMM_GROUPS] = std::array::from_fn(|g| x.group(g0 + g.min(count - 1), b0, b1));
+                    let gs: [(&[i16], &[f32]); GEMM_GROUPS] =
+                        std::array::from_fn(|g| x.group(g0 + g.min(count - 1), b0, b1));
                     let gs = &gs[..count];
                     let res = &mut blk[4 * (g0 - p0) * nr..];
                     let ws = &scales[b0..];

@@ -145,7 +145,11 @@ impl Rope {
     /// [`Rope::apply`], after checking that `x` is a whole number of heads.
     pub fn try_apply(&self, x: &mut [f32], pos: usize) -> Result<(), KernelError> {
         if self.head_dim == 0 || !x.len().is_multiple_of(self.head_dim) {
-            return Err(KernelError::Shape(format!("{} values is not a whole number of heads of {}", x.len(), self.head_dim)));
+            return Err(KernelError::Shape(format!(
+                "{} values is not a whole number of heads of {}",
+                x.len(),
+                self.head_dim
+            )));
         }
         self.apply(x, pos);
         Ok(())

@@ -10,7 +10,7 @@
 use half::f16;
 
 use crate::cpu::q4 as inner;
-use crate::matmul::{for_each_row_chunk, q8_gemm_rows, with_packed_acts, OutPtr, Packed};
+use crate::matmul::{OutPtr, Packed, for_each_row_chunk, q8_gemm_rows, with_packed_acts};
 use crate::{ActsQ8, KernelError, MatQ8, QK};
 
 /// Bytes of one GGML `block_q4_1`: f16 d, f16 m, 16 bytes of codes.
@@ -37,7 +37,11 @@ impl MatQ4_1 {
         }
         let blocks = rows * cols / QK;
         if raw.len() != blocks * Q4_1_BLOCK_BYTES {
-            return Err(KernelError::Length { what: "MatQ4_1 bytes", expected: blocks * Q4_1_BLOCK_BYTES, got: raw.len() });
+            return Err(KernelError::Length {
+                what: "MatQ4_1 bytes",
+                expected: blocks * Q4_1_BLOCK_BYTES,
+                got: raw.len(),
+            });
         }
         let mut codes = Vec::with_capacity(blocks * 16);
         let mut d = Vec::with_capacity(blocks);
@@ -138,12 +142,8 @@ fn products(w: &MatQ4_1, x: &ActsQ8, packed: Option<&Packed<'_>>, row_bytes: usi
     let (rows, cols, n) = (w.rows, w.cols, x.n());
     let nb = cols / QK;
     let grouped = packed.map_or(0, |p| p.groups * 4);
-    let acts = |t: usize| inner::ActRow {
-        q: x.row_qs(t),
-        pair_q: x.row_pair_qs(t),
-        d: x.row_scales(t),
-        sum: x.row_sums(t),
-    };
+    let acts =
+        |t: usize| inner::ActRow { q: x.row_qs(t), pair_q: x.row_pair_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
     for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| {
         if let Some(packed) = packed.filter(|p| p.groups > 0) {
             if let Ok(codes) = w.unpack_rows(range.clone()) {
@@ -218,7 +218,9 @@ mod tests {
 
     #[test]
     fn matches_f64_on_dequantized_operands() {
-        for (rows, cols, n) in [(1, 32, 1), (7, 64, 1), (13, 96, 5), (33, 576, 9), (4, 32, 4), (70, 1536, 37), (300, 64, 16)] {
+        for (rows, cols, n) in
+            [(1, 32, 1), (7, 64, 1), (13, 96, 5), (33, 576, 9), (4, 32, 4), (70, 1536, 37), (300, 64, 16)]
+        {
             let w = MatQ4_1::quantize(rows, cols, &data(rows * cols, 1)).unwrap();
             let x = data(n * cols, 2);
             let mut a = ActsQ8::default();
@@ -232,7 +234,10 @@ mod tests {
                     let (xq, xs) = (a.row_qs(t), a.row_scales(t));
                     let want: f64 = (0..cols).map(|i| wr[i] as f64 * xq[i] as f64 * xs[i / QK] as f64).sum();
                     let got = out[t * rows + r] as f64;
-                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{rows}x{cols} n{n} r{r} t{t}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{rows}x{cols} n{n} r{r} t{t}: {got} vs {want}"
+                    );
                 }
             }
         }

@@ -33,15 +33,25 @@ impl MatF32 {
         Ok(Self { rows, cols, data })
     }
     /// Number of rows (outputs).
-    pub fn rows(&self) -> usize { self.rows }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
     /// Number of columns (inputs).
-    pub fn cols(&self) -> usize { self.cols }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
     /// All values, row-major.
-    pub fn data(&self) -> &[f32] { &self.data }
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
     /// Row `r` (panics if out of range: callers index with their own loop bounds).
-    pub fn row(&self, r: usize) -> &[f32] { &self.data[r * self.cols..(r + 1) * self.cols] }
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
     /// Bytes held by the weights.
-    pub fn bytes(&self) -> usize { self.data.len() * 4 }
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
     /// Rows `r..r + count`, contiguous (panics if out of range).
     pub(crate) fn rows_data(&self, r: usize, count: usize) -> &[f32] {
         &self.data[r * self.cols..(r + count) * self.cols]
@@ -78,11 +88,17 @@ impl MatQ8 {
     }
 
     /// Number of rows (outputs).
-    pub fn rows(&self) -> usize { self.rows }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
     /// Number of columns (inputs).
-    pub fn cols(&self) -> usize { self.cols }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
     /// Quantized values of row `r`.
-    pub fn row_qs(&self, r: usize) -> &[i8] { &self.qs[r * self.cols..(r + 1) * self.cols] }
+    pub fn row_qs(&self, r: usize) -> &[i8] {
+        &self.qs[r * self.cols..(r + 1) * self.cols]
+    }
     /// Block scales of row `r`.
     pub fn row_scales(&self, r: usize) -> &[f32] {
         let b = self.cols / QK;
@@ -106,7 +122,9 @@ impl MatQ8 {
         }
     }
     /// Bytes held by the weights and scales.
-    pub fn bytes(&self) -> usize { self.qs.len() + self.scales.len() * 4 }
+    pub fn bytes(&self) -> usize {
+        self.qs.len() + self.scales.len() * 4
+    }
 }
 
 /// `n` activation rows of `cols` values, quantized like [`MatQ8`] rows.
@@ -136,7 +154,10 @@ impl ActsQ8 {
         quantize_blocks(x, &mut self.qs, &mut self.scales);
         self.sums.clear();
         self.sums.extend(
-            self.qs.chunks_exact(QK).zip(&self.scales).map(|(q, s)| q.iter().map(|&v| v as i32).sum::<i32>() as f32 * s),
+            self.qs
+                .chunks_exact(QK)
+                .zip(&self.scales)
+                .map(|(q, s)| q.iter().map(|&v| v as i32).sum::<i32>() as f32 * s),
         );
         self.pair_qs.clear();
         for row in self.qs.chunks_exact(cols) {
@@ -153,11 +174,17 @@ impl ActsQ8 {
         Ok(())
     }
     /// Number of rows (tokens).
-    pub fn n(&self) -> usize { self.n }
+    pub fn n(&self) -> usize {
+        self.n
+    }
     /// Values per row.
-    pub fn cols(&self) -> usize { self.cols }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
     /// Quantized values of row `t`.
-    pub fn row_qs(&self, t: usize) -> &[i8] { &self.qs[t * self.cols..(t + 1) * self.cols] }
+    pub fn row_qs(&self, t: usize) -> &[i8] {
+        &self.qs[t * self.cols..(t + 1) * self.cols]
+    }
     /// Block scales of row `t`.
     pub fn row_scales(&self, t: usize) -> &[f32] {
         let b = self.cols / QK;

@@ -152,7 +152,12 @@ fn check_io(inputs: usize, outputs: usize, x: usize, out: usize) -> Result<(), K
 
 /// `out = W (x ⊙ [|x| > threshold])` for f32 input-major weights; returns how many input
 /// channels were active.
-pub fn gemv_input_sparse_f32(w: &InputMajorF32, x: &[f32], threshold: f32, out: &mut [f32]) -> Result<usize, KernelError> {
+pub fn gemv_input_sparse_f32(
+    w: &InputMajorF32,
+    x: &[f32],
+    threshold: f32,
+    out: &mut [f32],
+) -> Result<usize, KernelError> {
     check_threshold(threshold)?;
     check_io(w.inputs, w.outputs, x.len(), out.len())?;
     let active: Vec<u32> = (0..x.len()).filter(|&i| x[i].abs() > threshold).map(|i| i as u32).collect();
@@ -307,7 +312,10 @@ fn check_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: usize) -> Res
         _ => false,
     };
     if !matches {
-        return Err(KernelError::Shape(format!("the vector does not match {}-column weights of this precision", w.cols())));
+        return Err(KernelError::Shape(format!(
+            "the vector does not match {}-column weights of this precision",
+            w.cols()
+        )));
     }
     if out != rows.len() {
         return Err(KernelError::Length { what: "output", expected: rows.len(), got: out });
@@ -343,7 +351,13 @@ pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]
 
 /// The SwiGLU on selected neurons: `h[k] = silu(Wg[rows[k]] · x) * (Wu[rows[k]] · x)`, the
 /// two products of a neuron computed together while its input is hot in cache.
-pub fn swiglu_rows(gate: &RowMajor<'_>, up: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], h: &mut [f32]) -> Result<(), KernelError> {
+pub fn swiglu_rows(
+    gate: &RowMajor<'_>,
+    up: &RowMajor<'_>,
+    x: &Vector<'_>,
+    rows: &[u32],
+    h: &mut [f32],
+) -> Result<(), KernelError> {
     check_rows(gate, x, rows, h.len())?;
     check_rows(up, x, rows, h.len())?;
     let (per, tasks) = row_tasks(rows.len());

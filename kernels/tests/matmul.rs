@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, bytes, dequant_acts, dequant_weights, reference, values};
 use proptest::prelude::*;
-use sieve_kernels::{matmul_f32, matmul_q8, ActsQ8, KernelError, MatF32, MatQ8, QK};
+use sieve_kernels::{ActsQ8, KernelError, MatF32, MatQ8, QK, matmul_f32, matmul_q8};
 
 fn check_f32(rows: usize, cols: usize, n: usize, seed: u64) {
     let w = values(rows * cols, seed, 1.0);
@@ -101,7 +101,8 @@ fn large_products_split_over_threads() {
 /// tokens past the last group of four.
 #[test]
 fn q8_gemm_blocking_edges() {
-    for &(rows, cols, n) in &[(70, 1600, 67), (33, 800, 64), (37, 96, 261), (5, 768, 63), (64, 4096, 20), (3, 32, 259)] {
+    for &(rows, cols, n) in &[(70, 1600, 67), (33, 800, 64), (37, 96, 261), (5, 768, 63), (64, 4096, 20), (3, 32, 259)]
+    {
         check_q8(rows, cols, n, (rows * n) as u64);
     }
 }

@@ -5,8 +5,8 @@ mod common;
 
 use common::values;
 use proptest::prelude::*;
-use sieve_kernels::ops::{self, Rope};
 use sieve_kernels::KernelError;
+use sieve_kernels::ops::{self, Rope};
 
 fn rel_close(a: f32, b: f64, tol: f64) -> bool {
     (a as f64 - b).abs() <= tol * (1.0 + b.abs())

@@ -6,7 +6,7 @@ mod common;
 
 use common::{assert_close, dequant_acts, dequant_weights, reference, values};
 use sieve_kernels::isa::{self, Isa};
-use sieve_kernels::{matmul_f32, matmul_q8, ops, ActsQ8, MatF32, MatQ8};
+use sieve_kernels::{ActsQ8, MatF32, MatQ8, matmul_f32, matmul_q8, ops};
 
 #[test]
 fn scalar_fallback_matches_references() {
@@ -17,7 +17,9 @@ fn scalar_fallback_matches_references() {
     assert_eq!(isa::active().name(), "scalar");
     assert!(matches!(isa::detect(), Isa::Scalar | Isa::Avx2));
 
-    for &(rows, cols, n) in &[(1, 32, 1), (7, 64, 3), (33, 96, 4), (65, 160, 9), (517, 320, 1), (300, 64, 11), (40, 800, 66)] {
+    for &(rows, cols, n) in
+        &[(1, 32, 1), (7, 64, 3), (33, 96, 4), (65, 160, 9), (517, 320, 1), (300, 64, 11), (40, 800, 66)]
+    {
         let w = values(rows * cols, rows as u64, 1.0);
         let m = MatQ8::quantize(rows, cols, &w).expect("shape");
         let mut x = ActsQ8::default();

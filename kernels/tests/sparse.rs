@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use sieve_kernels::sparse::{
-    gemv_input_sparse_f32, gemv_input_sparse_q8, gemv_rows, swiglu_rows, InputMajorF32, InputMajorQ8, RowMajor,
-    SparseScratch, Vector,
+    InputMajorF32, InputMajorQ8, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, gemv_input_sparse_q8,
+    gemv_rows, swiglu_rows,
 };
 use sieve_kernels::{ActsQ8, MatF32, MatQ4_1, MatQ8};
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Serialize;
 use sieve_engine::Precision;
-use sieve_eval::bench::{bench_decode, BenchOptions, BenchReport};
-use sieve_eval::corpus::{tokenize_file, BUILTIN_BENCH_TEXT};
+use sieve_eval::bench::{BenchOptions, BenchReport, bench_decode};
+use sieve_eval::corpus::{BUILTIN_BENCH_TEXT, tokenize_file};
 
 /// `sieve bench` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -75,8 +75,15 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
     } else {
         println!(
             "prefill {:.1} tok/s, decode {:.1} tok/s ({} prompt + {} new tokens, median of {}, {:?}, {} threads, {}); peak RSS {:.0} MiB",
-            report.prefill_tok_s, report.decode_tok_s, report.prompt_tokens, report.new_tokens, a.runs,
-            a.precision, out.threads, out.isa, report.peak_rss_mb
+            report.prefill_tok_s,
+            report.decode_tok_s,
+            report.prompt_tokens,
+            report.new_tokens,
+            a.runs,
+            a.precision,
+            out.threads,
+            out.isa,
+            report.peak_rss_mb
         );
         Ok(())
     }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sieve_engine::Precision;
 use sieve_eval::corpus::tokenize_file;
-use sieve_eval::perplexity::{perplexity, plan, PplOptions, PplReport};
+use sieve_eval::perplexity::{PplOptions, PplReport, perplexity, plan};
 
 /// `sieve eval` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -72,7 +72,13 @@ fn ppl(model_path: &Path, a: PplArgs) -> Result<()> {
     } else {
         println!(
             "perplexity {:.4} over {} scored tokens ({} windows x {}, precision {:?}) in {:.1} s ({:.0} tok/s)",
-            report.perplexity, report.scored_tokens, report.windows, report.ctx, a.precision, report.seconds, report.tok_s
+            report.perplexity,
+            report.scored_tokens,
+            report.windows,
+            report.ctx,
+            a.precision,
+            report.seconds,
+            report.tok_s
         );
         Ok(())
     }

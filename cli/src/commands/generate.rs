@@ -4,12 +4,12 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
+use sieve_engine::Precision;
 use sieve_engine::chat::user_prompt;
-use sieve_engine::generate::{generate, GenerateOptions};
+use sieve_engine::generate::{GenerateOptions, generate};
 use sieve_engine::sampling::SamplingParams;
 use sieve_engine::tokenizer::StreamDecoder;
-use sieve_engine::Precision;
 
 /// Arguments of `sieve generate`.
 #[derive(Debug, clap::Args)]

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sieve_engine::gguf::GgufFile;
 use sieve_engine::Config;
+use sieve_engine::gguf::GgufFile;
 
 /// Arguments of `sieve info`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,10 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     let c = &info.config;
     println!("model        {} ({})", c.name, info.model_path);
     println!("file         {:.1} MB, {} tensors", info.file_bytes as f64 / 1e6, info.tensors);
-    println!("architecture {}: {} layers, d={}, f={}, heads {}/{} (head dim {})", c.architecture, c.n_layers, c.d_model, c.d_ff, c.n_heads, c.n_kv_heads, c.head_dim);
+    println!(
+        "architecture {}: {} layers, d={}, f={}, heads {}/{} (head dim {})",
+        c.architecture, c.n_layers, c.d_model, c.d_ff, c.n_heads, c.n_kv_heads, c.head_dim
+    );
     println!("rope         theta {}, {} dims; rms eps {:e}", c.rope_theta, c.rope_dim, c.rms_eps);
     println!("context      {} tokens; vocab {}", c.context_len, c.vocab_size);
     println!("params       {:.1} M in blocks", info.block_params as f64 / 1e6);

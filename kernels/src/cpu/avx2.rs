@@ -97,7 +97,6 @@ pub unsafe fn dot_q8(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
     }
 }
 
-
 /// Sums of four vectors at once: lane `k` of the result is the sum of all lanes of `v[k]`.
 #[inline(always)]
 unsafe fn hsum4(v: [__m256; 4]) -> __m128 {

@@ -3,15 +3,15 @@
 //! Every function here takes slices whose lengths the caller has already checked; the
 //! dispatchers only pick the implementation.
 
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
-pub mod attention;
 pub mod q4;
-pub mod sparse;
 mod scalar;
+pub mod sparse;
 
-use crate::isa::{active, Isa};
 use crate::QK;
+use crate::isa::{Isa, active};
 
 /// Dot product of two f32 slices (over the shorter length, should they differ).
 #[inline]
@@ -275,7 +275,16 @@ mod tests {
         assert_eq!(scalar::f32_rows_x1::<2>(&[1.0; 3], 2, &[1.0; 2]), [2.0, 0.0]);
         assert_eq!(scalar::q8_rows_x1::<2>(&[1; 32], &[1.0], 1, &[1; 32], &[1.0]), [32.0, 0.0]);
         let mut res = [0f32; 4];
-        let tile = |rows| super::GemmTile { w: &[1i8; 32][..], w_stride: 32, ws: &[1.0][..], ws_stride: 1, rows, nb: 1, x16: [&[1i16; 128][..]], xs8: [&[1.0; 8][..]] };
+        let tile = |rows| super::GemmTile {
+            w: &[1i8; 32][..],
+            w_stride: 32,
+            ws: &[1.0][..],
+            ws_stride: 1,
+            rows,
+            nb: 1,
+            x16: [&[1i16; 128][..]],
+            xs8: [&[1.0; 8][..]],
+        };
         scalar::q8_gemm(&tile(2), &mut res, 1);
         assert_eq!(res, [0.0; 4], "rows > res_stride is refused");
         scalar::q8_gemm(&tile(1), &mut res, 1);
@@ -300,10 +309,28 @@ mod tests {
             assert_eq!(super::avx2::q8_rows_x1::<4>(&[1; 96], &[1.0; 4], 1, &[1; 32], &[1.0]), [0.0; 4]);
             let mut res = [0f32; 8];
             let (w, x) = (&[1i16; 32][..], &[1i16; 128][..]);
-            let short = super::GemmTile { w, w_stride: 32, ws: &[1.0][..], ws_stride: 1, rows: 1, nb: 1, x16: [x, &x[1..]], xs8: [&[1.0; 8][..]; 2] };
+            let short = super::GemmTile {
+                w,
+                w_stride: 32,
+                ws: &[1.0][..],
+                ws_stride: 1,
+                rows: 1,
+                nb: 1,
+                x16: [x, &x[1..]],
+                xs8: [&[1.0; 8][..]; 2],
+            };
             super::avx2::q8_gemm(&short, &mut res, 1);
             assert_eq!(res, [0.0; 8]);
-            let two_rows = super::GemmTile { w, w_stride: 32, ws: &[1.0][..], ws_stride: 1, rows: 2, nb: 1, x16: [x], xs8: [&[1.0; 8][..]] };
+            let two_rows = super::GemmTile {
+                w,
+                w_stride: 32,
+                ws: &[1.0][..],
+                ws_stride: 1,
+                rows: 2,
+                nb: 1,
+                x16: [x],
+                xs8: [&[1.0; 8][..]],
+            };
             super::avx2::q8_gemm(&two_rows, &mut res, 2);
             assert_eq!(res, [0.0; 8]);
             let one = super::GemmTile { rows: 1, ..two_rows };

@@ -65,7 +65,11 @@ pub fn widen_i16(src: &[i8], dst: &mut [i16]) {
 }
 
 /// The GEMM microkernel, as [`super::avx2::q8_gemm`] documents.
-pub fn q8_gemm<W: Copy + Into<i32>, const T: usize>(tile: &super::GemmTile<'_, W, T>, res: &mut [f32], res_stride: usize) {
+pub fn q8_gemm<W: Copy + Into<i32>, const T: usize>(
+    tile: &super::GemmTile<'_, W, T>,
+    res: &mut [f32],
+    res_stride: usize,
+) {
     let super::GemmTile { w, w_stride, ws, ws_stride, rows, nb, x16, xs8 } = *tile;
     for r in 0..rows {
         for g in 0..T {

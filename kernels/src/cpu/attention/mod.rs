@@ -4,7 +4,7 @@
 mod avx2;
 mod scalar;
 
-use crate::isa::{active, Isa};
+use crate::isa::{Isa, active};
 
 /// One query head against `len` cached positions: keys and values of position j start at
 /// `j * stride + offset` and hold `q.len()` values.
@@ -46,7 +46,14 @@ mod tests {
         let h = HeadView { q: &q, keys: &keys, values: &values, stride, offset: hd, len, scale: 0.125 };
         let mut s = Vec::new();
         let mut want = vec![0f32; hd];
-        scalar::attend(&h, &mut { s.resize(len, 0.0); s.clone() }, &mut want);
+        scalar::attend(
+            &h,
+            &mut {
+                s.resize(len, 0.0);
+                s.clone()
+            },
+            &mut want,
+        );
         let mut got = vec![0f32; hd];
         attend(&h, &mut s, &mut got);
         for (a, b) in want.iter().zip(&got) {

@@ -104,7 +104,16 @@ pub unsafe fn dot(w: &Q4Row<'_>, x: &ActRow<'_>) -> f32 {
             let scv = _mm256_loadu_ps(sc.as_ptr());
             let mut i = 0;
             while i + 2 <= k {
-                let idx = _mm256_setr_epi32(i as i32, i as i32, i as i32, i as i32, i as i32 + 1, i as i32 + 1, i as i32 + 1, i as i32 + 1);
+                let idx = _mm256_setr_epi32(
+                    i as i32,
+                    i as i32,
+                    i as i32,
+                    i as i32,
+                    i as i32 + 1,
+                    i as i32 + 1,
+                    i as i32 + 1,
+                    i as i32 + 1,
+                );
                 let p = block_pair(w, x.pair_q, b0 + i);
                 acc[(i / 2) & 1] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scv, idx), acc[(i / 2) & 1]);
                 i += 2;

@@ -4,7 +4,7 @@
 mod avx2;
 mod scalar;
 
-use crate::isa::{active, Isa};
+use crate::isa::{Isa, active};
 
 /// One Q4_1 weight row: codes (16 bytes per block), f16 scales and minima.
 pub struct Q4Row<'a> {
@@ -74,7 +74,8 @@ mod tests {
             let d: Vec<u16> = (0..nb).map(|i| half::f16::from_f32(0.01 + i as f32 * 0.003).to_bits()).collect();
             let m: Vec<u16> = (0..nb).map(|i| half::f16::from_f32(-0.1 + i as f32 * 0.02).to_bits()).collect();
             let w = Q4Row { codes: &codes, d: &d, m: &m };
-            let xs: Vec<Vec<i8>> = (0..4).map(|k| (0..nb * 32).map(|i| ((i * 31 + k * 7) % 255) as i8).collect()).collect();
+            let xs: Vec<Vec<i8>> =
+                (0..4).map(|k| (0..nb * 32).map(|i| ((i * 31 + k * 7) % 255) as i8).collect()).collect();
             let xd: Vec<f32> = (0..nb).map(|i| 0.02 + i as f32 * 0.001).collect();
             let xsum: Vec<f32> = (0..nb).map(|i| 0.5 - i as f32 * 0.1).collect();
             let pairs: Vec<Vec<i8>> = xs.iter().map(|x| pair_order(x)).collect();

@@ -4,7 +4,7 @@
 mod avx2;
 mod scalar;
 
-use crate::isa::{active, Isa};
+use crate::isa::{Isa, active};
 
 /// Operands of one output range of the input-sparse int8 GEMV: `pairs` lists active input
 /// channels two at a time (an odd last one is paired with itself at value 0), `xq` their
