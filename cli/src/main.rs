@@ -31,6 +31,8 @@ enum Command {
     /// Benchmarks (decode speed).
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Measure activation statistics on calibration text and write the sparsity profile.
+    Calibrate(commands::calibrate::Args),
     /// Print the model's metadata and the engine's build.
     Info(commands::info::Args),
 }
@@ -61,5 +63,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(c) => commands::eval::run(&model, c),
         Command::Bench(c) => commands::bench::run(&model, c),
         Command::Info(a) => commands::info::run(&model, a),
+        Command::Calibrate(a) => commands::calibrate::run(&model, a),
     }
 }

@@ -1,44 +1,12 @@
 //! The `sieve` binary end to end on the real model: what it prints for good input, and the
 //! clear error (never a panic) it gives for each kind of bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn model_path() -> PathBuf {
-    let p = std::env::var_os("SIEVE_MODEL").map(PathBuf::from).unwrap_or_else(sieve_engine::paths::default_model_path);
-    assert!(p.exists(), "model not found at {} — run ./scripts/setup.sh first", p.display());
-    p
-}
+use std::path::Path;
+use std::process::Command;
 
-fn sieve(args: &[&str]) -> Output {
-    sieve_with_model(&model_path(), args)
-}
-
-fn sieve_with_model(model: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sieve"))
-        .arg("--model")
-        .arg(model)
-        .args(args)
-        .env_remove("SIEVE_MODEL")
-        .output()
-        .expect("run sieve")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Fails with `needle` in stderr, without a panic.
-fn assert_fails_with(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure; stdout: {}", stdout(o));
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-}
+use common::*;
 
 #[test]
 fn greedy_generation_knows_the_capital_of_france() {

@@ -5,10 +5,12 @@
 //! forward pass with its KV cache ([`model`], [`kv_cache`]), sampling ([`sampling`]) and the
 //! generation loop ([`generate`]).
 
+pub mod calibrate;
 pub mod chat;
 pub mod error;
 pub mod gguf;
 pub mod paths;
+pub mod profile;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};
@@ -19,7 +21,8 @@ pub mod weights;
 
 pub use config::Config;
 pub use kv_cache::KvCache;
-pub use model::{Logits, Model};
+pub use model::{Hooks, Logits, Model};
 pub use weights::Precision;
 pub mod generate;
 pub mod sampling;
+pub mod sparsity;

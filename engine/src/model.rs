@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
+use crate::sparsity::{zero_below, Method, SparsityPlan, SparsityStats, Tap};
 use crate::weights::{LayerWeights, Linear, Precision, Prepared, Weights};
 
 /// Which positions of a forward call need logits.
@@ -69,6 +70,11 @@ impl Model {
     /// values, and returns logits: `vocab` values for [`Logits::Last`], `tokens.len() * vocab`
     /// for [`Logits::All`].
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
+        self.forward_with(tokens, cache, logits, &mut Hooks::default())
+    }
+
+    /// [`Model::forward`] with a sparsity plan applied and/or activations observed.
+    pub fn forward_with(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits, hooks: &mut Hooks<'_>) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let n = tokens.len();
         if n == 0 {
@@ -92,7 +98,7 @@ impl Model {
         let mut s = Scratch::new(cfg, n);
         let start = cache.len();
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            if let Err(e) = self.block(l, layer, &mut x, cache, &mut s) {
+            if let Err(e) = self.block(l, layer, &mut x, cache, &mut s, hooks) {
                 // Leave the cache as it was: some layers may already hold these positions.
                 cache.truncate(start);
                 return Err(e);
@@ -115,7 +121,15 @@ impl Model {
         Ok(out)
     }
 
-    fn block(&self, l: usize, w: &LayerWeights, x: &mut [f32], cache: &mut KvCache, s: &mut Scratch) -> Result<()> {
+    fn block(
+        &self,
+        l: usize,
+        w: &LayerWeights,
+        x: &mut [f32],
+        cache: &mut KvCache,
+        s: &mut Scratch,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<()> {
         let cfg = &self.config;
         let (n, d, kvd) = (s.n, cfg.d_model, cfg.kv_dim());
         let p0 = cache.len();
@@ -124,6 +138,7 @@ impl Model {
         for (o, r) in s.normed.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
             ops::rms_norm(r, &w.attn_norm, cfg.rms_eps, o);
         }
+        hooks.apply(l, Tap::AttnIn, &mut s.normed);
         {
             let a = prepare(prec, &s.normed, n, &mut s.qa)?;
             w.wq.forward(&a, &mut s.q)?;
@@ -137,19 +152,57 @@ impl Model {
         cache.append(l, &s.k, &s.v);
         let (keys, values) = cache.layer(l);
         attention(cfg, &s.q, keys, values, p0, &mut s.attn);
+        hooks.apply(l, Tap::AttnOut, &mut s.attn);
         add_projection(&w.wo, prec, &s.attn, n, &mut s.qa, &mut s.proj, x)?;
 
         for (o, r) in s.normed.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
             ops::rms_norm(r, &w.ffn_norm, cfg.rms_eps, o);
         }
+        hooks.apply(l, Tap::MlpIn, &mut s.normed);
         {
             let m = prepare(prec, &s.normed, n, &mut s.qa)?;
             w.w_gate.forward(&m, &mut s.gate)?;
             w.w_up.forward(&m, &mut s.up)?;
         }
-        ops::silu_mul(&mut s.gate, &s.up);
+        if hooks.is_empty() {
+            ops::silu_mul(&mut s.gate, &s.up);
+        } else {
+            s.gate.iter_mut().for_each(|g| *g = ops::silu(*g));
+            hooks.apply(l, Tap::GateAct, &mut s.gate);
+            s.gate.iter_mut().zip(&s.up).for_each(|(g, u)| *g *= u);
+            hooks.apply(l, Tap::DownIn, &mut s.gate);
+        }
         add_projection(&w.w_down, prec, &s.gate, n, &mut s.qa, &mut s.proj, x)?;
         Ok(())
+    }
+}
+
+/// Optional extras of a forward pass: a sparsity plan to apply, counters of what it zeroed,
+/// and an observer that sees every tapped activation (before the plan zeroes it).
+#[derive(Default)]
+pub struct Hooks<'a> {
+    pub plan: Option<&'a SparsityPlan>,
+    pub stats: Option<&'a mut SparsityStats>,
+    pub observe: Option<&'a mut dyn FnMut(usize, Tap, &[f32])>,
+}
+
+impl Hooks<'_> {
+    fn is_empty(&self) -> bool {
+        self.plan.is_none_or(|p| p.method == Method::Dense) && self.observe.is_none() && self.stats.is_none()
+    }
+
+    /// Observes `x` at (`layer`, `tap`), then zeroes what the plan drops there.
+    fn apply(&mut self, layer: usize, tap: Tap, x: &mut [f32]) {
+        if let Some(f) = self.observe.as_mut() {
+            f(layer, tap, x);
+        }
+        let zeroed = match self.plan.and_then(|p| p.threshold(layer, tap)) {
+            Some(t) => zero_below(x, t),
+            None => 0,
+        };
+        if let Some(stats) = self.stats.as_mut() {
+            stats.add(layer, tap, zeroed, x.len());
+        }
     }
 }
 

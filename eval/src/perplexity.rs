@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use sieve_engine::{Logits, Model};
+use sieve_engine::sparsity::{SparsityPlan, SparsityStats};
+use sieve_engine::{Hooks, Logits, Model};
 
 use crate::error::{EvalError, Result};
 
@@ -35,6 +36,12 @@ pub struct PplReport {
     pub seconds: f64,
     /// Tokens processed per second.
     pub tok_s: f64,
+    /// The sparsity method ("dense" when none).
+    pub method: String,
+    /// Its target sparsity.
+    pub sparsity: f32,
+    /// Fraction of the method's tapped activations actually zeroed (mean over its taps).
+    pub achieved_sparsity: f64,
 }
 
 /// Number of windows a run with `opts` covers over `n_tokens`, or why it cannot run.
@@ -61,18 +68,26 @@ pub fn plan(n_tokens: usize, opts: PplOptions, max_ctx: usize) -> Result<usize> 
     }
 }
 
-/// Scores `tokens`; `on_window` is called after each window (for progress).
-pub fn perplexity(model: &Model, tokens: &[u32], opts: PplOptions, mut on_window: impl FnMut()) -> Result<PplReport> {
+/// Scores `tokens` under `plan` (dense when `None`); `on_window` is called after each window.
+pub fn perplexity(
+    model: &Model,
+    tokens: &[u32],
+    opts: PplOptions,
+    sparsity: Option<&SparsityPlan>,
+    mut on_window: impl FnMut(),
+) -> Result<PplReport> {
     let windows = plan(tokens.len(), opts, model.config().context_len)?;
     let vocab = model.config().vocab_size;
     let start = Instant::now();
     let mut nll = 0f64;
     let mut scored = 0usize;
     let mut cache = model.new_cache();
+    let mut stats = SparsityStats::new(model.config().n_layers);
     for w in 0..windows {
         let chunk = &tokens[w * opts.ctx..(w + 1) * opts.ctx];
         cache.clear();
-        let logits = model.forward(chunk, &mut cache, Logits::All)?;
+        let mut hooks = Hooks { plan: sparsity, stats: Some(&mut stats), ..Hooks::default() };
+        let logits = model.forward_with(chunk, &mut cache, Logits::All, &mut hooks)?;
         for (i, &next) in chunk.iter().enumerate().skip(1) {
             nll -= log_softmax_at(&logits[(i - 1) * vocab..i * vocab], next as usize);
             scored += 1;
@@ -89,6 +104,12 @@ pub fn perplexity(model: &Model, tokens: &[u32], opts: PplOptions, mut on_window
         ctx: opts.ctx,
         seconds,
         tok_s: (windows * opts.ctx) as f64 / seconds.max(1e-9),
+        method: sparsity.map_or("dense", |p| p.method.name()).into(),
+        sparsity: sparsity.map_or(0.0, |p| p.target),
+        achieved_sparsity: sparsity.map_or(0.0, |p| {
+            let taps = p.method.taps();
+            if taps.is_empty() { 0.0 } else { taps.iter().map(|&t| stats.overall(t)).sum::<f64>() / taps.len() as f64 }
+        }),
     })
 }
 

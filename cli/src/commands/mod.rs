@@ -1,6 +1,7 @@
 //! One module per subcommand, plus the loading helpers they share.
 
 pub mod bench;
+pub mod calibrate;
 pub mod eval;
 pub mod generate;
 pub mod info;
