@@ -77,3 +77,15 @@ fn bad_sparsity_requests_are_refused() {
     assert_fails_with(&sieve(&["calibrate", "--corpus", c, "--tokens", "1000000"]), "corpus too short");
     assert_fails_with(&sieve(&["calibrate", "--tokens", "0"]), "--tokens must be at least 1");
 }
+
+#[test]
+fn generate_runs_a_calibrated_method_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = small_profile(dir.path());
+    let p = profile.to_str().unwrap();
+    let o = sieve(&["generate", "--max-tokens", "8", "--method", "cats", "--sparsity", "0.3", "--profile", p, "The capital of France is"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).trim().is_empty());
+    assert_fails_with(&sieve(&["generate", "--method", "cats", "--sparsity", "2", "hi"]), "must be in [0, 1)");
+    assert_fails_with(&sieve(&["generate", "--method", "cats", "--sparsity", "0.5", "--profile", "/nonexistent.json", "hi"]), "sieve calibrate");
+}

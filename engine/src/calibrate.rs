@@ -59,6 +59,7 @@ pub fn self_generated(model: &Model, tok: &Tokenizer, tokens: usize, window: usi
             max_tokens: room,
             sampling: SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.95, seed: seed.wrapping_add(i) },
             stop_ids: tok.stop_ids().to_vec(),
+            sparsity: None,
         };
         let g = generate(model, &prompt, &opts, |_| ControlFlow::Continue(()))?;
         let mut seq = prompt;

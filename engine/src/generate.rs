@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
-use crate::model::{Logits, Model};
+use crate::model::{Hooks, Logits, Model};
+use crate::sparsity::SparsityPlan;
 use crate::sampling::{Sampler, SamplingParams};
 
 /// What a generation asks for.
@@ -19,6 +20,8 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Token ids that end the generation (not emitted).
     pub stop_ids: Vec<u32>,
+    /// Activation sparsity applied at every step (dense when `None`).
+    pub sparsity: Option<SparsityPlan>,
 }
 
 /// Why a generation ended.
@@ -95,7 +98,8 @@ pub fn generate(
     let mut sampler = Sampler::new(opts.sampling)?;
     let mut cache = model.new_cache();
     let t0 = Instant::now();
-    let mut logits = model.forward(prompt, &mut cache, Logits::Last)?;
+    let mut hooks = Hooks { plan: opts.sparsity.as_ref(), ..Hooks::default() };
+    let mut logits = model.forward_with(prompt, &mut cache, Logits::Last, &mut hooks)?;
     let prefill = t0.elapsed();
     let t1 = Instant::now();
     let mut tokens = Vec::new();
@@ -114,7 +118,7 @@ pub fn generate(
         if cache.len() >= cache.max_len() {
             break FinishReason::ContextFull;
         }
-        logits = model.forward(&[next], &mut cache, Logits::Last)?;
+        logits = model.forward_with(&[next], &mut cache, Logits::Last, &mut hooks)?;
     };
     Ok(Generation { tokens, finish, prompt_tokens: prompt.len(), prefill, decode: t1.elapsed() })
 }

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sieve_engine::profile::{default_profile_path, file_sha256, Profile};
 use sieve_engine::sparsity::{check_target, Method};
 use sieve_engine::Precision;
 use sieve_eval::corpus::tokenize_file;
@@ -71,14 +70,7 @@ fn ppl(model_path: &Path, a: PplArgs) -> Result<()> {
     let windows = plan(tokens.len(), opts, usize::MAX).with_context(|| format!("corpus {}", a.corpus.display()))?;
     check_target(a.sparsity)?;
     let (_, model) = super::load(model_path, a.precision)?;
-    let plan = if a.method == Method::Dense {
-        None
-    } else {
-        let path = a.profile.clone().unwrap_or_else(|| default_profile_path(model_path));
-        let sha = file_sha256(model_path)?;
-        let profile = Profile::load(&path, &sha, model.config().n_layers)?;
-        Some(profile.plan(a.method, a.sparsity)?)
-    };
+    let plan = super::sparsity_plan(model_path, &model, a.method, a.sparsity, a.profile.as_deref())?;
     let bar = super::progress(windows as u64, "perplexity");
     let report = perplexity(&model, &tokens, opts, plan.as_ref(), || bar.inc(1))?;
     bar.finish_and_clear();

@@ -13,6 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use sieve_engine::gguf::GgufFile;
 use sieve_engine::tokenizer::Tokenizer;
+use sieve_engine::profile::{default_profile_path, file_sha256, Profile};
+use sieve_engine::sparsity::{check_target, Method, SparsityPlan};
 use sieve_engine::{Model, Precision};
 
 /// Loads the tokenizer and the model at `precision`.
@@ -23,6 +25,25 @@ pub fn load(path: &Path, precision: Precision) -> Result<(Tokenizer, Model)> {
     let model = Model::from_gguf(&mut gguf, precision).with_context(|| format!("loading model {}", path.display()))?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, ?precision, "model loaded");
     Ok((tokenizer, model))
+}
+
+/// The plan of `method` at `target` from the profile at `profile` (default: the calibrated
+/// profile of this model); `None` for dense.
+pub fn sparsity_plan(
+    model_path: &Path,
+    model: &Model,
+    method: Method,
+    target: f32,
+    profile: Option<&Path>,
+) -> Result<Option<SparsityPlan>> {
+    check_target(target)?;
+    if method == Method::Dense {
+        return Ok(None);
+    }
+    let path = profile.map(Path::to_path_buf).unwrap_or_else(|| default_profile_path(model_path));
+    let sha = file_sha256(model_path)?;
+    let profile = Profile::load(&path, &sha, model.config().n_layers)?;
+    Ok(Some(profile.plan(method, target)?))
 }
 
 /// Loads only the tokenizer.
