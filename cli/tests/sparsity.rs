@@ -14,7 +14,18 @@ fn small_profile(dir: &Path) -> std::path::PathBuf {
     let corpus = dir.join("calib.txt");
     std::fs::write(&corpus, TEXT).unwrap();
     let out = dir.join("profile.json");
-    let o = sieve(&["calibrate", "--corpus", corpus.to_str().unwrap(), "--tokens", "256", "--window", "128", "--out", out.to_str().unwrap(), "--json"]);
+    let o = sieve(&[
+        "calibrate",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--tokens",
+        "256",
+        "--window",
+        "128",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     out
 }
@@ -23,8 +34,21 @@ fn ppl(dir: &Path, profile: &Path, method: &str, sparsity: &str) -> serde_json::
     let corpus = dir.join("eval.txt");
     std::fs::write(&corpus, TEXT).unwrap();
     let o = sieve(&[
-        "eval", "ppl", "--corpus", corpus.to_str().unwrap(), "--ctx", "128", "--windows", "2", "--method", method,
-        "--sparsity", sparsity, "--profile", profile.to_str().unwrap(), "--json",
+        "eval",
+        "ppl",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--ctx",
+        "128",
+        "--windows",
+        "2",
+        "--method",
+        method,
+        "--sparsity",
+        sparsity,
+        "--profile",
+        profile.to_str().unwrap(),
+        "--json",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_str(&stdout(&o)).unwrap()
@@ -61,7 +85,10 @@ fn bad_sparsity_requests_are_refused() {
     let o = run(&["--method", "magic", "--sparsity", "0.5"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown method 'magic'"), "{}", stderr(&o));
-    assert_fails_with(&run(&["--method", "cats", "--sparsity", "0.5", "--profile", "/nonexistent/p.json"]), "sieve calibrate");
+    assert_fails_with(
+        &run(&["--method", "cats", "--sparsity", "0.5", "--profile", "/nonexistent/p.json"]),
+        "sieve calibrate",
+    );
 
     let profile = small_profile(dir.path());
     let text = std::fs::read_to_string(&profile).unwrap();
@@ -69,10 +96,16 @@ fn bad_sparsity_requests_are_refused() {
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
     v["model_sha256"] = "0".repeat(64).into();
     std::fs::write(&other, v.to_string()).unwrap();
-    assert_fails_with(&run(&["--method", "cats", "--sparsity", "0.5", "--profile", other.to_str().unwrap()]), "another model");
+    assert_fails_with(
+        &run(&["--method", "cats", "--sparsity", "0.5", "--profile", other.to_str().unwrap()]),
+        "another model",
+    );
     let cut = dir.path().join("cut.json");
     std::fs::write(&cut, &text[..text.len() / 3]).unwrap();
-    assert_fails_with(&run(&["--method", "cats", "--sparsity", "0.5", "--profile", cut.to_str().unwrap()]), "corrupt or truncated");
+    assert_fails_with(
+        &run(&["--method", "cats", "--sparsity", "0.5", "--profile", cut.to_str().unwrap()]),
+        "corrupt or truncated",
+    );
 
     assert_fails_with(&sieve(&["calibrate", "--corpus", c, "--tokens", "1000000"]), "corpus too short");
     assert_fails_with(&sieve(&["calibrate", "--tokens", "0"]), "--tokens must be at least 1");
@@ -83,9 +116,23 @@ fn generate_runs_a_calibrated_method_and_refuses_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let profile = small_profile(dir.path());
     let p = profile.to_str().unwrap();
-    let o = sieve(&["generate", "--max-tokens", "8", "--method", "cats", "--sparsity", "0.3", "--profile", p, "The capital of France is"]);
+    let o = sieve(&[
+        "generate",
+        "--max-tokens",
+        "8",
+        "--method",
+        "cats",
+        "--sparsity",
+        "0.3",
+        "--profile",
+        p,
+        "The capital of France is",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stdout(&o).trim().is_empty());
     assert_fails_with(&sieve(&["generate", "--method", "cats", "--sparsity", "2", "hi"]), "must be in [0, 1)");
-    assert_fails_with(&sieve(&["generate", "--method", "cats", "--sparsity", "0.5", "--profile", "/nonexistent.json", "hi"]), "sieve calibrate");
+    assert_fails_with(
+        &sieve(&["generate", "--method", "cats", "--sparsity", "0.5", "--profile", "/nonexistent.json", "hi"]),
+        "sieve calibrate",
+    );
 }

@@ -4,7 +4,7 @@
 use std::ops::ControlFlow;
 
 use crate::error::{EngineError, Result};
-use crate::generate::{generate, GenerateOptions};
+use crate::generate::{GenerateOptions, generate};
 use crate::model::{Hooks, Logits, Model};
 use crate::profile::Calibrator;
 use crate::sampling::SamplingParams;
@@ -44,9 +44,18 @@ pub fn calibrate(model: &Model, sequences: &[Vec<u32>], mut on_sequence: impl Fn
 
 /// About `tokens` tokens of text the model writes itself (temperature 0.8, top-p 0.95, seeded),
 /// as sequences of at most `window` tokens (prompt included).
-pub fn self_generated(model: &Model, tok: &Tokenizer, tokens: usize, window: usize, seed: u64, mut on_sequence: impl FnMut(usize)) -> Result<Vec<Vec<u32>>> {
+pub fn self_generated(
+    model: &Model,
+    tok: &Tokenizer,
+    tokens: usize,
+    window: usize,
+    seed: u64,
+    mut on_sequence: impl FnMut(usize),
+) -> Result<Vec<Vec<u32>>> {
     if tokens == 0 || window < 16 {
-        return Err(EngineError::InvalidInput("self-generated calibration needs tokens > 0 and a window of at least 16".into()));
+        return Err(EngineError::InvalidInput(
+            "self-generated calibration needs tokens > 0 and a window of at least 16".into(),
+        ));
     }
     let mut out = Vec::new();
     let mut total = 0;

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 use crate::model::{Hooks, Logits, Model};
-use crate::sparsity::SparsityPlan;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::sparsity::SparsityPlan;
 
 /// What a generation asks for.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::sparsity::{zero_below, Method, SparsityPlan, SparsityStats, Tap};
+use crate::sparsity::{Method, SparsityPlan, SparsityStats, Tap, zero_below};
 use crate::weights::{LayerWeights, Linear, Precision, Prepared, Weights};
 
 /// Which positions of a forward call need logits.
@@ -74,7 +74,13 @@ impl Model {
     }
 
     /// [`Model::forward`] with a sparsity plan applied and/or activations observed.
-    pub fn forward_with(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits, hooks: &mut Hooks<'_>) -> Result<Vec<f32>> {
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.config;
         let n = tokens.len();
         if n == 0 {

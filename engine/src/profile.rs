@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{EngineError, Result};
-use crate::sparsity::{check_target, Method, SparsityPlan, Tap};
+use crate::sparsity::{Method, SparsityPlan, Tap, check_target};
 
 /// Format version written by this build.
 pub const PROFILE_VERSION: u32 = 1;
@@ -68,10 +68,16 @@ impl Profile {
         };
         let p: Profile = serde_json::from_str(&text).map_err(|e| bad(path, format!("corrupt or truncated: {e}")))?;
         if p.version != PROFILE_VERSION {
-            return Err(bad(path, format!("version {} (this build reads {PROFILE_VERSION}); run `sieve calibrate` again", p.version)));
+            return Err(bad(
+                path,
+                format!("version {} (this build reads {PROFILE_VERSION}); run `sieve calibrate` again", p.version),
+            ));
         }
         if p.model_sha256 != model_sha256 {
-            return Err(bad(path, format!("made for another model (sha256 {}), not this one ({model_sha256})", p.model_sha256)));
+            return Err(bad(
+                path,
+                format!("made for another model (sha256 {}), not this one ({model_sha256})", p.model_sha256),
+            ));
         }
         if p.quantiles.len() != layers {
             return Err(bad(path, format!("{} layers, the model has {layers}", p.quantiles.len())));
@@ -81,9 +87,17 @@ impl Profile {
                 return Err(bad(path, format!("layer {l}: {} taps, expected {}", taps.len(), Tap::ALL.len())));
             }
             for q in taps {
-                let ok = q.len() == LEVELS + 1 && q.iter().all(|v| v.is_finite() && *v >= 0.0) && q.windows(2).all(|w| w[0] <= w[1]);
+                let ok = q.len() == LEVELS + 1
+                    && q.iter().all(|v| v.is_finite() && *v >= 0.0)
+                    && q.windows(2).all(|w| w[0] <= w[1]);
                 if !ok {
-                    return Err(bad(path, format!("layer {l}: quantiles must be {} finite, non-negative, non-decreasing values", LEVELS + 1)));
+                    return Err(bad(
+                        path,
+                        format!(
+                            "layer {l}: quantiles must be {} finite, non-negative, non-decreasing values",
+                            LEVELS + 1
+                        ),
+                    ));
                 }
             }
         }

@@ -60,8 +60,12 @@ pub fn bench_decode(
         });
     }
     let prompt = &tokens[..opts.prompt_tokens];
-    let request =
-        GenerateOptions { max_tokens: opts.new_tokens, sampling: SamplingParams::default(), stop_ids: Vec::new(), sparsity: None };
+    let request = GenerateOptions {
+        max_tokens: opts.new_tokens,
+        sampling: SamplingParams::default(),
+        stop_ids: Vec::new(),
+        sparsity: None,
+    };
     let mut runs = Vec::with_capacity(opts.runs);
     for _ in 0..opts.runs {
         let g = generate(model, prompt, &request, |_| std::ops::ControlFlow::Continue(()))?;

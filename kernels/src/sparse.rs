@@ -99,35 +99,23 @@ impl InputMajorQ8 {
 /// Active pairs per sub-run of a split-K task.
 const PAIR_RUN: usize = 64;
 
-/// Per-task partial sums of the split-K input-sparse GEMV.
-#[derive(Clone, Copy)]
-struct Partial(*mut i32);
-// SAFETY: every task writes only its own block of partial sums, and the job returns only
-// after all tasks finished.
-unsafe impl Send for Partial {}
-unsafe impl Sync for Partial {}
-
-impl Partial {
-    /// # Safety
-    /// `start + len` lies inside the buffer and no other task touches this range.
-    unsafe fn range<'a>(self, start: usize, len: usize) -> &'a mut [i32] {
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+/// A buffer shared by tasks that each own a disjoint range of it.
+struct Shared<T>(*mut T);
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
     }
 }
+impl<T> Copy for Shared<T> {}
+// SAFETY: every task touches only its own range, and the job returns only after all tasks
+// finished, while the buffer is still borrowed by the caller.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
 
-/// Output entry pointer shared by tasks that own disjoint output ranges.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes only its own output range, and the job returns only after all
-// tasks finished.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
+impl<T> Shared<T> {
     /// # Safety
-    /// `start + len` lies inside the output and no other task touches this range.
-    unsafe fn range<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+    /// `start + len` lies inside the buffer and no other task touches this range.
+    unsafe fn range<'a>(self, start: usize, len: usize) -> &'a mut [T] {
         // SAFETY: guaranteed by the caller.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
@@ -162,7 +150,7 @@ pub fn gemv_input_sparse_f32(
     check_io(w.inputs, w.outputs, x.len(), out.len())?;
     let active: Vec<u32> = (0..x.len()).filter(|&i| x[i].abs() > threshold).map(|i| i as u32).collect();
     let tasks = w.outputs.div_ceil(OUT_TILE);
-    let o = Out(out.as_mut_ptr());
+    let o = Shared(out.as_mut_ptr());
     parallel_for(tasks, |t| {
         let j0 = t * OUT_TILE;
         let len = OUT_TILE.min(w.outputs - j0);
@@ -233,7 +221,7 @@ pub fn gemv_input_sparse_q8(
     let per = pairs.len().div_ceil(tasks).max(1);
     let tasks = pairs.len().div_ceil(per).max(1);
     let mut partial = vec![0i32; tasks * outputs];
-    let p = Partial(partial.as_mut_ptr());
+    let p = Shared(partial.as_mut_ptr());
     parallel_for(tasks, |t| {
         let (k0, k1) = (t * per, ((t + 1) * per).min(pairs.len()));
         // SAFETY: task t owns partial[t * outputs..(t + 1) * outputs].
@@ -336,7 +324,7 @@ fn row_tasks(n: usize) -> (usize, usize) {
 pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
     check_rows(w, x, rows, out.len())?;
     let (per, tasks) = row_tasks(rows.len());
-    let o = Out(out.as_mut_ptr());
+    let o = Shared(out.as_mut_ptr());
     parallel_for(tasks, |t| {
         let k0 = t * per;
         let len = per.min(rows.len() - k0);
@@ -361,7 +349,7 @@ pub fn swiglu_rows(
     check_rows(gate, x, rows, h.len())?;
     check_rows(up, x, rows, h.len())?;
     let (per, tasks) = row_tasks(rows.len());
-    let o = Out(h.as_mut_ptr());
+    let o = Shared(h.as_mut_ptr());
     parallel_for(tasks, |t| {
         let k0 = t * per;
         let len = per.min(rows.len() - k0);

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use serde::Serialize;
+use sieve_engine::Precision;
 use sieve_engine::calibrate::{calibrate, self_generated};
 use sieve_engine::profile::{default_profile_path, file_sha256};
-use sieve_engine::Precision;
 use sieve_eval::corpus::tokenize_file;
 
 /// Arguments of `sieve calibrate`.

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use sieve_engine::sparsity::{check_target, Method};
 use sieve_engine::Precision;
+use sieve_engine::sparsity::check_target;
 use sieve_eval::corpus::tokenize_file;
 use sieve_eval::perplexity::{PplOptions, PplReport, perplexity, plan};
 
@@ -32,15 +32,8 @@ pub struct PplArgs {
     /// Weight precision: f32 (reference) or fast (int8).
     #[arg(long, default_value = "fast")]
     precision: Precision,
-    /// Sparsity method: dense, teal-uniform or cats (accuracy path: activations zeroed).
-    #[arg(long, default_value = "dense")]
-    method: Method,
-    /// Target sparsity in [0, 1) for the method.
-    #[arg(long, default_value_t = 0.0)]
-    sparsity: f32,
-    /// Calibration profile (default: the one `sieve calibrate` wrote for this model).
-    #[arg(long)]
-    profile: Option<PathBuf>,
+    #[command(flatten)]
+    sparsity: super::SparsityArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -68,9 +61,9 @@ fn ppl(model_path: &Path, a: PplArgs) -> Result<()> {
     let opts = PplOptions { ctx: a.ctx, windows: a.windows };
     // Check the corpus before the (slower) model load.
     let windows = plan(tokens.len(), opts, usize::MAX).with_context(|| format!("corpus {}", a.corpus.display()))?;
-    check_target(a.sparsity)?;
+    check_target(a.sparsity.sparsity)?;
     let (_, model) = super::load(model_path, a.precision)?;
-    let plan = super::sparsity_plan(model_path, &model, a.method, a.sparsity, a.profile.as_deref())?;
+    let plan = a.sparsity.plan(model_path, &model)?;
     let bar = super::progress(windows as u64, "perplexity");
     let report = perplexity(&model, &tokens, opts, plan.as_ref(), || bar.inc(1))?;
     bar.finish_and_clear();

@@ -2,14 +2,14 @@
 
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Result, bail};
-use sieve_engine::sparsity::{check_target, Method};
 use sieve_engine::Precision;
 use sieve_engine::chat::user_prompt;
 use sieve_engine::generate::{GenerateOptions, generate};
 use sieve_engine::sampling::SamplingParams;
+use sieve_engine::sparsity::check_target;
 use sieve_engine::tokenizer::StreamDecoder;
 
 /// Arguments of `sieve generate`.
@@ -38,15 +38,8 @@ pub struct Args {
     /// Weight precision: f32 (reference) or fast (int8).
     #[arg(long, default_value = "fast")]
     precision: Precision,
-    /// Sparsity method: dense, teal-uniform or cats (accuracy path: activations zeroed).
-    #[arg(long, default_value = "dense")]
-    method: Method,
-    /// Target sparsity in [0, 1) for the method.
-    #[arg(long, default_value_t = 0.0)]
-    sparsity: f32,
-    /// Calibration profile (default: the one `sieve calibrate` wrote for this model).
-    #[arg(long)]
-    profile: Option<PathBuf>,
+    #[command(flatten)]
+    sparsity: super::SparsityArgs,
     /// Print timing and memory to stderr after the text.
     #[arg(long)]
     stats: bool,
@@ -62,9 +55,9 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     if a.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
     }
-    check_target(a.sparsity)?;
+    check_target(a.sparsity.sparsity)?;
     let (tok, model) = super::load(model_path, a.precision)?;
-    let sparsity = super::sparsity_plan(model_path, &model, a.method, a.sparsity, a.profile.as_deref())?;
+    let sparsity = a.sparsity.plan(model_path, &model)?;
     let text = if a.chat { user_prompt(&a.prompt) } else { a.prompt.clone() };
     let ids = tok.encode(&text)?;
     let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_ids: tok.stop_ids().to_vec(), sparsity };

@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use sieve_engine::gguf::GgufFile;
+use sieve_engine::profile::{Profile, default_profile_path, file_sha256};
+use sieve_engine::sparsity::{Method, SparsityPlan, check_target};
 use sieve_engine::tokenizer::Tokenizer;
-use sieve_engine::profile::{default_profile_path, file_sha256, Profile};
-use sieve_engine::sparsity::{check_target, Method, SparsityPlan};
 use sieve_engine::{Model, Precision};
 
 /// Loads the tokenizer and the model at `precision`.
@@ -25,6 +25,27 @@ pub fn load(path: &Path, precision: Precision) -> Result<(Tokenizer, Model)> {
     let model = Model::from_gguf(&mut gguf, precision).with_context(|| format!("loading model {}", path.display()))?;
     tracing::info!(ms = t0.elapsed().as_millis() as u64, ?precision, "model loaded");
     Ok((tokenizer, model))
+}
+
+/// The sparsity flags shared by the commands that run the model.
+#[derive(Debug, clap::Args)]
+pub struct SparsityArgs {
+    /// Sparsity method: dense, teal-uniform or cats (accuracy path: activations zeroed).
+    #[arg(long, default_value = "dense")]
+    pub method: Method,
+    /// Target sparsity in [0, 1) for the method.
+    #[arg(long, default_value_t = 0.0)]
+    pub sparsity: f32,
+    /// Calibration profile (default: the one `sieve calibrate` wrote for this model).
+    #[arg(long)]
+    pub profile: Option<std::path::PathBuf>,
+}
+
+impl SparsityArgs {
+    /// The plan these flags ask for, `None` for dense.
+    pub fn plan(&self, model_path: &Path, model: &Model) -> Result<Option<SparsityPlan>> {
+        sparsity_plan(model_path, model, self.method, self.sparsity, self.profile.as_deref())
+    }
 }
 
 /// The plan of `method` at `target` from the profile at `profile` (default: the calibrated

@@ -40,7 +40,6 @@ pub fn assert_fails_with(o: &Output, needle: &str) {
     assert!(!err.contains("panicked"), "panic: {err}");
 }
 
-
 /// The binary under test.
 pub fn sieve_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sieve"))
