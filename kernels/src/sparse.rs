@@ -320,20 +320,25 @@ fn row_tasks(n: usize) -> (usize, usize) {
     (per, n.div_ceil(per))
 }
 
-/// `out[k] = W[rows[k]] · x`: only the listed rows are read.
-pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
-    check_rows(w, x, rows, out.len())?;
+/// `out[k] = f(rows[k])`, the listed rows split over the pool.
+fn for_each_listed_row(rows: &[u32], out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
     let (per, tasks) = row_tasks(rows.len());
     let o = Shared(out.as_mut_ptr());
     parallel_for(tasks, |t| {
         let k0 = t * per;
         let len = per.min(rows.len() - k0);
-        // SAFETY: task t owns out[k0..k0 + len].
+        // SAFETY: task t owns out[k0..k0 + len]; `out.len() == rows.len()` (checked by callers).
         let y = unsafe { o.range(k0, len) };
         for (yk, &r) in y.iter_mut().zip(&rows[k0..k0 + len]) {
-            *yk = w.dot(r as usize, x);
+            *yk = f(r as usize);
         }
     });
+}
+
+/// `out[k] = W[rows[k]] · x`: only the listed rows are read.
+pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
+    check_rows(w, x, rows, out.len())?;
+    for_each_listed_row(rows, out, |r| w.dot(r, x));
     Ok(())
 }
 
@@ -348,16 +353,6 @@ pub fn swiglu_rows(
 ) -> Result<(), KernelError> {
     check_rows(gate, x, rows, h.len())?;
     check_rows(up, x, rows, h.len())?;
-    let (per, tasks) = row_tasks(rows.len());
-    let o = Shared(h.as_mut_ptr());
-    parallel_for(tasks, |t| {
-        let k0 = t * per;
-        let len = per.min(rows.len() - k0);
-        // SAFETY: task t owns h[k0..k0 + len].
-        let y = unsafe { o.range(k0, len) };
-        for (yk, &r) in y.iter_mut().zip(&rows[k0..k0 + len]) {
-            *yk = crate::ops::silu(gate.dot(r as usize, x)) * up.dot(r as usize, x);
-        }
-    });
+    for_each_listed_row(rows, h, |r| crate::ops::silu(gate.dot(r, x)) * up.dot(r, x));
     Ok(())
 }
