@@ -77,6 +77,12 @@ impl Config {
         self.n_kv_heads * self.head_dim
     }
 
+    /// Parameters of each projection of one block, in [`crate::sparsity::Proj::ALL`] order.
+    pub fn proj_params(&self) -> [usize; 7] {
+        let (d, f, kv) = (self.d_model, self.d_ff, self.kv_dim());
+        [d * d, d * kv, d * kv, d * d, d * f, d * f, d * f]
+    }
+
     /// Parameters in the transformer blocks (embedding and head excluded).
     pub fn block_params(&self) -> usize {
         let attn = self.d_model * (2 * self.d_model + 2 * self.kv_dim());

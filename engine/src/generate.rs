@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::audit::MaskAudit;
 use crate::error::{EngineError, Result};
 use crate::model::{Hooks, Logits, Model};
 use crate::sampling::{Sampler, SamplingParams};
-use crate::sparsity::SparsityPlan;
+use crate::sparsity::{SparsityPlan, SparsityStats, check_target};
 
 /// What a generation asks for.
 #[derive(Debug, Clone)]
@@ -22,6 +23,18 @@ pub struct GenerateOptions {
     pub stop_ids: Vec<u32>,
     /// Activation sparsity applied at every step (dense when `None`).
     pub sparsity: Option<SparsityPlan>,
+    /// Mask audit of every `audit_every`-th decode step (0: none). Audited steps run the
+    /// accuracy path plus the dense MLP, so they are left out of the decode timing.
+    pub audit_every: usize,
+    /// The references to audit against (needed when `audit_every > 0`).
+    pub audit: Option<MaskAudit>,
+}
+
+impl GenerateOptions {
+    /// Greedy or sampled generation of at most `max_tokens`, dense, no audit.
+    pub fn new(max_tokens: usize, sampling: SamplingParams, stop_ids: Vec<u32>) -> Self {
+        Self { max_tokens, sampling, stop_ids, sparsity: None, audit_every: 0, audit: None }
+    }
 }
 
 /// Why a generation ended.
@@ -49,8 +62,15 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// Time to run the prompt and produce the first logits.
     pub prefill: Duration,
-    /// Time spent producing the tokens after the first.
+    /// Time spent producing the tokens after the first, audited steps excluded.
     pub decode: Duration,
+    /// Decode steps timed (audited steps excluded).
+    pub timed_steps: usize,
+    /// What the plan dropped over the decode steps (when a plan was given).
+    pub stats: Option<SparsityStats>,
+    /// The audit of the sampled steps (when asked for).
+    #[serde(skip)]
+    pub audit: Option<MaskAudit>,
 }
 
 impl Generation {
@@ -60,7 +80,7 @@ impl Generation {
     }
     /// Decode steps per second (forward passes after the prefill).
     pub fn decode_tok_s(&self) -> f64 {
-        let steps = self.tokens.len().saturating_sub(1);
+        let steps = self.timed_steps;
         if steps == 0 { 0.0 } else { steps as f64 / self.decode.as_secs_f64().max(1e-9) }
     }
 }
@@ -83,6 +103,19 @@ pub fn validate(model: &Model, prompt: &[u32], opts: &GenerateOptions) -> Result
             opts.max_tokens
         )));
     }
+    if opts.audit_every > 0 && opts.audit.is_none() {
+        return Err(EngineError::InvalidInput("an audit rate was given without audit references".into()));
+    }
+    if let Some(plan) = &opts.sparsity {
+        check_target(plan.target)?;
+        if plan.layers.len() != model.config().n_layers {
+            return Err(EngineError::InvalidInput(format!(
+                "the sparsity plan has {} layers, the model {}",
+                plan.layers.len(),
+                model.config().n_layers
+            )));
+        }
+    }
     opts.sampling.validate()
 }
 
@@ -98,10 +131,13 @@ pub fn generate(
     let mut sampler = Sampler::new(opts.sampling)?;
     let mut cache = model.new_cache();
     let t0 = Instant::now();
-    let mut hooks = Hooks { plan: opts.sparsity.as_ref(), ..Hooks::default() };
+    let plan = opts.sparsity.as_ref();
+    let mut hooks = Hooks { plan, ..Hooks::default() };
     let mut logits = model.forward_with(prompt, &mut cache, Logits::Last, &mut hooks)?;
     let prefill = t0.elapsed();
-    let t1 = Instant::now();
+    let mut stats = plan.map(|_| SparsityStats::new(model.config().n_layers));
+    let mut audit = if opts.audit_every > 0 { opts.audit.clone() } else { None };
+    let (mut decode, mut timed_steps, mut step) = (Duration::ZERO, 0usize, 0usize);
     let mut tokens = Vec::new();
     let finish = loop {
         let next = sampler.sample(&logits);
@@ -118,7 +154,17 @@ pub fn generate(
         if cache.len() >= cache.max_len() {
             break FinishReason::ContextFull;
         }
+        step += 1;
+        if let Some(a) = audit.as_mut().filter(|_| step % opts.audit_every == 0) {
+            let mut hooks = Hooks { plan, audit: Some(a), accuracy_path: true, ..Hooks::default() };
+            logits = model.forward_with(&[next], &mut cache, Logits::Last, &mut hooks)?;
+            continue;
+        }
+        let t = Instant::now();
+        let mut hooks = Hooks { plan, stats: stats.as_mut(), ..Hooks::default() };
         logits = model.forward_with(&[next], &mut cache, Logits::Last, &mut hooks)?;
+        decode += t.elapsed();
+        timed_steps += 1;
     };
-    Ok(Generation { tokens, finish, prompt_tokens: prompt.len(), prefill, decode: t1.elapsed() })
+    Ok(Generation { tokens, finish, prompt_tokens: prompt.len(), prefill, decode, timed_steps, stats, audit })
 }

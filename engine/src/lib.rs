@@ -5,10 +5,12 @@
 //! forward pass with its KV cache ([`model`], [`kv_cache`]), sampling ([`sampling`]) and the
 //! generation loop ([`generate`]).
 
+pub mod audit;
 pub mod calibrate;
 pub mod chat;
 pub mod error;
 pub mod gguf;
+pub mod greedy;
 pub mod paths;
 pub mod profile;
 pub mod tokenizer;
@@ -25,4 +27,5 @@ pub use model::{Hooks, Logits, Model};
 pub use weights::Precision;
 pub mod generate;
 pub mod sampling;
+pub mod sparse_decode;
 pub mod sparsity;

@@ -3,16 +3,21 @@
 //! positions: many for prefill (matrix-matrix products), one for decode (matrix-vector).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sieve_kernels::ActsQ8;
 use sieve_kernels::attention::attend_head;
 use sieve_kernels::ops::{self, Rope};
 
+use serde::Serialize;
+
+use crate::audit::MaskAudit;
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::sparsity::{Method, SparsityPlan, SparsityStats, Tap, zero_below};
+use crate::sparse_decode::{self, DecodeScratch, SparseWeights, supports};
+use crate::sparsity::{LayerPlan, Method, Proj, SparsityPlan, SparsityStats, Tap, keep_top_importance, zero_below};
 use crate::weights::{LayerWeights, Linear, Precision, Prepared, Weights};
 
 /// Which positions of a forward call need logits.
@@ -29,6 +34,8 @@ pub struct Model {
     config: Config,
     weights: Weights,
     rope: Rope,
+    /// Input-major copies for the sparse decode kernels, built on first use.
+    sparse: SparseWeights,
 }
 
 impl Model {
@@ -43,7 +50,8 @@ impl Model {
         let config = Config::from_gguf(gguf)?;
         let weights = Weights::load(gguf, &config, precision)?;
         let rope = Rope::new(config.head_dim, config.rope_dim, config.rope_theta, config.context_len);
-        Ok(Self { config, weights, rope })
+        let sparse = SparseWeights::new(config.n_layers);
+        Ok(Self { config, weights, rope, sparse })
     }
 
     /// The model's hyper-parameters.
@@ -54,6 +62,11 @@ impl Model {
     /// The weights (for reports of size and precision).
     pub fn weights(&self) -> &Weights {
         &self.weights
+    }
+
+    /// The rotary embedding tables.
+    pub(crate) fn rope(&self) -> &Rope {
+        &self.rope
     }
 
     /// Precision the weights were loaded at.
@@ -103,8 +116,17 @@ impl Model {
         }
         let mut s = Scratch::new(cfg, n);
         let start = cache.len();
+        let sparse_decode = n == 1
+            && !hooks.accuracy_path
+            && hooks.audit.is_none()
+            && hooks.plan.is_some_and(|p| !p.is_dense() && supports(p.method));
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            if let Err(e) = self.block(l, layer, &mut x, cache, &mut s, hooks) {
+            let done = if sparse_decode {
+                self.sparse_block(l, layer, &mut x, cache, &mut s, hooks)
+            } else {
+                self.block(l, layer, &mut x, cache, &mut s, hooks)
+            };
+            if let Err(e) = done {
                 // Leave the cache as it was: some layers may already hold these positions.
                 cache.truncate(start);
                 return Err(e);
@@ -127,6 +149,43 @@ impl Model {
         Ok(out)
     }
 
+    /// [`Model::block`] for one position with the plan run by sparse kernels.
+    fn sparse_block(
+        &self,
+        l: usize,
+        w: &LayerWeights,
+        x: &mut [f32],
+        cache: &mut KvCache,
+        s: &mut Scratch,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<()> {
+        let cfg = &self.config;
+        let (Some(plan), d) = (hooks.plan, cfg.d_model) else { return Ok(()) };
+        let (method, lp) = (plan.method, &plan.layers[l]);
+        let sw = &self.sparse;
+        let t0 = hooks.timing.is_some().then(Instant::now);
+        ops::rms_norm(x, &w.attn_norm, cfg.rms_eps, &mut s.normed);
+        let outs = [&mut s.q[..], &mut s.k[..], &mut s.v[..]];
+        sparse_decode::attention_projections(sw, l, w, method, lp, &s.normed, outs, &mut s.decode, &mut hooks.stats)?;
+        let p0 = cache.len();
+        self.rope.apply(&mut s.q, p0);
+        self.rope.apply(&mut s.k, p0);
+        cache.append(l, &s.k, &s.v);
+        let (keys, values) = cache.layer(l);
+        attention(cfg, &s.q, keys, values, p0, &mut s.attn);
+        sparse_decode::project(sw, l, w, method, lp, Proj::O, &s.attn, &mut s.proj, &mut s.decode, &mut hooks.stats)?;
+        add_into(x, &s.proj);
+        let t1 = hooks.timing.is_some().then(Instant::now);
+        ops::rms_norm(x, &w.ffn_norm, cfg.rms_eps, &mut s.normed[..d]);
+        let (gate, h) = (&mut s.gate[..], &mut s.up[..]);
+        sparse_decode::mlp(sw, l, w, method, lp, &s.normed, gate, h, &mut s.proj, &mut s.decode, &mut hooks.stats)?;
+        add_into(x, &s.proj);
+        if let (Some(t0), Some(t1), Some(timing)) = (t0, t1, hooks.timing.as_mut()) {
+            timing.add(l, t1 - t0, t1.elapsed());
+        }
+        Ok(())
+    }
+
     fn block(
         &self,
         l: usize,
@@ -140,17 +199,14 @@ impl Model {
         let (n, d, kvd) = (s.n, cfg.d_model, cfg.kv_dim());
         let p0 = cache.len();
         let prec = self.precision();
+        let t0 = hooks.timing.is_some().then(Instant::now);
 
         for (o, r) in s.normed.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
             ops::rms_norm(r, &w.attn_norm, cfg.rms_eps, o);
         }
-        hooks.apply(l, Tap::AttnIn, &mut s.normed);
-        {
-            let a = prepare(prec, &s.normed, n, &mut s.qa)?;
-            w.wq.forward(&a, &mut s.q)?;
-            w.wk.forward(&a, &mut s.k)?;
-            w.wv.forward(&a, &mut s.v)?;
-        }
+        hooks.observe(l, Tap::AttnIn, &s.normed);
+        let mut qkv = [(Proj::Q, &w.wq, &mut s.q[..]), (Proj::K, &w.wk, &mut s.k[..]), (Proj::V, &w.wv, &mut s.v[..])];
+        project_each(prec, l, &s.normed, n, &mut qkv, hooks, &mut s.masked, &mut s.qa)?;
         for t in 0..n {
             self.rope.apply(&mut s.q[t * d..(t + 1) * d], p0 + t);
             self.rope.apply(&mut s.k[t * kvd..(t + 1) * kvd], p0 + t);
@@ -158,80 +214,219 @@ impl Model {
         cache.append(l, &s.k, &s.v);
         let (keys, values) = cache.layer(l);
         attention(cfg, &s.q, keys, values, p0, &mut s.attn);
-        hooks.apply(l, Tap::AttnOut, &mut s.attn);
-        add_projection(&w.wo, prec, &s.attn, n, &mut s.qa, &mut s.proj, x)?;
+        hooks.observe(l, Tap::AttnOut, &s.attn);
+        project_each(prec, l, &s.attn, n, &mut [(Proj::O, &w.wo, &mut s.proj[..])], hooks, &mut s.masked, &mut s.qa)?;
+        add_into(x, &s.proj);
+        let t1 = hooks.timing.is_some().then(Instant::now);
 
         for (o, r) in s.normed.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
             ops::rms_norm(r, &w.ffn_norm, cfg.rms_eps, o);
         }
-        hooks.apply(l, Tap::MlpIn, &mut s.normed);
-        {
-            let m = prepare(prec, &s.normed, n, &mut s.qa)?;
-            w.w_gate.forward(&m, &mut s.gate)?;
-            w.w_up.forward(&m, &mut s.up)?;
-        }
+        hooks.observe(l, Tap::MlpIn, &s.normed);
+        let mut gate_up = [(Proj::Gate, &w.w_gate, &mut s.gate[..]), (Proj::Up, &w.w_up, &mut s.up[..])];
+        project_each(prec, l, &s.normed, n, &mut gate_up, hooks, &mut s.masked, &mut s.qa)?;
         if hooks.is_empty() {
             ops::silu_mul(&mut s.gate, &s.up);
         } else {
             s.gate.iter_mut().for_each(|g| *g = ops::silu(*g));
-            hooks.apply(l, Tap::GateAct, &mut s.gate);
+            hooks.observe(l, Tap::GateAct, &s.gate);
+            let dropped = hooks.drop_neurons_by_gate(l, &mut s.gate);
             s.gate.iter_mut().zip(&s.up).for_each(|(g, u)| *g *= u);
-            hooks.apply(l, Tap::DownIn, &mut s.gate);
+            let dropped = dropped + hooks.drop_neurons_by_importance(l, cfg.d_ff, &mut s.gate, &mut s.order);
+            if hooks.plan.is_some_and(|p| p.method.mlp_only()) {
+                hooks.count(l, Proj::Up, dropped, s.gate.len());
+            }
+            hooks.observe(l, Tap::DownIn, &s.gate);
+            if hooks.audit.is_some() {
+                self.audit_mlp(l, w, s, hooks)?;
+            }
         }
-        add_projection(&w.w_down, prec, &s.gate, n, &mut s.qa, &mut s.proj, x)?;
+        project_each(
+            prec,
+            l,
+            &s.gate,
+            n,
+            &mut [(Proj::Down, &w.w_down, &mut s.proj[..])],
+            hooks,
+            &mut s.masked,
+            &mut s.qa,
+        )?;
+        add_into(x, &s.proj);
+        if let (Some(t0), Some(t1), Some(timing)) = (t0, t1, hooks.timing.as_mut()) {
+            timing.add(l, t1 - t0, t1.elapsed());
+        }
         Ok(())
     }
 }
 
-/// Optional extras of a forward pass: a sparsity plan to apply, counters of what it zeroed,
-/// and an observer that sees every tapped activation (before the plan zeroes it).
+impl Model {
+    /// Compares the method's down input (in `s.gate`) with the reference masks, on the dense
+    /// MLP of the same (unmasked) input in `s.normed`.
+    fn audit_mlp(&self, l: usize, w: &LayerWeights, s: &mut Scratch, hooks: &mut Hooks<'_>) -> Result<()> {
+        let (prec, n) = (self.precision(), s.n);
+        let mut act = vec![0f32; s.gate.len()];
+        let mut h = vec![0f32; s.gate.len()];
+        {
+            let m = prepare(prec, &s.normed, n, &mut s.qa)?;
+            w.w_gate.forward(&m, &mut act)?;
+            w.w_up.forward(&m, &mut h)?;
+        }
+        for (a, hi) in act.iter_mut().zip(h.iter_mut()) {
+            *a = ops::silu(*a);
+            *hi *= *a;
+        }
+        let method_t = hooks.input_threshold(l, Proj::Down).unwrap_or(0.0);
+        if let Some(audit) = hooks.audit.as_mut() {
+            audit.add(l, &s.gate, method_t, &act, &h);
+        }
+        Ok(())
+    }
+}
+
+/// Optional extras of a forward pass: a sparsity plan to apply, counters of what it dropped,
+/// and an observer that sees every tapped activation (before the plan drops anything).
 #[derive(Default)]
 pub struct Hooks<'a> {
     pub plan: Option<&'a SparsityPlan>,
     pub stats: Option<&'a mut SparsityStats>,
     pub observe: Option<&'a mut dyn FnMut(usize, Tap, &[f32])>,
+    /// Mask audit against the reference masks (accuracy path only).
+    pub audit: Option<&'a mut MaskAudit>,
+    /// Per-layer attention and MLP wall time, when wanted.
+    pub timing: Option<&'a mut LayerTimes>,
+    /// Run the plan by zeroing activations for the dense kernels, even for one position
+    /// (the reference the sparse decode kernels are checked against).
+    pub accuracy_path: bool,
 }
 
 impl Hooks<'_> {
     fn is_empty(&self) -> bool {
-        self.plan.is_none_or(|p| p.method == Method::Dense) && self.observe.is_none() && self.stats.is_none()
+        self.plan.is_none_or(|p| p.is_dense()) && self.observe.is_none() && self.stats.is_none() && self.audit.is_none()
     }
 
-    /// Observes `x` at (`layer`, `tap`), then zeroes what the plan drops there.
-    fn apply(&mut self, layer: usize, tap: Tap, x: &mut [f32]) {
+    fn layer_plan(&self, layer: usize) -> Option<&LayerPlan> {
+        self.plan.filter(|p| !p.is_dense()).and_then(|p| p.layers.get(layer))
+    }
+
+    fn observe(&mut self, layer: usize, tap: Tap, x: &[f32]) {
         if let Some(f) = self.observe.as_mut() {
             f(layer, tap, x);
         }
-        let zeroed = match self.plan.and_then(|p| p.threshold(layer, tap)) {
-            Some(t) => zero_below(x, t),
-            None => 0,
-        };
+    }
+
+    fn count(&mut self, layer: usize, proj: Proj, zeroed: usize, total: usize) {
         if let Some(stats) = self.stats.as_mut() {
-            stats.add(layer, tap, zeroed, x.len());
+            stats.add(layer, proj, zeroed, total);
+        }
+    }
+
+    /// The input mask of `proj`: `Some(t)` zeroes |x| <= t (t = 0 for the down projection of
+    /// the MLP methods, whose dropped neurons are exact zeros by then).
+    fn input_threshold(&self, layer: usize, proj: Proj) -> Option<f32> {
+        let method = self.plan?.method;
+        let lp = self.layer_plan(layer)?;
+        match method {
+            Method::Teal | Method::TealUniform => Some(lp.proj[proj.index()]).filter(|&t| t > 0.0),
+            Method::Cats | Method::Cett if proj == Proj::Down => Some(0.0),
+            _ => None,
+        }
+    }
+
+    /// CATS: zeroes silu(g) where |silu(g)| <= t; returns how many neurons it dropped.
+    fn drop_neurons_by_gate(&self, layer: usize, act: &mut [f32]) -> usize {
+        match (self.plan.map(|p| p.method), self.layer_plan(layer)) {
+            (Some(Method::Cats), Some(lp)) => zero_below(act, lp.gate_act),
+            _ => 0,
+        }
+    }
+
+    /// CETT: keeps the most important neurons of each token's h; returns how many it dropped.
+    fn drop_neurons_by_importance(&self, layer: usize, width: usize, h: &mut [f32], order: &mut Vec<u32>) -> usize {
+        match (self.plan.map(|p| p.method), self.layer_plan(layer)) {
+            (Some(Method::Cett), Some(lp)) => keep_top_importance(h, width, &lp.down_col_norms, lp.cett_keep, order),
+            _ => 0,
         }
     }
 }
 
-/// `x += W input`, quantizing `input` first on the fast path.
-fn add_projection(
-    w: &Linear,
+/// `out = W input` for each listed projection, `input` masked by that projection's threshold
+/// first (quantized once for consecutive projections with the same mask), counting what the
+/// mask dropped.
+fn project_each(
     prec: Precision,
+    layer: usize,
     input: &[f32],
     n: usize,
+    jobs: &mut [(Proj, &Linear, &mut [f32])],
+    hooks: &mut Hooks<'_>,
+    masked: &mut Vec<f32>,
     qa: &mut ActsQ8,
-    proj: &mut [f32],
-    x: &mut [f32],
 ) -> Result<()> {
-    w.forward(&prepare(prec, input, n, qa)?, proj)?;
-    for (xi, pi) in x.iter_mut().zip(proj.iter()) {
-        *xi += pi;
+    let mut ready: Option<Option<f32>> = None;
+    let mut zeroed = 0;
+    for (proj, w, out) in jobs.iter_mut() {
+        let t = hooks.input_threshold(layer, *proj);
+        if ready != Some(t) {
+            zeroed = 0;
+            if let Some(t) = t {
+                masked.clear();
+                masked.extend_from_slice(input);
+                zeroed = zero_below(masked, t);
+            }
+            if prec == Precision::Fast {
+                let src = if t.is_some() { &masked[..] } else { input };
+                qa.quantize_from(src, n, src.len() / n)?;
+            }
+            ready = Some(t);
+        }
+        // The MLP methods count up's skipped rows where they drop neurons.
+        if !(*proj == Proj::Up && hooks.plan.is_some_and(|p| p.method.mlp_only())) {
+            hooks.count(layer, *proj, zeroed, input.len());
+        }
+        let prepared = match prec {
+            Precision::F32 => Prepared::F32 { x: if t.is_some() { &masked[..] } else { input }, n },
+            Precision::Fast => Prepared::Q8(qa),
+        };
+        w.forward(&prepared, out)?;
     }
     Ok(())
 }
 
+/// Wall time per layer of the attention half (norm to residual add) and the MLP half.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LayerTimes {
+    /// Summed attention time per layer.
+    pub attention: Vec<Duration>,
+    /// Summed MLP time per layer.
+    pub mlp: Vec<Duration>,
+    /// Forward calls timed.
+    pub calls: usize,
+}
+
+impl LayerTimes {
+    fn add(&mut self, l: usize, attention: Duration, mlp: Duration) {
+        if self.attention.len() <= l {
+            self.attention.resize(l + 1, Duration::ZERO);
+            self.mlp.resize(l + 1, Duration::ZERO);
+        }
+        self.attention[l] += attention;
+        self.mlp[l] += mlp;
+        if l == 0 {
+            self.calls += 1;
+        }
+    }
+}
+
+/// `x += p`.
+fn add_into(x: &mut [f32], p: &[f32]) {
+    for (xi, pi) in x.iter_mut().zip(p) {
+        *xi += pi;
+    }
+}
+
 /// `n` activation rows prepared for [`Linear::forward`] at `prec` (quantized into `qa` on the
 /// fast path, so projections that share an input quantize it once).
-fn prepare<'a>(prec: Precision, x: &'a [f32], n: usize, qa: &'a mut ActsQ8) -> Result<Prepared<'a>> {
+pub(crate) fn prepare<'a>(prec: Precision, x: &'a [f32], n: usize, qa: &'a mut ActsQ8) -> Result<Prepared<'a>> {
     match prec {
         Precision::F32 => Ok(Prepared::F32 { x, n }),
         Precision::Fast => {
@@ -243,7 +438,7 @@ fn prepare<'a>(prec: Precision, x: &'a [f32], n: usize, qa: &'a mut ActsQ8) -> R
 
 /// Causal GQA attention of `n` query rows at positions `p0..p0+n` over the cached keys and
 /// values (which already include these positions). (token, head) pairs run in parallel.
-fn attention(cfg: &Config, q: &[f32], keys: &[f32], values: &[f32], p0: usize, out: &mut [f32]) {
+pub(crate) fn attention(cfg: &Config, q: &[f32], keys: &[f32], values: &[f32], p0: usize, out: &mut [f32]) {
     let (hd, nh, kvd) = (cfg.head_dim, cfg.n_heads, cfg.kv_dim());
     let group = cfg.n_heads / cfg.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -297,6 +492,12 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     qa: ActsQ8,
+    /// A masked copy of a projection's input.
+    masked: Vec<f32>,
+    /// Neuron order of the CETT selection.
+    order: Vec<u32>,
+    /// Buffers of the sparse decode kernels.
+    decode: DecodeScratch,
 }
 
 impl Scratch {
@@ -313,6 +514,9 @@ impl Scratch {
             gate: vec![0.0; n * f],
             up: vec![0.0; n * f],
             qa: ActsQ8::default(),
+            masked: Vec::new(),
+            order: Vec::new(),
+            decode: DecodeScratch::default(),
         }
     }
 }

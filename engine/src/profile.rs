@@ -1,5 +1,6 @@
 //! Calibration profiles: per-layer quantiles of every tapped activation's magnitude,
-//! measured on calibration text, from which any method's thresholds at any target follow.
+//! measured on calibration text, from which any method's thresholds at any target follow;
+//! TEAL's greedy allocation tables; the column norms of each down projection (CETT).
 //! Versioned and tied to the model file's SHA-256; a profile for another model is refused.
 
 use std::io::Read;
@@ -8,11 +9,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::Config;
 use crate::error::{EngineError, Result};
-use crate::sparsity::{Method, SparsityPlan, Tap, check_target};
+use crate::sparsity::{Method, Proj, SparsityPlan, Tap, check_target};
 
 /// Format version written by this build.
-pub const PROFILE_VERSION: u32 = 1;
+pub const PROFILE_VERSION: u32 = 2;
 /// Quantile levels stored per (layer, tap): fractions k / LEVELS, k = 0..LEVELS.
 pub const LEVELS: usize = 200;
 
@@ -29,6 +31,19 @@ pub struct Profile {
     pub sieve_version: String,
     /// `quantiles[layer][tap][k]`: the |x| below which a fraction k / LEVELS of the entries lie.
     pub quantiles: Vec<Vec<Vec<f32>>>,
+    /// `greedy[layer]`: TEAL's block-wise greedy allocation, one step per row, block
+    /// sparsity non-decreasing (see [`crate::greedy`]).
+    pub greedy: Vec<Vec<GreedyStep>>,
+    /// `down_col_norms[layer][i]`: ||Wd[:, i]||, the weight of neuron i in CETT's importance.
+    pub down_col_norms: Vec<Vec<f32>>,
+}
+
+/// One step of a greedy allocation: the sparsity of each projection's input, and the block's
+/// sparsity (the fraction of its weights not read).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct GreedyStep {
+    pub block_sparsity: f32,
+    pub levels: [f32; 7],
 }
 
 /// SHA-256 of a file, hex.
@@ -57,8 +72,9 @@ fn bad(path: &Path, reason: impl Into<String>) -> EngineError {
 }
 
 impl Profile {
-    /// Loads and validates a profile for the model with `model_sha256` and `layers` layers.
-    pub fn load(path: &Path, model_sha256: &str, layers: usize) -> Result<Self> {
+    /// Loads and validates a profile for the model with `model_sha256` and configuration `cfg`.
+    pub fn load(path: &Path, model_sha256: &str, cfg: &Config) -> Result<Self> {
+        let layers = cfg.n_layers;
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -101,6 +117,24 @@ impl Profile {
                 }
             }
         }
+        if p.greedy.len() != layers || p.down_col_norms.len() != layers {
+            return Err(bad(path, format!("greedy tables or column norms are not given for all {layers} layers")));
+        }
+        for (l, steps) in p.greedy.iter().enumerate() {
+            let ok = !steps.is_empty()
+                && steps
+                    .iter()
+                    .all(|s| s.block_sparsity.is_finite() && s.levels.iter().all(|v| (0.0..1.0).contains(v)))
+                && steps.windows(2).all(|w| w[0].block_sparsity <= w[1].block_sparsity);
+            if !ok {
+                return Err(bad(path, format!("layer {l}: greedy table is empty, out of range or not ordered")));
+            }
+        }
+        for (l, norms) in p.down_col_norms.iter().enumerate() {
+            if norms.len() != cfg.d_ff || !norms.iter().all(|v| v.is_finite() && *v >= 0.0) {
+                return Err(bad(path, format!("layer {l}: expected {} finite down-column norms", cfg.d_ff)));
+            }
+        }
         Ok(p)
     }
 
@@ -122,7 +156,7 @@ impl Profile {
         q[k] + (q[k + 1] - q[k]) * f
     }
 
-    /// Thresholds of `method` at target sparsity `s` for every layer.
+    /// What `method` drops at target sparsity `s` in every layer.
     pub fn plan(&self, method: Method, s: f32) -> Result<SparsityPlan> {
         check_target(s)?;
         let mut plan = SparsityPlan::dense(self.quantiles.len());
@@ -131,12 +165,36 @@ impl Profile {
         if s == 0.0 {
             return Ok(plan);
         }
-        for (l, t) in plan.thresholds.iter_mut().enumerate() {
-            for &tap in method.taps() {
-                t[tap.index()] = self.threshold(l, tap, s);
+        for (l, lp) in plan.layers.iter_mut().enumerate() {
+            match method {
+                Method::Dense => {}
+                Method::TealUniform => {
+                    for p in Proj::ALL {
+                        lp.proj[p.index()] = self.threshold(l, p.input(), s);
+                    }
+                }
+                Method::Teal => {
+                    let levels = self.greedy_levels(l, s);
+                    for p in Proj::ALL {
+                        lp.proj[p.index()] = self.threshold(l, p.input(), levels[p.index()]);
+                    }
+                }
+                Method::Cats => lp.gate_act = self.threshold(l, Tap::GateAct, s),
+                Method::Cett => {
+                    let width = self.down_col_norms[l].len();
+                    lp.cett_keep = ((1.0 - s as f64) * width as f64).round() as usize;
+                    lp.down_col_norms = self.down_col_norms[l].clone();
+                }
             }
         }
         Ok(plan)
+    }
+
+    /// The greedy allocation of `layer` for block sparsity `s`: the first step that reaches
+    /// it (the last step if none does).
+    pub fn greedy_levels(&self, layer: usize, s: f32) -> [f32; 7] {
+        let steps = &self.greedy[layer];
+        steps.iter().find(|st| st.block_sparsity >= s - 1e-4).or(steps.last()).map_or([s; 7], |st| st.levels)
     }
 }
 
@@ -201,7 +259,8 @@ impl Calibrator {
             h[tap.index()].add(x);
         }
     }
-    /// The profile of what was observed.
+    /// The profile of what was observed, with the greedy tables and column norms computed
+    /// elsewhere (empty here).
     pub fn finish(&self, model_sha256: String, model_name: String, source: String, tokens: usize) -> Profile {
         Profile {
             version: PROFILE_VERSION,
@@ -212,6 +271,8 @@ impl Calibrator {
             created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             sieve_version: env!("CARGO_PKG_VERSION").into(),
             quantiles: self.hist.iter().map(|taps| taps.iter().map(MagHist::quantiles).collect()).collect(),
+            greedy: Vec::new(),
+            down_col_norms: Vec::new(),
         }
     }
 }
@@ -219,6 +280,24 @@ impl Calibrator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(layers: usize, d_ff: usize) -> Config {
+        Config {
+            name: "m".into(),
+            architecture: "llama".into(),
+            n_layers: layers,
+            d_model: 8,
+            d_ff,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            rope_dim: 4,
+            rope_theta: 10000.0,
+            rms_eps: 1e-5,
+            context_len: 64,
+            vocab_size: 10,
+        }
+    }
 
     fn profile() -> Profile {
         let mut c = Calibrator::new(2);
@@ -228,19 +307,31 @@ mod tests {
                 c.observe(l, tap, &x);
             }
         }
-        c.finish("abc".into(), "m".into(), "test".into(), 1000)
+        let mut p = c.finish("abc".into(), "m".into(), "test".into(), 1000);
+        let step = |b: f32, v: f32| GreedyStep { block_sparsity: b, levels: [v, v, v, v, 0.0, 0.0, v] };
+        p.greedy = vec![vec![step(0.0, 0.0), step(0.3, 0.4), step(0.6, 0.8)]; 2];
+        p.down_col_norms = vec![vec![1.0, 2.0, 3.0, 4.0]; 2];
+        p
     }
 
     #[test]
-    fn thresholds_hit_the_target_within_bin_resolution() {
+    fn plans_follow_the_profile() {
         let p = profile();
         for s in [0.25f32, 0.5, 0.9] {
             let t = p.threshold(1, Tap::MlpIn, s);
             assert!((t - s).abs() < 0.01, "s {s}: t {t}");
         }
-        let plan = p.plan(Method::Cats, 0.5).unwrap();
-        assert!(plan.threshold(0, Tap::GateAct).unwrap() > 0.49);
-        assert_eq!(plan.threshold(0, Tap::MlpIn), None);
+        let cats = p.plan(Method::Cats, 0.5).unwrap();
+        assert!(cats.layers[0].gate_act > 0.49 && cats.layers[0].proj == [0.0; 7]);
+        let uniform = p.plan(Method::TealUniform, 0.5).unwrap();
+        assert!(uniform.layers[1].proj.iter().all(|&t| (t - 0.5).abs() < 0.01));
+        // Greedy: block sparsity 0.5 is first reached at the step with levels 0.8 (gate/up 0).
+        let teal = p.plan(Method::Teal, 0.5).unwrap();
+        assert!((teal.layers[0].proj[Proj::Q.index()] - 0.8).abs() < 0.01);
+        assert_eq!(teal.layers[0].proj[Proj::Gate.index()], 0.0);
+        let cett = p.plan(Method::Cett, 0.5).unwrap();
+        assert_eq!(cett.layers[1].cett_keep, 2);
+        assert_eq!(cett.layers[1].down_col_norms, vec![1.0, 2.0, 3.0, 4.0]);
         assert!(p.plan(Method::Cats, 1.0).is_err());
     }
 
@@ -250,14 +341,15 @@ mod tests {
         let path = dir.join("p.json");
         let p = profile();
         p.save(&path).unwrap();
-        assert_eq!(Profile::load(&path, "abc", 2).unwrap(), p);
-        let other = Profile::load(&path, "def", 2).unwrap_err().to_string();
+        assert_eq!(Profile::load(&path, "abc", &config(2, 4)).unwrap(), p);
+        let other = Profile::load(&path, "def", &config(2, 4)).unwrap_err().to_string();
         assert!(other.contains("another model"), "{other}");
-        assert!(Profile::load(&path, "abc", 3).is_err());
+        assert!(Profile::load(&path, "abc", &config(3, 4)).is_err());
+        assert!(Profile::load(&path, "abc", &config(2, 5)).unwrap_err().to_string().contains("down-column norms"));
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, &text[..text.len() / 2]).unwrap();
-        assert!(Profile::load(&path, "abc", 2).unwrap_err().to_string().contains("corrupt or truncated"));
-        let missing = Profile::load(&dir.join("none.json"), "abc", 2).unwrap_err().to_string();
+        assert!(Profile::load(&path, "abc", &config(2, 4)).unwrap_err().to_string().contains("corrupt or truncated"));
+        let missing = Profile::load(&dir.join("none.json"), "abc", &config(2, 4)).unwrap_err().to_string();
         assert!(missing.contains("sieve calibrate"), "{missing}");
         let _ = std::fs::remove_dir_all(&dir);
     }

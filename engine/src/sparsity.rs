@@ -1,15 +1,17 @@
-//! Activation-sparsity methods on the accuracy path: which activations a method zeroes, per
-//! layer, and how sparse each tap actually ran.
+//! Activation-sparsity methods: which activations a method drops, per layer and projection,
+//! and how sparse each projection actually ran.
 //!
-//! TEAL zeroes entries with |x| <= t on the inputs of the projections (four taps per block);
-//! CATS zeroes MLP neurons with |silu(g)| <= t. Zeroed inputs give the same result a sparse
-//! kernel gives by skipping them, so these numbers are the methods' quality.
+//! TEAL zeroes entries with |x| <= t on the inputs of the seven projections (one threshold
+//! per projection: the greedy allocation gives q, k and v different thresholds on the same
+//! input); CATS drops MLP neurons with |silu(g)| <= t; the CETT oracle keeps, per token, the
+//! neurons of largest |h_i|·||Wd[:,i]||. Zeroed inputs give the same result a sparse kernel
+//! gives by skipping them, so the accuracy path measures the methods' quality exactly.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 
-/// A tapped activation of a block.
+/// A tapped activation of a block (what calibration observes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tap {
@@ -35,27 +37,82 @@ impl Tap {
     }
 }
 
+/// One of the seven weight matrices of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    /// Every projection, in block order.
+    pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
+
+    /// Position in [`Proj::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    /// The activation this projection reads.
+    pub fn input(self) -> Tap {
+        match self {
+            Proj::Q | Proj::K | Proj::V => Tap::AttnIn,
+            Proj::O => Tap::AttnOut,
+            Proj::Gate | Proj::Up => Tap::MlpIn,
+            Proj::Down => Tap::DownIn,
+        }
+    }
+    /// Short name (`q`, `gate`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Proj::Q => "q",
+            Proj::K => "k",
+            Proj::V => "v",
+            Proj::O => "o",
+            Proj::Gate => "gate",
+            Proj::Up => "up",
+            Proj::Down => "down",
+        }
+    }
+}
+
 /// A sparsity method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// No sparsity.
     Dense,
-    /// TEAL with the same target on all four inputs of every layer.
+    /// TEAL with the calibrated greedy per-projection allocation.
+    Teal,
+    /// TEAL with the same target on the input of every projection (the paper's baseline).
     TealUniform,
     /// CATS: MLP neurons by gate threshold.
     Cats,
+    /// Oracle: per token, the MLP neurons of largest |h_i|·||Wd[:,i]||, computed densely.
+    Cett,
 }
+
+/// Every method, in the order reports list them.
+pub const METHODS: [Method; 5] = [Method::Dense, Method::Teal, Method::TealUniform, Method::Cats, Method::Cett];
 
 impl std::str::FromStr for Method {
     type Err = EngineError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "dense" => Ok(Method::Dense),
-            "teal-uniform" => Ok(Method::TealUniform),
-            "cats" => Ok(Method::Cats),
-            _ => Err(EngineError::InvalidInput(format!("unknown method '{s}' (available: dense, teal-uniform, cats)"))),
-        }
+        METHODS.into_iter().find(|m| m.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = METHODS.iter().map(|m| m.name()).collect();
+            EngineError::InvalidInput(format!("unknown method '{s}' (available: {})", names.join(", ")))
+        })
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -64,17 +121,15 @@ impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Method::Dense => "dense",
+            Method::Teal => "teal",
             Method::TealUniform => "teal-uniform",
             Method::Cats => "cats",
+            Method::Cett => "cett",
         }
     }
-    /// Taps the method thresholds.
-    pub fn taps(self) -> &'static [Tap] {
-        match self {
-            Method::Dense => &[],
-            Method::TealUniform => &[Tap::AttnIn, Tap::AttnOut, Tap::MlpIn, Tap::DownIn],
-            Method::Cats => &[Tap::GateAct],
-        }
+    /// Whether the method sparsifies the MLP only (its sparsity counts MLP neurons).
+    pub fn mlp_only(self) -> bool {
+        matches!(self, Method::Cats | Method::Cett)
     }
 }
 
@@ -86,53 +141,84 @@ pub fn check_target(s: f32) -> Result<()> {
     Ok(())
 }
 
-/// Thresholds of one method at one target: `thresholds[layer][tap]` (0 = keep everything).
+/// What a method drops in one layer.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LayerPlan {
+    /// Input threshold of each projection (|x| <= t is zeroed; 0 keeps everything).
+    pub proj: [f32; 7],
+    /// CATS threshold on |silu(g)| (0: off).
+    pub gate_act: f32,
+    /// CETT: neurons kept per token (0: off).
+    pub cett_keep: usize,
+    /// CETT: ||Wd[:, i]|| of every neuron (empty unless CETT).
+    pub down_col_norms: Vec<f32>,
+}
+
+/// A method at one target: what it drops in every layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SparsityPlan {
     pub method: Method,
     pub target: f32,
-    pub thresholds: Vec<[f32; Tap::ALL.len()]>,
+    pub layers: Vec<LayerPlan>,
 }
 
 impl SparsityPlan {
     /// The plan of the dense model.
     pub fn dense(layers: usize) -> Self {
-        Self { method: Method::Dense, target: 0.0, thresholds: vec![[0.0; Tap::ALL.len()]; layers] }
+        Self { method: Method::Dense, target: 0.0, layers: vec![LayerPlan::default(); layers] }
     }
-    /// Threshold of `tap` in `layer`, if the method sparsifies it.
-    pub fn threshold(&self, layer: usize, tap: Tap) -> Option<f32> {
-        if self.method.taps().contains(&tap) { self.thresholds.get(layer).map(|t| t[tap.index()]) } else { None }
+    /// Whether the plan drops nothing.
+    pub fn is_dense(&self) -> bool {
+        self.method == Method::Dense || self.target == 0.0
     }
 }
 
-/// Counts of zeroed and total entries per (layer, tap).
+/// Counts of zeroed and total entries per (layer, projection input); for CATS and CETT the
+/// up and down entries count MLP neurons skipped.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SparsityStats {
-    zeroed: Vec<[u64; Tap::ALL.len()]>,
-    total: Vec<[u64; Tap::ALL.len()]>,
+    zeroed: Vec<[u64; 7]>,
+    total: Vec<[u64; 7]>,
 }
 
 impl SparsityStats {
     /// Empty counters for `layers` layers.
     pub fn new(layers: usize) -> Self {
-        Self { zeroed: vec![[0; 5]; layers], total: vec![[0; 5]; layers] }
+        Self { zeroed: vec![[0; 7]; layers], total: vec![[0; 7]; layers] }
     }
-    pub(crate) fn add(&mut self, layer: usize, tap: Tap, zeroed: usize, total: usize) {
+    /// Records that `zeroed` of `total` inputs of `proj` in `layer` were dropped.
+    pub fn add(&mut self, layer: usize, proj: Proj, zeroed: usize, total: usize) {
         if let (Some(z), Some(t)) = (self.zeroed.get_mut(layer), self.total.get_mut(layer)) {
-            z[tap.index()] += zeroed as u64;
-            t[tap.index()] += total as u64;
+            z[proj.index()] += zeroed as u64;
+            t[proj.index()] += total as u64;
         }
     }
-    /// Fraction of `tap` entries zeroed in `layer`.
-    pub fn layer(&self, layer: usize, tap: Tap) -> f64 {
-        let (z, t) = (self.zeroed[layer][tap.index()], self.total[layer][tap.index()]);
+    /// Fraction of `proj`'s inputs dropped in `layer`.
+    pub fn layer(&self, layer: usize, proj: Proj) -> f64 {
+        let (z, t) = (self.zeroed[layer][proj.index()], self.total[layer][proj.index()]);
         if t == 0 { 0.0 } else { z as f64 / t as f64 }
     }
-    /// Fraction of `tap` entries zeroed over all layers.
-    pub fn overall(&self, tap: Tap) -> f64 {
-        let z: u64 = self.zeroed.iter().map(|z| z[tap.index()]).sum();
-        let t: u64 = self.total.iter().map(|t| t[tap.index()]).sum();
+    /// Fraction of `proj`'s inputs dropped over all layers.
+    pub fn overall(&self, proj: Proj) -> f64 {
+        let z: u64 = self.zeroed.iter().map(|z| z[proj.index()]).sum();
+        let t: u64 = self.total.iter().map(|t| t[proj.index()]).sum();
         if t == 0 { 0.0 } else { z as f64 / t as f64 }
+    }
+    /// The method's headline sparsity: MLP neurons skipped for CATS and CETT; for TEAL the
+    /// fraction of weights not read, each projection weighted by its parameter count.
+    pub fn achieved(&self, method: Method, params: &[usize; 7]) -> f64 {
+        if method.mlp_only() {
+            return self.overall(Proj::Down);
+        }
+        let total: usize = params.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        Proj::ALL.iter().map(|&p| self.overall(p) * params[p.index()] as f64).sum::<f64>() / total as f64
+    }
+    /// Layers counted.
+    pub fn layers(&self) -> usize {
+        self.total.len()
     }
 }
 
@@ -148,6 +234,34 @@ pub(crate) fn zero_below(x: &mut [f32], t: f32) -> usize {
     n
 }
 
+/// Keeps the `keep` entries of each `width`-row with the largest |x_i|·norms_i, zeroes the
+/// rest; returns how many it zeroed.
+pub(crate) fn keep_top_importance(
+    x: &mut [f32],
+    width: usize,
+    norms: &[f32],
+    keep: usize,
+    idx: &mut Vec<u32>,
+) -> usize {
+    if keep >= width || norms.len() != width {
+        return 0;
+    }
+    let mut zeroed = 0;
+    for row in x.chunks_exact_mut(width) {
+        idx.clear();
+        idx.extend(0..width as u32);
+        let score = |i: u32| row[i as usize].abs() * norms[i as usize];
+        if keep > 0 {
+            idx.select_nth_unstable_by(keep - 1, |&a, &b| score(b).total_cmp(&score(a)));
+        }
+        for &i in &idx[keep..] {
+            row[i as usize] = 0.0;
+        }
+        zeroed += width - keep;
+    }
+    zeroed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +269,10 @@ mod tests {
     #[test]
     fn methods_parse_and_targets_are_checked() {
         assert_eq!("cats".parse::<Method>().unwrap(), Method::Cats);
-        assert!("teal-greedy".parse::<Method>().is_err());
+        assert_eq!("teal".parse::<Method>().unwrap(), Method::Teal);
+        assert_eq!("cett".parse::<Method>().unwrap(), Method::Cett);
+        let e = "teal-greedy".parse::<Method>().unwrap_err().to_string();
+        assert!(e.contains("unknown method 'teal-greedy'") && e.contains("teal-uniform"), "{e}");
         assert!(check_target(1.0).is_err());
         assert!(check_target(-0.1).is_err());
         assert!(check_target(f32::NAN).is_err());
@@ -167,5 +284,15 @@ mod tests {
         let mut x = [0.1, -0.5, 0.2, 3.0];
         assert_eq!(zero_below(&mut x, 0.2), 2);
         assert_eq!(x, [0.0, -0.5, 0.0, 3.0]);
+    }
+
+    #[test]
+    fn top_importance_keeps_the_largest_products() {
+        let mut x = [1.0, -4.0, 2.0, 0.5, /* row 2 */ 3.0, 1.0, -1.0, 0.0];
+        let norms = [1.0, 0.1, 1.0, 10.0];
+        let mut idx = Vec::new();
+        assert_eq!(keep_top_importance(&mut x, 4, &norms, 2, &mut idx), 4);
+        // Row 1 scores 1, 0.4, 2, 5; row 2 scores 3, 0.1, 1, 0.
+        assert_eq!(x, [0.0, 0.0, 2.0, 0.5, 3.0, 0.0, -1.0, 0.0]);
     }
 }

@@ -11,6 +11,7 @@ use sieve_kernels::{ActsQ8, MatF32, MatQ4_1, MatQ8, QK};
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
+use crate::sparsity::Proj;
 
 /// Numeric precision of the weights and of the products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -153,6 +154,21 @@ pub struct LayerWeights {
     pub w_gate: Linear,
     pub w_up: Linear,
     pub w_down: Linear,
+}
+
+impl LayerWeights {
+    /// The matrix of projection `p`.
+    pub fn proj(&self, p: Proj) -> &Linear {
+        match p {
+            Proj::Q => &self.wq,
+            Proj::K => &self.wk,
+            Proj::V => &self.wv,
+            Proj::O => &self.wo,
+            Proj::Gate => &self.w_gate,
+            Proj::Up => &self.w_up,
+            Proj::Down => &self.w_down,
+        }
+    }
 }
 
 /// All weights of the model.

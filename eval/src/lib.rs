@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod corpus;
 pub mod error;
+pub mod masks;
 pub mod perplexity;
 
 pub use error::EvalError;

@@ -2,10 +2,11 @@
 //! cache without BOS, and every position but the first is scored — the protocol of
 //! llama.cpp's perplexity figures that sieve is checked against.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
-use sieve_engine::sparsity::{SparsityPlan, SparsityStats};
+use sieve_engine::sparsity::{Proj, SparsityPlan, SparsityStats};
 use sieve_engine::{Hooks, Logits, Model};
 
 use crate::error::{EvalError, Result};
@@ -40,8 +41,16 @@ pub struct PplReport {
     pub method: String,
     /// Its target sparsity.
     pub sparsity: f32,
-    /// Fraction of the method's tapped activations actually zeroed (mean over its taps).
+    /// The method's achieved sparsity: for TEAL the fraction of block weights not read
+    /// (projections weighted by size), for CATS and CETT the fraction of MLP neurons skipped.
     pub achieved_sparsity: f64,
+    /// Fraction of each projection's inputs dropped (q, k, v, o, gate, up, down).
+    pub achieved_by_projection: BTreeMap<&'static str, f64>,
+}
+
+/// Achieved sparsity of each projection, keyed by its name.
+pub fn by_projection(stats: &SparsityStats) -> BTreeMap<&'static str, f64> {
+    Proj::ALL.iter().map(|&p| (p.name(), stats.overall(p))).collect()
 }
 
 /// Number of windows a run with `opts` covers over `n_tokens`, or why it cannot run.
@@ -106,10 +115,8 @@ pub fn perplexity(
         tok_s: (windows * opts.ctx) as f64 / seconds.max(1e-9),
         method: sparsity.map_or("dense", |p| p.method.name()).into(),
         sparsity: sparsity.map_or(0.0, |p| p.target),
-        achieved_sparsity: sparsity.map_or(0.0, |p| {
-            let taps = p.method.taps();
-            if taps.is_empty() { 0.0 } else { taps.iter().map(|&t| stats.overall(t)).sum::<f64>() / taps.len() as f64 }
-        }),
+        achieved_sparsity: sparsity.map_or(0.0, |p| stats.achieved(p.method, &model.config().proj_params())),
+        achieved_by_projection: by_projection(&stats),
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use sieve_kernels::sparse::{InputMajorQ8, RowMajor, SparseScratch, Vector, gemv_input_sparse_q8, gemv_rows};
-use sieve_kernels::{ActsQ8, MatQ4_1, MatQ8, matmul_q4_1, matmul_q8};
+use sieve_kernels::{ActsQ8, InputMajorQ4_1, MatQ4_1, MatQ8, gemv_input_sparse_q4_1, matmul_q4_1, matmul_q8};
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -37,11 +37,22 @@ fn sparse(c: &mut Criterion) {
         let wq = MatQ8::quantize(outputs, inputs, &data).expect("q8");
         let w4 = MatQ4_1::quantize(outputs, inputs, &data).expect("q4_1");
         let wt = InputMajorQ8::from_row_major(outputs, inputs, &data).expect("input-major");
+        let start = std::time::Instant::now();
+        let w4t = InputMajorQ4_1::from_row_major(&w4).expect("input-major q4_1");
+        eprintln!("{name}: InputMajorQ4_1 built in {:?}, {} bytes", start.elapsed(), w4t.bytes());
         let mut out = vec![0f32; outputs];
         let mut group = c.benchmark_group(format!("sparse/{name}_{outputs}x{inputs}"));
         group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         group.bench_function("dense_q8", |b| b.iter(|| matmul_q8(black_box(&wq), &acts, &mut out).expect("q8")));
         group.bench_function("dense_q4_1", |b| b.iter(|| matmul_q4_1(black_box(&w4), &acts, &mut out).expect("q4")));
+        // The dense GEMV with the activation quantization the sparse kernels include.
+        let mut acts2 = ActsQ8::default();
+        group.bench_function("dense_q4_1_with_quantize", |b| {
+            b.iter(|| {
+                acts2.quantize_from(black_box(&x), 1, inputs).expect("acts");
+                matmul_q4_1(black_box(&w4), &acts2, &mut out).expect("q4")
+            })
+        });
         let mut mags: Vec<f32> = x.iter().map(|v| v.abs()).collect();
         mags.sort_by(f32::total_cmp);
         let mut scratch = SparseScratch::default();
@@ -49,6 +60,9 @@ fn sparse(c: &mut Criterion) {
             let t = if s == 0.0 { 0.0 } else { mags[((s * inputs as f64) as usize).min(inputs - 1)] };
             group.bench_function(BenchmarkId::new("input_sparse_q8", s), |b| {
                 b.iter(|| gemv_input_sparse_q8(black_box(&wt), &x, t, &mut out, &mut scratch).expect("sparse"))
+            });
+            group.bench_function(BenchmarkId::new("input_sparse_q4_1", s), |b| {
+                b.iter(|| gemv_input_sparse_q4_1(black_box(&w4t), &x, t, &mut out, &mut scratch).expect("sparse"))
             });
             let keep = ((1.0 - s) * outputs as f64) as usize;
             let rows: Vec<u32> = (0..outputs as u32).filter(|r| (*r as usize * 7919) % outputs < keep).collect();

@@ -100,7 +100,7 @@ impl InputMajorQ8 {
 const PAIR_RUN: usize = 64;
 
 /// A buffer shared by tasks that each own a disjoint range of it.
-struct Shared<T>(*mut T);
+pub(crate) struct Shared<T>(pub(crate) *mut T);
 impl<T> Clone for Shared<T> {
     fn clone(&self) -> Self {
         *self
@@ -115,20 +115,20 @@ unsafe impl<T> Sync for Shared<T> {}
 impl<T> Shared<T> {
     /// # Safety
     /// `start + len` lies inside the buffer and no other task touches this range.
-    unsafe fn range<'a>(self, start: usize, len: usize) -> &'a mut [T] {
+    pub(crate) unsafe fn range<'a>(self, start: usize, len: usize) -> &'a mut [T] {
         // SAFETY: guaranteed by the caller.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 }
 
-fn check_threshold(t: f32) -> Result<(), KernelError> {
+pub(crate) fn check_threshold(t: f32) -> Result<(), KernelError> {
     if t.is_nan() || t < 0.0 {
         return Err(KernelError::Shape(format!("threshold {t} must be a non-negative number")));
     }
     Ok(())
 }
 
-fn check_io(inputs: usize, outputs: usize, x: usize, out: usize) -> Result<(), KernelError> {
+pub(crate) fn check_io(inputs: usize, outputs: usize, x: usize, out: usize) -> Result<(), KernelError> {
     if x != inputs {
         return Err(KernelError::Length { what: "input vector", expected: inputs, got: x });
     }
@@ -165,11 +165,13 @@ pub fn gemv_input_sparse_f32(
     Ok(active.len())
 }
 
-/// Reusable buffers of [`gemv_input_sparse_q8`].
+/// Reusable buffers of [`gemv_input_sparse_q8`] and
+/// [`crate::sparse_q4::gemv_input_sparse_q4_1`].
 #[derive(Debug, Default)]
 pub struct SparseScratch {
     pairs: Vec<[u32; 2]>,
     xq: Vec<[i16; 2]>,
+    pub(crate) q4: crate::sparse_q4::Q4Lists,
 }
 
 /// `out = W (x ⊙ [|x| > threshold])` for int8 input-major weights; returns how many input

@@ -6,7 +6,7 @@ use sieve_kernels::sparse::{
     InputMajorF32, InputMajorQ8, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, gemv_input_sparse_q8,
     gemv_rows, swiglu_rows,
 };
-use sieve_kernels::{ActsQ8, MatF32, MatQ4_1, MatQ8};
+use sieve_kernels::{ActsQ8, InputMajorQ4_1, MatF32, MatQ4_1, MatQ8, gemv_input_sparse_q4_1};
 
 fn lcg(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -136,4 +136,101 @@ fn bad_operands_are_errors() {
     let mut acts = ActsQ8::default();
     acts.quantize_from(&[0.0; 32], 1, 32).unwrap();
     assert!(gemv_rows(&RowMajor::F32(&w), &Vector::Q8(&acts), &[0, 1], &mut o2).is_err());
+}
+
+/// Input-sparse Q4_1 against the dense Q4_1 GEMV on the masked input (quantized by
+/// `ActsQ8`): equal up to f32 summation order, relative to the output's magnitude.
+fn check_q4_against_dense(outputs: usize, inputs: usize, x: &[f32], t: f32, seed: u64) {
+    let w = lcg(outputs * inputs, seed);
+    let w4 = MatQ4_1::quantize(outputs, inputs, &w).unwrap();
+    let wt = InputMajorQ4_1::from_row_major(&w4).unwrap();
+    assert_eq!((wt.inputs(), wt.outputs()), (inputs, outputs));
+    let masked: Vec<f32> = x.iter().map(|&v| if v.abs() > t { v } else { 0.0 }).collect();
+    let mut acts = ActsQ8::default();
+    acts.quantize_from(&masked, 1, inputs).unwrap();
+    let mut want = vec![0f32; outputs];
+    sieve_kernels::matmul_q4_1(&w4, &acts, &mut want).unwrap();
+    let mut got = vec![f32::NAN; outputs];
+    let active = gemv_input_sparse_q4_1(&wt, x, t, &mut got, &mut SparseScratch::default()).unwrap();
+    assert_eq!(active, x.iter().filter(|v| v.abs() > t).count());
+    // Scale: Σ |w_ji x̂_i| over the row, the largest over outputs.
+    let mut row = vec![0f32; inputs];
+    let mut scale = 0f64;
+    for j in 0..outputs {
+        w4.dequantize_row(j, &mut row);
+        let (q, s) = (acts.row_qs(0), acts.row_scales(0));
+        let mag: f64 = (0..inputs).map(|i| (row[i] as f64 * q[i] as f64 * s[i / 32] as f64).abs()).sum();
+        scale = scale.max(mag);
+        assert_eq!(wt.get(inputs - 1, j), row[inputs - 1]);
+    }
+    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (*g as f64 - *w as f64).abs() <= 1e-5 * scale + 1e-30,
+            "{outputs}x{inputs} t {t} output {j}: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn input_sparse_q4_1_equals_dense_on_masked_input() {
+    for &outputs in &[1usize, 77, 96, 576, 1536] {
+        for &inputs in &[32usize, 64, 576, 1536] {
+            let seed = (outputs * 31 + inputs) as u64;
+            let x = lcg(inputs, seed + 5);
+            for keep in [0.0, 1.0, 0.75, 0.5, 0.25, 0.1] {
+                check_q4_against_dense(outputs, inputs, &x, threshold_for(&x, keep), seed);
+            }
+            // All-zero input: every output is exactly zero.
+            let wt =
+                InputMajorQ4_1::from_row_major(&MatQ4_1::quantize(outputs, inputs, &lcg(outputs * inputs, 1)).unwrap())
+                    .unwrap();
+            let mut out = vec![1f32; outputs];
+            let n =
+                gemv_input_sparse_q4_1(&wt, &vec![0.0; inputs], 0.0, &mut out, &mut SparseScratch::default()).unwrap();
+            assert_eq!(n, 0);
+            assert!(out.iter().all(|&v| v == 0.0));
+        }
+    }
+}
+
+#[test]
+fn input_sparse_q4_1_single_active_input_per_block() {
+    // Exactly one active input in some blocks (odd count), three in another, none elsewhere.
+    for &(outputs, inputs) in &[(77usize, 96usize), (130, 576), (1536, 64)] {
+        let mut x = vec![0.01f32; inputs];
+        x[5] = 0.9;
+        x[inputs - 1] = -0.3;
+        if inputs > 64 {
+            x[40] = 0.5;
+            x[41] = -0.25;
+            x[63] = 0.125;
+        }
+        check_q4_against_dense(outputs, inputs, &x, 0.05, 9);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn input_sparse_q4_1_random_shapes(
+        outputs in 1usize..300, blocks in 1usize..8, keep in prop_oneof![Just(0.0), Just(1.0), 0.0f64..1.0], seed in 0u64..1000,
+    ) {
+        let inputs = blocks * 32;
+        let x = lcg(inputs, seed + 13);
+        check_q4_against_dense(outputs, inputs, &x, threshold_for(&x, keep), seed);
+    }
+}
+
+#[test]
+fn input_sparse_q4_1_rejects_bad_operands() {
+    let wt = InputMajorQ4_1::from_row_major(&MatQ4_1::quantize(4, 32, &[0.5; 128]).unwrap()).unwrap();
+    let mut s = SparseScratch::default();
+    let mut out = vec![0f32; 4];
+    assert!(gemv_input_sparse_q4_1(&wt, &[1.0; 31], 0.0, &mut out, &mut s).is_err());
+    assert!(gemv_input_sparse_q4_1(&wt, &[1.0; 32], -1.0, &mut out, &mut s).is_err());
+    assert!(gemv_input_sparse_q4_1(&wt, &[1.0; 32], f32::NAN, &mut out, &mut s).is_err());
+    assert!(gemv_input_sparse_q4_1(&wt, &[1.0; 32], 0.0, &mut [0.0; 3], &mut s).is_err());
+    assert_eq!(gemv_input_sparse_q4_1(&wt, &[1.0; 32], 0.0, &mut out, &mut s), Ok(32));
+    assert!(wt.bytes() >= 4 * 32 / 2 + 4 * 4);
 }

@@ -33,6 +33,8 @@ pub struct DecodeArgs {
     /// Weight precision: f32 (reference) or fast (int8).
     #[arg(long, default_value = "fast")]
     precision: Precision,
+    #[command(flatten)]
+    sparsity: super::SparsityArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -60,7 +62,8 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
         Some(p) => tokenize_file(&tok, p)?,
         None => tok.encode(BUILTIN_BENCH_TEXT)?,
     };
-    let opts = BenchOptions { prompt_tokens: a.prompt_tokens, new_tokens: a.new_tokens, runs: a.runs };
+    let plan = a.sparsity.plan(model_path, &model)?;
+    let opts = BenchOptions { prompt_tokens: a.prompt_tokens, new_tokens: a.new_tokens, runs: a.runs, plan };
     let bar = super::progress(a.runs as u64, "bench decode");
     let report = bench_decode(&model, &tokens, opts, || bar.inc(1))?;
     bar.finish_and_clear();
@@ -85,6 +88,17 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
             out.isa,
             report.peak_rss_mb
         );
+        if let Some(d) = &report.dense {
+            println!(
+                "{} at {}: achieved sparsity {:.3}; dense in the same run: prefill {:.1} tok/s, decode {:.1} tok/s; decode speedup {:.2}x",
+                report.method,
+                report.sparsity,
+                report.achieved_sparsity,
+                d.prefill_tok_s,
+                d.decode_tok_s,
+                d.decode_speedup
+            );
+        }
         Ok(())
     }
 }

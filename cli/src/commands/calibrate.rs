@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use serde::Serialize;
 use sieve_engine::Precision;
-use sieve_engine::calibrate::{calibrate, self_generated};
+use sieve_engine::calibrate::{build_profile, calibrate, self_generated};
 use sieve_engine::profile::{default_profile_path, file_sha256};
 use sieve_eval::corpus::tokenize_file;
 
@@ -23,6 +23,9 @@ pub struct Args {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 512)]
     window: usize,
+    /// Positions of the first sequence that TEAL's greedy allocation measures errors on.
+    #[arg(long, default_value_t = sieve_engine::greedy::SAMPLE_TOKENS)]
+    greedy_tokens: usize,
     /// Seed of self-generated text.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -50,6 +53,9 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     if a.window < 16 {
         bail!("--window must be at least 16");
     }
+    if a.greedy_tokens == 0 || a.greedy_tokens > a.window {
+        bail!("--greedy-tokens must be between 1 and --window ({})", a.window);
+    }
     let t0 = Instant::now();
     let (tok, model) = super::load(model_path, Precision::Fast)?;
     if a.window > model.config().context_len {
@@ -73,9 +79,11 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     };
     let tokens: usize = sequences.iter().map(Vec::len).sum();
     let bar = super::progress(sequences.len() as u64, "calibrating");
-    let cal = calibrate(&model, &sequences, || bar.inc(1))?;
+    let observed = calibrate(&model, &sequences, a.greedy_tokens, || bar.inc(1))?;
     bar.finish_and_clear();
-    let profile = cal.finish(file_sha256(model_path)?, model.config().name.clone(), source.clone(), tokens);
+    let bar = super::progress(model.config().n_layers as u64, "greedy allocation");
+    let profile = build_profile(&model, &observed, file_sha256(model_path)?, source.clone(), tokens, || bar.inc(1))?;
+    bar.finish_and_clear();
     let out = a.out.unwrap_or_else(|| default_profile_path(model_path));
     profile.save(&out)?;
     let o = Output { profile: out.display().to_string(), source, tokens, seconds: t0.elapsed().as_secs_f64() };

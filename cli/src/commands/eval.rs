@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sieve_engine::Precision;
+use sieve_engine::audit::MaskAudit;
 use sieve_engine::sparsity::check_target;
-use sieve_eval::corpus::tokenize_file;
+use sieve_eval::corpus::{BUILTIN_BENCH_TEXT, tokenize_file};
+use sieve_eval::masks::{MaskOptions, Metrics, audit_masks};
 use sieve_eval::perplexity::{PplOptions, PplReport, perplexity, plan};
 
 /// `sieve eval` subcommands.
@@ -15,6 +17,32 @@ pub enum EvalCommand {
     /// Perplexity over non-overlapping windows of a corpus (no BOS, all but the first
     /// position of each window scored).
     Ppl(PplArgs),
+    /// Per-layer mask audit of a method: recall / precision / F1 / Jaccard of its MLP masks
+    /// against TEAL, CATS and the CETT oracle at the same target, achieved sparsity per
+    /// projection, and per-layer attention / MLP decode time against dense.
+    Masks(MasksArgs),
+}
+
+/// Arguments of `sieve eval masks`.
+#[derive(Debug, clap::Args)]
+pub struct MasksArgs {
+    /// Text to audit on (default: a built-in passage).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Positions audited.
+    #[arg(long, default_value_t = 512)]
+    positions: usize,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 256)]
+    ctx: usize,
+    /// Decode steps timed per method and round (0: no timing).
+    #[arg(long, default_value_t = 32)]
+    timed_steps: usize,
+    #[command(flatten)]
+    sparsity: super::SparsityArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `sieve eval ppl`.
@@ -52,7 +80,81 @@ struct PplOutput<'a> {
 pub fn run(model_path: &Path, cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Ppl(a) => ppl(model_path, a),
+        EvalCommand::Masks(a) => masks(model_path, a),
     }
+}
+
+fn masks(model_path: &Path, a: MasksArgs) -> Result<()> {
+    check_target(a.sparsity.sparsity)?;
+    if a.sparsity.sparsity == 0.0 {
+        bail!("--sparsity must be above 0: the references are taken at the method's target");
+    }
+    let (tok, model) = super::load(model_path, Precision::Fast)?;
+    let tokens = match &a.corpus {
+        Some(p) => tokenize_file(&tok, p)?,
+        None => tok.encode(BUILTIN_BENCH_TEXT)?,
+    };
+    let profile = super::load_profile(model_path, &model, a.sparsity.profile.as_deref())?;
+    let plan = profile.plan(a.sparsity.method, a.sparsity.sparsity)?;
+    let references = MaskAudit::new(&profile, a.sparsity.sparsity)?;
+    let opts = MaskOptions { positions: a.positions, ctx: a.ctx, timed_steps: a.timed_steps };
+    let steps = a.positions.div_ceil(a.ctx.max(1)) + if a.timed_steps > 0 { 4 } else { 0 };
+    let bar = super::progress(steps as u64, "auditing masks");
+    let report = audit_masks(&model, &tokens, &plan, references, opts, || bar.inc(1))?;
+    bar.finish_and_clear();
+    if a.json {
+        return super::print_json(&report);
+    }
+    println!(
+        "{} at {} (achieved {:.3}), {} positions audited; MLP mask against each reference at the same target:",
+        report.method, report.sparsity, report.achieved_sparsity, report.positions
+    );
+    println!(
+        "{:>5} {:>6} {:>6} {:>6} | {:>17} | {:>17} | {:>17} | {:>15} | {:>15}",
+        "layer",
+        "s_attn",
+        "s_gate",
+        "s_down",
+        "teal R/P/F1",
+        "cats R/P/F1",
+        "cett R/P/F1",
+        "attn us (dense)",
+        "mlp us (dense)"
+    );
+    let rpf = |m: &Metrics| format!("{:.2}/{:.2}/{:.2}", m.recall, m.precision, m.f1);
+    for r in &report.layers {
+        let p = |k: &str| r.achieved_by_projection.get(k).copied().unwrap_or(0.0);
+        println!(
+            "{:>5} {:>6.3} {:>6.3} {:>6.3} | {:>17} | {:>17} | {:>17} | {:>6.1} ({:>6.1}) | {:>6.1} ({:>6.1})",
+            r.layer,
+            p("q"),
+            p("gate"),
+            p("down"),
+            rpf(&r.against["teal"]),
+            rpf(&r.against["cats"]),
+            rpf(&r.against["cett"]),
+            r.attention_us,
+            r.dense_attention_us,
+            r.mlp_us,
+            r.dense_mlp_us
+        );
+    }
+    for (k, m) in &report.overall {
+        println!(
+            "all layers vs {k}: recall {:.3} precision {:.3} F1 {:.3} Jaccard {:.3}",
+            m.recall, m.precision, m.f1, m.jaccard
+        );
+    }
+    if report.timed_steps > 0 {
+        println!(
+            "blocks per decode step: {:.0} us vs dense {:.0} us ({:.2}x), {} steps timed",
+            report.blocks_us,
+            report.dense_blocks_us,
+            report.dense_blocks_us / report.blocks_us.max(1e-9),
+            report.timed_steps
+        );
+    }
+    Ok(())
 }
 
 fn ppl(model_path: &Path, a: PplArgs) -> Result<()> {

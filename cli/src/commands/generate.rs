@@ -60,7 +60,7 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     let sparsity = a.sparsity.plan(model_path, &model)?;
     let text = if a.chat { user_prompt(&a.prompt) } else { a.prompt.clone() };
     let ids = tok.encode(&text)?;
-    let opts = GenerateOptions { max_tokens: a.max_tokens, sampling, stop_ids: tok.stop_ids().to_vec(), sparsity };
+    let opts = GenerateOptions { sparsity, ..GenerateOptions::new(a.max_tokens, sampling, tok.stop_ids().to_vec()) };
     let mut out = std::io::stdout().lock();
     let mut dec = StreamDecoder::default();
     let mut write_err = None;
@@ -91,6 +91,14 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
             g.decode_tok_s(),
             sieve_eval::bench::peak_rss_mb().unwrap_or(0.0)
         );
+        if let (Some(stats), Some(plan)) = (&g.stats, &opts.sparsity) {
+            eprintln!(
+                "[{} at {}: achieved sparsity {:.3} over the decode steps]",
+                plan.method,
+                plan.target,
+                stats.achieved(plan.method, &model.config().proj_params())
+            );
+        }
     }
     Ok(())
 }

@@ -30,7 +30,7 @@ pub fn load(path: &Path, precision: Precision) -> Result<(Tokenizer, Model)> {
 /// The sparsity flags shared by the commands that run the model.
 #[derive(Debug, clap::Args)]
 pub struct SparsityArgs {
-    /// Sparsity method: dense, teal-uniform or cats (accuracy path: activations zeroed).
+    /// Sparsity method: dense, teal (greedy allocation), teal-uniform, cats or cett (oracle).
     #[arg(long, default_value = "dense")]
     pub method: Method,
     /// Target sparsity in [0, 1) for the method.
@@ -61,10 +61,15 @@ pub fn sparsity_plan(
     if method == Method::Dense {
         return Ok(None);
     }
+    Ok(Some(load_profile(model_path, model, profile)?.plan(method, target)?))
+}
+
+/// The calibration profile at `profile`, or by default the one `sieve calibrate` wrote for
+/// this model; checked against the model.
+pub fn load_profile(model_path: &Path, model: &Model, profile: Option<&Path>) -> Result<Profile> {
     let path = profile.map(Path::to_path_buf).unwrap_or_else(|| default_profile_path(model_path));
     let sha = file_sha256(model_path)?;
-    let profile = Profile::load(&path, &sha, model.config().n_layers)?;
-    Ok(Some(profile.plan(method, target)?))
+    Ok(Profile::load(&path, &sha, model.config())?)
 }
 
 /// Loads only the tokenizer.

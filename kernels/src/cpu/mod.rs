@@ -9,6 +9,7 @@ mod avx2;
 pub mod q4;
 mod scalar;
 pub mod sparse;
+pub mod sparse_q4;
 
 use crate::QK;
 use crate::isa::{Isa, active};

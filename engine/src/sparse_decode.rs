@@ -1,0 +1,223 @@
+//! Decode (one position) with sparse kernels: the rows of weights a method drops are never
+//! read. TEAL runs every projection input-sparse over input-major copies of the weights
+//! (the |x| > t mask is taken inside the kernel); CATS computes the gate densely, then only
+//! the up rows of the neurons it keeps (output-sparse) and the down columns of those neurons
+//! (input-sparse). Numerically this is the accuracy path of [`crate::model`] on the same
+//! plan: masked inputs are quantized per block exactly as the dense kernels quantize them.
+
+use std::sync::OnceLock;
+
+use sieve_kernels::sparse::{InputMajorF32, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, gemv_rows};
+use sieve_kernels::sparse_q4::{InputMajorQ4_1, gemv_input_sparse_q4_1};
+use sieve_kernels::{ActsQ8, MatF32, ops};
+
+use crate::error::{EngineError, Result};
+use crate::sparsity::{LayerPlan, Method, Proj, SparsityStats};
+use crate::weights::{LayerWeights, Linear};
+
+/// A projection stored input-major for the input-sparse GEMV.
+enum InputMajor {
+    F32(InputMajorF32),
+    Q4(InputMajorQ4_1),
+}
+
+impl InputMajor {
+    fn from_linear(w: &Linear) -> Result<Self> {
+        Ok(match w {
+            Linear::F32(m) => InputMajor::F32(InputMajorF32::from_row_major(m)),
+            Linear::Q4(m) => InputMajor::Q4(InputMajorQ4_1::from_row_major(m)?),
+            Linear::Q8(m) => {
+                // No layer of the supported GGUFs is int8; go through f32 for completeness.
+                let mut data = vec![0f32; m.rows() * m.cols()];
+                for (r, row) in data.chunks_exact_mut(m.cols()).enumerate() {
+                    m.dequantize_row(r, row);
+                }
+                let f = MatF32::new(m.rows(), m.cols(), data)?;
+                InputMajor::Q4(InputMajorQ4_1::from_row_major(&sieve_kernels::MatQ4_1::quantize(
+                    f.rows(),
+                    f.cols(),
+                    f.data(),
+                )?)?)
+            }
+        })
+    }
+
+    /// `out = W (x ⊙ [|x| > t])`; returns the active inputs.
+    fn gemv(&self, x: &[f32], t: f32, out: &mut [f32], scratch: &mut SparseScratch) -> Result<usize> {
+        Ok(match self {
+            InputMajor::F32(w) => gemv_input_sparse_f32(w, x, t, out)?,
+            InputMajor::Q4(w) => gemv_input_sparse_q4_1(w, x, t, out, scratch)?,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            InputMajor::F32(w) => 4 * w.inputs() * w.outputs(),
+            InputMajor::Q4(w) => w.bytes(),
+        }
+    }
+}
+
+/// Input-major copies of the projections, built on first use (TEAL needs all seven, CATS
+/// only down), shared by every request.
+#[derive(Default)]
+pub struct SparseWeights {
+    layers: Vec<[OnceLock<InputMajor>; 7]>,
+}
+
+impl SparseWeights {
+    /// Empty slots for `layers` layers.
+    pub fn new(layers: usize) -> Self {
+        Self { layers: (0..layers).map(|_| Default::default()).collect() }
+    }
+
+    fn get(&self, l: usize, p: Proj, w: &LayerWeights) -> Result<&InputMajor> {
+        let slot = &self.layers[l][p.index()];
+        if let Some(m) = slot.get() {
+            return Ok(m);
+        }
+        let built = InputMajor::from_linear(w.proj(p))?;
+        Ok(slot.get_or_init(|| built))
+    }
+
+    /// Bytes of the copies built so far.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().flat_map(|l| l.iter()).filter_map(|s| s.get()).map(InputMajor::bytes).sum()
+    }
+}
+
+/// Buffers of one sparse decode step.
+#[derive(Default)]
+pub(crate) struct DecodeScratch {
+    kernel: SparseScratch,
+    qa: ActsQ8,
+    rows: Vec<u32>,
+    up_rows: Vec<f32>,
+}
+
+/// Whether [`attention_projections`] and [`mlp`] handle `method` (CETT needs the dense MLP).
+pub(crate) fn supports(method: Method) -> bool {
+    matches!(method, Method::Teal | Method::TealUniform | Method::Cats)
+}
+
+/// q, k, v of one position: input-sparse under TEAL, dense otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_projections(
+    sw: &SparseWeights,
+    l: usize,
+    w: &LayerWeights,
+    method: Method,
+    lp: &LayerPlan,
+    x: &[f32],
+    outs: [&mut [f32]; 3],
+    scratch: &mut DecodeScratch,
+    stats: &mut Option<&mut SparsityStats>,
+) -> Result<()> {
+    for (p, out) in [Proj::Q, Proj::K, Proj::V].into_iter().zip(outs) {
+        project(sw, l, w, method, lp, p, x, out, scratch, stats)?;
+    }
+    Ok(())
+}
+
+/// `out = W_p x` for one position, input-sparse under TEAL, dense otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn project(
+    sw: &SparseWeights,
+    l: usize,
+    w: &LayerWeights,
+    method: Method,
+    lp: &LayerPlan,
+    p: Proj,
+    x: &[f32],
+    out: &mut [f32],
+    scratch: &mut DecodeScratch,
+    stats: &mut Option<&mut SparsityStats>,
+) -> Result<()> {
+    let t = lp.proj[p.index()];
+    let active = if matches!(method, Method::Teal | Method::TealUniform) && t > 0.0 {
+        sw.get(l, p, w)?.gemv(x, t, out, &mut scratch.kernel)?
+    } else {
+        dense(w.proj(p), x, out, &mut scratch.qa)?;
+        x.len()
+    };
+    if let Some(s) = stats.as_mut() {
+        s.add(l, p, x.len() - active, x.len());
+    }
+    Ok(())
+}
+
+fn dense(w: &Linear, x: &[f32], out: &mut [f32], qa: &mut ActsQ8) -> Result<()> {
+    match w {
+        Linear::F32(m) => sieve_kernels::matmul_f32(m, x, 1, out)?,
+        Linear::Q8(m) => {
+            qa.quantize_from(x, 1, x.len())?;
+            sieve_kernels::matmul_q8(m, qa, out)?
+        }
+        Linear::Q4(m) => {
+            qa.quantize_from(x, 1, x.len())?;
+            sieve_kernels::matmul_q4_1(m, qa, out)?
+        }
+    }
+    Ok(())
+}
+
+/// The MLP of one position: `out = Wd h`, reading only the weights the method keeps.
+/// `gate` and `h` are `d_ff` scratch vectors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mlp(
+    sw: &SparseWeights,
+    l: usize,
+    w: &LayerWeights,
+    method: Method,
+    lp: &LayerPlan,
+    x: &[f32],
+    gate: &mut [f32],
+    h: &mut [f32],
+    out: &mut [f32],
+    scratch: &mut DecodeScratch,
+    stats: &mut Option<&mut SparsityStats>,
+) -> Result<()> {
+    match method {
+        Method::Cats => {
+            dense(&w.w_gate, x, gate, &mut scratch.qa)?;
+            scratch.rows.clear();
+            for (i, g) in gate.iter_mut().enumerate() {
+                *g = ops::silu(*g);
+                if g.abs() > lp.gate_act {
+                    scratch.rows.push(i as u32);
+                }
+            }
+            let kept = scratch.rows.len();
+            scratch.up_rows.resize(kept, 0.0);
+            // `qa` still holds x quantized for the gate: the up rows read the same input.
+            let (up, vector) = match &w.w_up {
+                Linear::F32(m) => (RowMajor::F32(m), Vector::F32(x)),
+                Linear::Q8(m) => (RowMajor::Q8(m), Vector::Q8(&scratch.qa)),
+                Linear::Q4(m) => (RowMajor::Q4(m), Vector::Q8(&scratch.qa)),
+            };
+            gemv_rows(&up, &vector, &scratch.rows, &mut scratch.up_rows)?;
+            h.fill(0.0);
+            for (&r, u) in scratch.rows.iter().zip(&scratch.up_rows) {
+                h[r as usize] = gate[r as usize] * u;
+            }
+            // Dropped neurons are exact zeros, so threshold 0 skips exactly their columns.
+            sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
+            if let Some(s) = stats.as_mut() {
+                let f = gate.len();
+                s.add(l, Proj::Gate, 0, f);
+                s.add(l, Proj::Up, f - kept, f);
+                s.add(l, Proj::Down, f - kept, f);
+            }
+        }
+        Method::Teal | Method::TealUniform => {
+            project(sw, l, w, method, lp, Proj::Gate, x, gate, scratch, stats)?;
+            project(sw, l, w, method, lp, Proj::Up, x, h, scratch, stats)?;
+            for (hi, g) in h.iter_mut().zip(gate.iter()) {
+                *hi *= ops::silu(*g);
+            }
+            project(sw, l, w, method, lp, Proj::Down, h, out, scratch, stats)?;
+        }
+        _ => return Err(EngineError::InvalidInput(format!("{method} has no sparse decode path"))),
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Sparsity methods on the real model: the sparse decode kernels against the accuracy path
+//! (the same plan applied by zeroing activations for the dense kernels; the kernels' own
+//! exactness is tested in sieve-kernels), the CETT oracle's exact budget, and the mask audit
+//! against references it must agree with exactly.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use sieve_engine::audit::{MaskAudit, Reference};
+use sieve_engine::calibrate::{build_profile, calibrate};
+use sieve_engine::profile::{Profile, file_sha256};
+use sieve_engine::sparsity::{Method, Proj, SparsityStats};
+use sieve_engine::tokenizer::Tokenizer;
+use sieve_engine::{Hooks, Logits, Model, Precision};
+
+const TEXT: &str = "The tower is 324 metres tall, about the same height as an 81-storey building, and \
+the tallest structure in Paris. Its base is square, measuring 125 metres on each side. During its \
+construction, the Eiffel Tower surpassed the Washington Monument to become the tallest man-made \
+structure in the world, a title it held for 41 years until the Chrysler Building in New York City \
+was finished in 1930. It was the first structure to reach a height of 300 metres. Due to the \
+addition of a broadcasting aerial at the top of the tower in 1957, it is now taller than the \
+Chrysler Building by 5.2 metres. Excluding transmitters, the Eiffel Tower is the second tallest \
+free-standing structure in France after the Millau Viaduct.";
+
+struct Setup {
+    model: Model,
+    tokens: Vec<u32>,
+    profile: Profile,
+}
+
+/// The fast model and a profile calibrated on a short text (shared by the tests).
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let path = common::model_path();
+        let model = Model::load(&path, Precision::Fast).expect("model");
+        let gguf = sieve_engine::gguf::GgufFile::open(&path).expect("gguf");
+        let tok = Tokenizer::from_gguf(&gguf).expect("tokenizer");
+        let tokens = tok.encode(TEXT).expect("encode");
+        let observed = calibrate(&model, std::slice::from_ref(&tokens), 32, || {}).expect("calibrate");
+        let profile =
+            build_profile(&model, &observed, file_sha256(&path).expect("sha"), "test".into(), tokens.len(), || {})
+                .expect("profile");
+        Setup { model, tokens, profile }
+    })
+}
+
+/// Logits of the next position after `prompt`, one decode step under `method` at 50%, by
+/// the sparse kernels or by the accuracy path; with the step's sparsity counts.
+fn step(s: &Setup, method: Method, accuracy_path: bool) -> (Vec<f32>, SparsityStats) {
+    let plan = s.profile.plan(method, 0.5).expect("plan");
+    let (prompt, next) = s.tokens.split_at(40);
+    let mut cache = s.model.new_cache();
+    let mut hooks = Hooks { plan: Some(&plan), ..Hooks::default() };
+    s.model.forward_with(prompt, &mut cache, Logits::Last, &mut hooks).expect("prefill");
+    let mut stats = SparsityStats::new(s.model.config().n_layers);
+    let mut hooks = Hooks { plan: Some(&plan), stats: Some(&mut stats), accuracy_path, ..Hooks::default() };
+    let logits = s.model.forward_with(&next[..1], &mut cache, Logits::Last, &mut hooks).expect("decode");
+    (logits, stats)
+}
+
+#[test]
+fn sparse_decode_kernels_match_the_accuracy_path() {
+    let s = setup();
+    for method in [Method::Teal, Method::TealUniform, Method::Cats] {
+        let (fast, fast_stats) = step(s, method, false);
+        let (reference, ref_stats) = step(s, method, true);
+        // Same masks, same quantization: only the f32 summation order differs. A mask is a
+        // step function, so an activation within rounding of its threshold may flip and the
+        // difference grows through later layers; compare the logit vectors' direction.
+        let dot: f64 = fast.iter().zip(&reference).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&fast) * norm(&reference));
+        assert!(cosine > 0.995, "{method}: logits cosine {cosine}");
+        let params = s.model.config().proj_params();
+        let (a, b) = (fast_stats.achieved(method, &params), ref_stats.achieved(method, &params));
+        assert!(a > 0.2 && (a - b).abs() < 0.01, "{method}: achieved sparsity {a} by kernels, {b} by masking");
+    }
+}
+
+#[test]
+fn cett_keeps_exactly_its_budget() {
+    let s = setup();
+    let plan = s.profile.plan(Method::Cett, 0.5).expect("plan");
+    let mut stats = SparsityStats::new(s.model.config().n_layers);
+    let mut cache = s.model.new_cache();
+    let mut hooks = Hooks { plan: Some(&plan), stats: Some(&mut stats), ..Hooks::default() };
+    s.model.forward_with(&s.tokens[..64], &mut cache, Logits::Last, &mut hooks).expect("forward");
+    assert!((stats.overall(Proj::Down) - 0.5).abs() < 1e-3, "{}", stats.overall(Proj::Down));
+    assert_eq!(stats.overall(Proj::Gate), 0.0);
+}
+
+/// Runs `method` at 50% over the text with the audit on.
+fn audit(s: &Setup, method: Method) -> MaskAudit {
+    let plan = s.profile.plan(method, 0.5).expect("plan");
+    let mut audit = MaskAudit::new(&s.profile, 0.5).expect("audit");
+    let mut cache = s.model.new_cache();
+    let mut hooks = Hooks { plan: Some(&plan), audit: Some(&mut audit), ..Hooks::default() };
+    s.model.forward_with(&s.tokens[..64], &mut cache, Logits::Last, &mut hooks).expect("forward");
+    audit
+}
+
+#[test]
+fn audit_agrees_with_the_methods_own_reference() {
+    let s = setup();
+    let cats = audit(s, Method::Cats);
+    assert_eq!(cats.positions, 64);
+    let c = cats.overall(Reference::Cats);
+    assert!(c.recall() > 0.999 && c.precision() > 0.999, "cats vs cats {c:?}");
+    // Another criterion keeps other neurons: strictly less than perfect agreement.
+    assert!(cats.overall(Reference::Cett).f1() < 0.99);
+    let cett = audit(s, Method::Cett);
+    let o = cett.overall(Reference::Cett);
+    assert!(o.recall() > 0.999 && o.precision() > 0.999, "cett vs cett {o:?}");
+    let dense = audit(s, Method::Dense);
+    let d = dense.overall(Reference::Teal);
+    assert!(d.recall() > 0.999 && d.precision() < 0.6, "dense keeps everything: {d:?}");
+}

@@ -1,0 +1,255 @@
+//! Inner loop of the input-sparse Q4_1 GEMV (one file per ISA) and its dispatch.
+//!
+//! Layout (see `crate::sparse_q4`): every input row holds the 4-bit codes of all outputs,
+//! [`TILE`] outputs per 32 bytes; each tile's nibbles are placed (see [`position`]) so that
+//! two rows interleaved byte by byte, multiplied by `vpmaddubsw` and widened by shifts give
+//! eight f32 vectors of outputs in natural order. Per input block, each tile's f16 scales
+//! and minima follow as 64 `d` then 64 `m` ([`DM_TILE_BYTES`]).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod scalar;
+
+use crate::QK;
+use crate::isa::{Isa, active};
+
+/// Outputs per tile (32 bytes of codes per input row).
+pub const TILE: usize = 64;
+
+/// Bytes of codes per tile and input row.
+pub const CODE_TILE_BYTES: usize = TILE / 2;
+
+/// Bytes of f16 scales and minima per tile and input block.
+pub const DM_TILE_BYTES: usize = TILE * 4;
+
+/// Pairs of active inputs summed in i16 before widening: a pair adds at most
+/// 2 * 15 * 127 = 3810 per output, and 8 * 3810 < 32768.
+pub const I16_PAIRS: usize = 8;
+
+/// Where output `o` of a tile (0..64) sits in its 32 bytes: (byte, shift of its nibble).
+///
+/// Byte k of the interleaved rows feeds i16 word k of `vpmaddubsw` in its 128-bit lane; the
+/// low/high 8 bytes of a lane (unpacklo/hi) and the low/high nibbles give four i16 vectors
+/// A0..A3, and the even/odd words of each, widened by shifts, give f32 vectors 2k and 2k + 1.
+/// Vector v, lane L, element e is made output 8v + 4L + e.
+pub const fn position(o: usize) -> (usize, u32) {
+    let (v, lane, e) = (o >> 3, (o >> 2) & 1, o & 3);
+    let (k, parity) = (v >> 1, v & 1);
+    (16 * lane + 8 * (k & 1) + 2 * e + parity, 4 * (k >> 1) as u32)
+}
+
+/// Two active inputs of one block: byte offsets of their code rows and their int8 values,
+/// as bytes `[x1, x2, x1, x2]` (one i16 pair of `vpmaddubsw` operands, twice). An odd last
+/// input is paired with itself at value 0.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Pair {
+    pub off: [u32; 2],
+    pub x: i32,
+}
+
+impl Pair {
+    /// The pair of rows at byte offsets `off` with int8 values `x1`, `x2`.
+    pub fn new(off: [u32; 2], x1: i8, x2: i8) -> Self {
+        let w = x1 as u8 as u32 | (x2 as u8 as u32) << 8;
+        Self { off, x: (w | w << 16) as i32 }
+    }
+    /// The two int8 values.
+    pub fn values(&self) -> [i8; 2] {
+        [self.x as u8 as i8, (self.x >> 8) as u8 as i8]
+    }
+}
+
+/// An input block with active inputs: its index, its pairs `start..end`, the activation
+/// scale and the scaled sum of its quantized values (what the minima multiply).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ActiveBlock {
+    pub b: u32,
+    pub start: u32,
+    pub end: u32,
+    pub sx: f32,
+    pub sum: f32,
+}
+
+/// Operands of one product, checked once so that the loops index without bounds checks.
+pub struct TileRun<'a> {
+    codes: &'a [u8],
+    dm: &'a [u8],
+    tiles: usize,
+    blocks: &'a [ActiveBlock],
+    pairs: &'a [Pair],
+}
+
+impl<'a> TileRun<'a> {
+    /// `codes`: rows of `tiles * 32` bytes; `dm`: [`DM_TILE_BYTES`] per tile and block.
+    /// `None` unless every pair's row and every block's scales lie inside the buffers.
+    pub fn new(
+        codes: &'a [u8],
+        dm: &'a [u8],
+        tiles: usize,
+        blocks: &'a [ActiveBlock],
+        pairs: &'a [Pair],
+    ) -> Option<Self> {
+        let row = tiles.checked_mul(CODE_TILE_BYTES)?;
+        let rows_ok = pairs.iter().all(|p| p.off.iter().all(|&o| (o as usize).checked_add(row) <= Some(codes.len())));
+        let blocks_ok = blocks.iter().all(|b| {
+            b.start <= b.end
+                && b.end as usize <= pairs.len()
+                && (b.b as usize + 1).checked_mul(tiles * DM_TILE_BYTES).is_some_and(|e| e <= dm.len())
+        });
+        (rows_ok && blocks_ok).then_some(Self { codes, dm, tiles, blocks, pairs })
+    }
+    /// The pairs of block `blk`.
+    fn pairs_of(&self, blk: &ActiveBlock) -> &'a [Pair] {
+        &self.pairs[blk.start as usize..blk.end as usize]
+    }
+    /// Byte offset of the scales of block `b`, tile `t`.
+    fn dm_at(&self, b: u32, t: usize) -> usize {
+        (b as usize * self.tiles + t) * DM_TILE_BYTES
+    }
+    /// The same product over blocks `range` only.
+    pub fn with_blocks(&self, range: std::ops::Range<usize>) -> TileRun<'a> {
+        TileRun { blocks: &self.blocks[range], ..*self }
+    }
+}
+
+impl Clone for TileRun<'_> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl Copy for TileRun<'_> {}
+
+/// `y[64 t + o] += Σ_blocks (d · sx · Σ_pairs code · x + m · sum)` for tiles `t0..t0 + y.len() / 64`.
+pub fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
+    assert!(y.len().is_multiple_of(TILE) && t0 + y.len() / TILE <= op.tiles, "tile range out of bounds");
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `active()` returns Avx2 only when the CPU reports avx2, fma and f16c;
+        // `TileRun::new` checked every row and scale offset, and the assert above the tiles.
+        Isa::Avx2 => unsafe { avx2::accumulate(op, t0, y) },
+        _ => scalar::accumulate(op, t0, y),
+    }
+}
+
+/// Masks and quantizes `x` block by block exactly as `ActsQ8::quantize_from` does on the
+/// masked vector (`sx = absmax / 127`, `round(x / sx)` half away from zero, clamped to ±127),
+/// and appends each block with an active channel to `blocks` and its nonzero values, two at
+/// a time, to `pairs` (rows at `i * row_bytes`; values that round to 0 add nothing and are
+/// left out). `x.len()` is a multiple of 32. Returns how many channels are active.
+pub fn gather(
+    x: &[f32],
+    threshold: f32,
+    row_bytes: usize,
+    pairs: &mut Vec<Pair>,
+    blocks: &mut Vec<ActiveBlock>,
+) -> usize {
+    pairs.clear();
+    blocks.clear();
+    pairs.reserve(x.len() / 2 + x.len() / QK);
+    blocks.reserve(x.len() / QK);
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `active()` returns Avx2 only when the CPU reports avx2, fma and f16c.
+        Isa::Avx2 => unsafe { avx2::gather(x, threshold, row_bytes, pairs, blocks) },
+        _ => scalar::gather(x, threshold, row_bytes, pairs, blocks),
+    }
+}
+
+/// Appends block `b` (scale `sx`): pairs of the values `q` at the set bits of `nonzero`.
+#[inline(always)]
+fn push_block(
+    b: usize,
+    q: &[i32; QK],
+    nonzero: u32,
+    sx: f32,
+    row_bytes: usize,
+    pairs: &mut Vec<Pair>,
+    blocks: &mut Vec<ActiveBlock>,
+) {
+    let start = pairs.len() as u32;
+    let (mut bits, mut qsum) = (nonzero, 0i32);
+    let off = |k: u32| ((b * QK + k as usize) * row_bytes) as u32;
+    while bits != 0 {
+        let k0 = bits.trailing_zeros();
+        bits &= bits - 1;
+        qsum += q[k0 as usize];
+        if bits == 0 {
+            pairs.push(Pair::new([off(k0); 2], q[k0 as usize] as i8, 0));
+            break;
+        }
+        let k1 = bits.trailing_zeros();
+        bits &= bits - 1;
+        qsum += q[k1 as usize];
+        pairs.push(Pair::new([off(k0), off(k1)], q[k0 as usize] as i8, q[k1 as usize] as i8));
+    }
+    let end = pairs.len() as u32;
+    blocks.push(ActiveBlock { b: b as u32, start, end, sx, sum: qsum as f32 * sx });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_a_permutation() {
+        let mut seen = [false; TILE];
+        for o in 0..TILE {
+            let (byte, shift) = position(o);
+            let slot = 2 * byte + (shift / 4) as usize;
+            assert!(!seen[slot]);
+            seen[slot] = true;
+        }
+    }
+
+    #[test]
+    fn avx2_matches_scalar_on_every_tail() {
+        let (inputs, tiles, nb) = (64usize, 3usize, 2usize);
+        let row = tiles * CODE_TILE_BYTES;
+        let codes: Vec<u8> = (0..inputs * row).map(|i| (i * 97 % 251) as u8).collect();
+        let dm: Vec<u8> = (0..nb * tiles * TILE * 2)
+            .flat_map(|i| {
+                let v = if i % 128 < 64 { 0.01 + (i % 13) as f32 * 0.002 } else { -0.05 + (i % 7) as f32 * 0.01 };
+                half::f16::from_f32(v).to_bits().to_le_bytes()
+            })
+            .collect();
+        // Block 0: 19 pairs (over two i16 chunks and one odd input), block 1: one input.
+        let mut pairs: Vec<Pair> = (0..18)
+            .map(|k| Pair::new([(k * row) as u32, ((31 - k) * row) as u32], 127 - 14 * k as i8, -127 + k as i8))
+            .collect();
+        pairs.push(Pair::new([(5 * row) as u32; 2], -127, 0));
+        pairs.push(Pair::new([(40 * row) as u32; 2], 77, 0));
+        let blocks = [
+            ActiveBlock { b: 0, start: 0, end: 19, sx: 0.03, sum: 1.5 },
+            ActiveBlock { b: 1, start: 19, end: 20, sx: 0.2, sum: -0.7 },
+        ];
+        let op = TileRun::new(&codes, &dm, tiles, &blocks, &pairs).expect("in range");
+        for (t0, n) in [(0, 3), (1, 2), (2, 1), (0, 1)] {
+            let mut want = vec![0.25f32; n * TILE];
+            scalar::accumulate(&op, t0, &mut want);
+            let mut got = vec![0.25f32; n * TILE];
+            accumulate(&op, t0, &mut got);
+            for (j, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!((w - g).abs() <= 1e-5 * (1.0 + w.abs()), "t0 {t0} output {j}: {w} vs {g}");
+            }
+        }
+        assert!(TileRun::new(&codes, &dm, tiles + 1, &blocks, &pairs).is_none());
+    }
+
+    #[test]
+    fn avx2_gather_matches_scalar() {
+        let mut x: Vec<f32> = (0..320).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 100.0).collect();
+        x[3] = f32::NAN;
+        x[100] = 0.5 * 5.0 / 127.0 * 3.0; // rounding ties within a block whose max is 5
+        x[101] = 5.0;
+        x[64..96].fill(0.0);
+        x[200..232].iter_mut().enumerate().for_each(|(k, v)| *v = if k == 7 { -2.0 } else { 0.001 });
+        for t in [0.0, 0.5, 2.0, 4.9, 10.0] {
+            let (mut p1, mut b1, mut p2, mut b2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let n1 = scalar::gather(&x, t, 96, &mut p1, &mut b1);
+            let n2 = gather(&x, t, 96, &mut p2, &mut b2);
+            assert_eq!(n1, n2);
+            assert_eq!(format!("{p1:?} {b1:?}"), format!("{p2:?} {b2:?}"), "threshold {t}");
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Portable input-sparse Q4_1 accumulation: the reference for the SIMD loop.
+
+use half::f16;
+
+use super::{ActiveBlock, CODE_TILE_BYTES, Pair, TILE, TileRun, position, push_block};
+use crate::QK;
+
+/// f16 number `k` of `bytes` (little-endian bits).
+fn f16_at(bytes: &[u8], k: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([bytes[2 * k], bytes[2 * k + 1]])).to_f32()
+}
+
+pub fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
+    let pos: [(usize, u32); TILE] = std::array::from_fn(position);
+    for blk in op.blocks {
+        let pairs = op.pairs_of(blk);
+        for (t, yt) in y.chunks_exact_mut(TILE).enumerate() {
+            let tile = t0 + t;
+            let mut acc = [0i32; TILE];
+            for p in pairs {
+                for (&off, x) in p.off.iter().zip(p.values()) {
+                    let row = &op.codes[off as usize + tile * CODE_TILE_BYTES..][..CODE_TILE_BYTES];
+                    for (a, &(byte, shift)) in acc.iter_mut().zip(&pos) {
+                        *a += ((row[byte] >> shift) & 0x0f) as i32 * x as i32;
+                    }
+                }
+            }
+            let dm = &op.dm[op.dm_at(blk.b, tile)..][..super::DM_TILE_BYTES];
+            for (o, (yo, &a)) in yt.iter_mut().zip(&acc).enumerate() {
+                *yo += f16_at(dm, TILE + o) * blk.sum;
+                *yo += f16_at(dm, o) * (a as f32 * blk.sx);
+            }
+        }
+    }
+}
+
+/// `y.round()` (half away from zero) for |y| < 2^31 and NaN (to 0, as `round` then `as i8`
+/// does), without the libm call `f32::round` is on baseline x86-64: the truncation is
+/// exact, and so is `y - t`.
+fn round_away(y: f32) -> f32 {
+    let t = y as i32 as f32;
+    let f = y - t;
+    if f >= 0.5 {
+        t + 1.0
+    } else if f <= -0.5 {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
+pub fn gather(
+    x: &[f32],
+    threshold: f32,
+    row_bytes: usize,
+    pairs: &mut Vec<Pair>,
+    blocks: &mut Vec<ActiveBlock>,
+) -> usize {
+    let mut count = 0;
+    for (b, xb) in x.chunks_exact(QK).enumerate() {
+        let mut act = 0u32;
+        let mut amax = 0f32;
+        for (k, v) in xb.iter().enumerate() {
+            let a = v.abs();
+            if a > threshold {
+                amax = amax.max(a);
+                act |= 1 << k;
+            }
+        }
+        if act == 0 {
+            continue;
+        }
+        count += act.count_ones() as usize;
+        let sx = amax / 127.0;
+        let inv = if sx > 0.0 { 1.0 / sx } else { 0.0 };
+        let mut q = [0i32; QK];
+        let mut nonzero = 0u32;
+        for (k, &v) in xb.iter().enumerate() {
+            if act & (1 << k) != 0 {
+                q[k] = round_away(v * inv).clamp(-127.0, 127.0) as i32;
+                nonzero |= ((q[k] != 0) as u32) << k;
+            }
+        }
+        push_block(b, &q, nonzero, sx, row_bytes, pairs, blocks);
+    }
+    count
+}
