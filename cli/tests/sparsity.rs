@@ -22,6 +22,8 @@ fn small_profile(dir: &Path) -> std::path::PathBuf {
         "256",
         "--window",
         "128",
+        "--greedy-tokens",
+        "32",
         "--out",
         out.to_str().unwrap(),
         "--json",
@@ -60,9 +62,11 @@ fn calibrated_methods_reach_their_target_and_cost_quality() {
     let profile = small_profile(dir.path());
     let dense = ppl(dir.path(), &profile, "dense", "0");
     assert_eq!(dense["achieved_sparsity"], 0.0);
-    for method in ["cats", "teal-uniform"] {
+    for method in ["cats", "teal-uniform", "teal", "cett"] {
         let half = ppl(dir.path(), &profile, method, "0.5");
         let achieved = half["achieved_sparsity"].as_f64().unwrap();
+        let by_projection = half["achieved_by_projection"].as_object().unwrap();
+        assert_eq!(by_projection.len(), 7, "{half}");
         // Calibrated and evaluated on the same text: the thresholds land on target.
         assert!((achieved - 0.5).abs() < 0.05, "{method}: achieved {achieved}");
         let (p0, p1) = (dense["perplexity"].as_f64().unwrap(), half["perplexity"].as_f64().unwrap());
@@ -107,7 +111,24 @@ fn bad_sparsity_requests_are_refused() {
         "corrupt or truncated",
     );
 
+    let old = dir.path().join("old.json");
+    v["model_sha256"] = serde_json::from_str::<serde_json::Value>(&text).unwrap()["model_sha256"].clone();
+    v["version"] = 1.into();
+    std::fs::write(&old, v.to_string()).unwrap();
+    assert_fails_with(
+        &run(&["--method", "teal", "--sparsity", "0.5", "--profile", old.to_str().unwrap()]),
+        "run `sieve calibrate` again",
+    );
+    assert_fails_with(
+        &sieve(&["eval", "masks", "--method", "cats", "--sparsity", "0", "--profile", profile.to_str().unwrap()]),
+        "--sparsity must be above 0",
+    );
+    assert_fails_with(
+        &sieve(&["bench", "decode", "--method", "cats", "--sparsity", "1.5", "--runs", "1"]),
+        "must be in [0, 1)",
+    );
     assert_fails_with(&sieve(&["calibrate", "--corpus", c, "--tokens", "1000000"]), "corpus too short");
+    assert_fails_with(&sieve(&["calibrate", "--corpus", c, "--greedy-tokens", "0"]), "--greedy-tokens");
     assert_fails_with(&sieve(&["calibrate", "--tokens", "0"]), "--tokens must be at least 1");
 }
 
@@ -130,9 +151,88 @@ fn generate_runs_a_calibrated_method_and_refuses_bad_ones() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stdout(&o).trim().is_empty());
+    let o = sieve(&[
+        "generate",
+        "--max-tokens",
+        "9",
+        "--method",
+        "cats",
+        "--sparsity",
+        "0.3",
+        "--profile",
+        p,
+        "--audit-every",
+        "2",
+        "The capital of France is",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // CATS audited against itself: perfect recall.
+    assert!(stderr(&o).contains("vs Cats: recall 1.000"), "{}", stderr(&o));
+    assert_fails_with(&sieve(&["generate", "--audit-every", "2", "hi"]), "--audit-every needs a method");
     assert_fails_with(&sieve(&["generate", "--method", "cats", "--sparsity", "2", "hi"]), "must be in [0, 1)");
     assert_fails_with(
         &sieve(&["generate", "--method", "cats", "--sparsity", "0.5", "--profile", "/nonexistent.json", "hi"]),
         "sieve calibrate",
     );
+}
+
+#[test]
+fn bench_and_mask_audit_measure_a_method_against_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = small_profile(dir.path());
+    let p = profile.to_str().unwrap();
+    let o = sieve(&[
+        "bench",
+        "decode",
+        "--prompt-tokens",
+        "32",
+        "--new-tokens",
+        "8",
+        "--runs",
+        "1",
+        "--method",
+        "teal",
+        "--sparsity",
+        "0.5",
+        "--profile",
+        p,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(b["method"], "teal");
+    assert!(b["achieved_sparsity"].as_f64().unwrap() > 0.3, "{b}");
+    assert!(b["dense"]["decode_tok_s"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(b["dense"]["decode_speedup"].as_f64().unwrap() > 0.0, "{b}");
+
+    let o = sieve(&[
+        "eval",
+        "masks",
+        "--method",
+        "cats",
+        "--sparsity",
+        "0.5",
+        "--positions",
+        "64",
+        "--ctx",
+        "64",
+        "--timed-steps",
+        "2",
+        "--profile",
+        p,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
+    assert_eq!(m["positions"], 64);
+    // CATS's own mask is the CATS reference; the oracle keeps other neurons.
+    assert!(m["overall"]["cats"]["recall"].as_f64().unwrap() > 0.999, "{}", m["overall"]);
+    assert!(m["overall"]["cett"]["f1"].as_f64().unwrap() < 0.99, "{}", m["overall"]);
+    for l in layers {
+        assert!(l["mlp_us"].as_f64().unwrap() > 0.0 && l["dense_mlp_us"].as_f64().unwrap() > 0.0, "{l}");
+        let s = l["achieved_by_projection"]["down"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&s));
+    }
 }

@@ -74,6 +74,17 @@ impl Model {
         self.weights.precision
     }
 
+    /// Builds the input-major weight copies that decoding under `plan` reads (otherwise built
+    /// on first use, inside a decode step).
+    pub fn prepare_sparse(&self, plan: &SparsityPlan) -> Result<()> {
+        if plan.is_dense() { Ok(()) } else { self.sparse.prepare(plan.method, &self.weights.layers) }
+    }
+
+    /// Bytes of the input-major weight copies built so far.
+    pub fn sparse_bytes(&self) -> usize {
+        self.sparse.bytes()
+    }
+
     /// A fresh KV cache sized for the full context.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.n_layers, self.config.kv_dim(), self.config.context_len)

@@ -80,6 +80,21 @@ impl SparseWeights {
         Ok(slot.get_or_init(|| built))
     }
 
+    /// Builds every copy `method` reads, so no decode step pays for it.
+    pub(crate) fn prepare(&self, method: Method, layers: &[LayerWeights]) -> Result<()> {
+        let projs: &[Proj] = match method {
+            Method::Teal | Method::TealUniform => &Proj::ALL,
+            Method::Cats => &[Proj::Down],
+            _ => &[],
+        };
+        for (l, w) in layers.iter().enumerate() {
+            for &p in projs {
+                self.get(l, p, w)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes of the copies built so far.
     pub fn bytes(&self) -> usize {
         self.layers.iter().flat_map(|l| l.iter()).filter_map(|s| s.get()).map(InputMajor::bytes).sum()

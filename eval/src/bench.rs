@@ -89,6 +89,9 @@ pub fn bench_decode(
         });
     }
     let prompt = &tokens[..opts.prompt_tokens];
+    if let Some(plan) = &opts.plan {
+        model.prepare_sparse(plan)?;
+    }
     let dense_request = GenerateOptions::new(opts.new_tokens, SamplingParams::default(), Vec::new());
     let request = GenerateOptions { sparsity: opts.plan.clone(), ..dense_request.clone() };
     let mut runs = Vec::with_capacity(opts.runs);

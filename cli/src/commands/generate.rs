@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use sieve_engine::Precision;
+use sieve_engine::audit::{MaskAudit, Reference};
 use sieve_engine::chat::user_prompt;
 use sieve_engine::generate::{GenerateOptions, generate};
 use sieve_engine::sampling::SamplingParams;
@@ -40,6 +41,10 @@ pub struct Args {
     precision: Precision,
     #[command(flatten)]
     sparsity: super::SparsityArgs,
+    /// Audit every Nth decode step's MLP masks against TEAL, CATS and CETT at the method's
+    /// target (off the timed path); the summary goes to stderr. 0: off.
+    #[arg(long, default_value_t = 0)]
+    audit_every: usize,
     /// Print timing and memory to stderr after the text.
     #[arg(long)]
     stats: bool,
@@ -58,9 +63,26 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     check_target(a.sparsity.sparsity)?;
     let (tok, model) = super::load(model_path, a.precision)?;
     let sparsity = a.sparsity.plan(model_path, &model)?;
+    if let Some(plan) = &sparsity {
+        model.prepare_sparse(plan)?;
+    }
+    let audit = if a.audit_every > 0 {
+        if a.sparsity.sparsity == 0.0 {
+            bail!("--audit-every needs a method and a --sparsity above 0 (the references are taken at its target)");
+        }
+        let profile = super::load_profile(model_path, &model, a.sparsity.profile.as_deref())?;
+        Some(MaskAudit::new(&profile, a.sparsity.sparsity)?)
+    } else {
+        None
+    };
     let text = if a.chat { user_prompt(&a.prompt) } else { a.prompt.clone() };
     let ids = tok.encode(&text)?;
-    let opts = GenerateOptions { sparsity, ..GenerateOptions::new(a.max_tokens, sampling, tok.stop_ids().to_vec()) };
+    let opts = GenerateOptions {
+        sparsity,
+        audit_every: a.audit_every,
+        audit,
+        ..GenerateOptions::new(a.max_tokens, sampling, tok.stop_ids().to_vec())
+    };
     let mut out = std::io::stdout().lock();
     let mut dec = StreamDecoder::default();
     let mut write_err = None;
@@ -81,6 +103,19 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
         return Err(e.into());
     }
     writeln!(out, "{}", dec.finish())?;
+    if let Some(audit) = &g.audit {
+        for r in Reference::ALL {
+            let m = audit.overall(r);
+            eprintln!(
+                "[audit of {} decode steps vs {r:?}: recall {:.3} precision {:.3} F1 {:.3} Jaccard {:.3}]",
+                audit.positions,
+                m.recall(),
+                m.precision(),
+                m.f1(),
+                m.jaccard()
+            );
+        }
+    }
     if a.stats {
         eprintln!(
             "[{} prompt tokens, {} new, finish {:?}; prefill {:.1} tok/s, decode {:.1} tok/s; peak RSS {:.0} MiB]",
