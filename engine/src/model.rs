@@ -120,6 +120,13 @@ impl Model {
                 cfg.vocab_size
             )));
         }
+        if let Some(plan) = hooks.plan.filter(|p| p.layers.len() != cfg.n_layers) {
+            return Err(EngineError::InvalidInput(format!(
+                "the sparsity plan has {} layers, the model {}",
+                plan.layers.len(),
+                cfg.n_layers
+            )));
+        }
         let d = cfg.d_model;
         let mut x = vec![0f32; n * d];
         for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
@@ -171,8 +178,11 @@ impl Model {
         hooks: &mut Hooks<'_>,
     ) -> Result<()> {
         let cfg = &self.config;
-        let (Some(plan), d) = (hooks.plan, cfg.d_model) else { return Ok(()) };
-        let (method, lp) = (plan.method, &plan.layers[l]);
+        let d = cfg.d_model;
+        let (Some(plan), Some(lp)) = (hooks.plan, hooks.plan.and_then(|p| p.layers.get(l))) else {
+            return Err(EngineError::InvalidInput(format!("the sparsity plan has no layer {l}")));
+        };
+        let method = plan.method;
         let sw = &self.sparse;
         let t0 = hooks.timing.is_some().then(Instant::now);
         ops::rms_norm(x, &w.attn_norm, cfg.rms_eps, &mut s.normed);
