@@ -281,6 +281,22 @@ impl RowMajor<'_> {
             RowMajor::Q4(m) => m.cols(),
         }
     }
+    /// Starts fetching row `r` (quantized rows; f32 rows are the reference path).
+    fn prefetch(&self, r: usize) {
+        match self {
+            RowMajor::F32(_) => {}
+            RowMajor::Q8(m) => {
+                cpu::prefetch(m.row_qs(r));
+                cpu::prefetch(m.row_scales(r));
+            }
+            RowMajor::Q4(m) => {
+                let row = m.row_view(r);
+                cpu::prefetch(row.codes);
+                cpu::prefetch(row.d);
+                cpu::prefetch(row.m);
+            }
+        }
+    }
     /// Row `r` · `x`; `r` is in range and `x` matches (checked by the callers).
     fn dot(&self, r: usize, x: &Vector<'_>) -> f32 {
         match (self, x) {
@@ -322,8 +338,18 @@ fn row_tasks(n: usize) -> (usize, usize) {
     (per, n.div_ceil(per))
 }
 
-/// `out[k] = f(rows[k])`, the listed rows split over the pool.
-fn for_each_listed_row(rows: &[u32], out: &mut [f32], f: impl Fn(usize) -> f32 + Sync) {
+/// Listed rows ahead of the one being computed whose fetch is started: the rows are not
+/// consecutive, so the hardware prefetcher cannot follow them.
+const ROWS_AHEAD: usize = 4;
+
+/// `out[k] = f(rows[k])`, the listed rows split over the pool; `prefetch(rows[k + ROWS_AHEAD])`
+/// is called before row k is computed.
+fn for_each_listed_row(
+    rows: &[u32],
+    out: &mut [f32],
+    prefetch: impl Fn(usize) + Sync,
+    f: impl Fn(usize) -> f32 + Sync,
+) {
     let (per, tasks) = row_tasks(rows.len());
     let o = Shared(out.as_mut_ptr());
     parallel_for(tasks, |t| {
@@ -331,7 +357,14 @@ fn for_each_listed_row(rows: &[u32], out: &mut [f32], f: impl Fn(usize) -> f32 +
         let len = per.min(rows.len() - k0);
         // SAFETY: task t owns out[k0..k0 + len]; `out.len() == rows.len()` (checked by callers).
         let y = unsafe { o.range(k0, len) };
-        for (yk, &r) in y.iter_mut().zip(&rows[k0..k0 + len]) {
+        let mine = &rows[k0..k0 + len];
+        for &r in mine.iter().take(ROWS_AHEAD) {
+            prefetch(r as usize);
+        }
+        for (k, (yk, &r)) in y.iter_mut().zip(mine).enumerate() {
+            if let Some(&ahead) = mine.get(k + ROWS_AHEAD) {
+                prefetch(ahead as usize);
+            }
             *yk = f(r as usize);
         }
     });
@@ -340,7 +373,7 @@ fn for_each_listed_row(rows: &[u32], out: &mut [f32], f: impl Fn(usize) -> f32 +
 /// `out[k] = W[rows[k]] · x`: only the listed rows are read.
 pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
     check_rows(w, x, rows, out.len())?;
-    for_each_listed_row(rows, out, |r| w.dot(r, x));
+    for_each_listed_row(rows, out, |r| w.prefetch(r), |r| w.dot(r, x));
     Ok(())
 }
 
@@ -355,6 +388,14 @@ pub fn swiglu_rows(
 ) -> Result<(), KernelError> {
     check_rows(gate, x, rows, h.len())?;
     check_rows(up, x, rows, h.len())?;
-    for_each_listed_row(rows, h, |r| crate::ops::silu(gate.dot(r, x)) * up.dot(r, x));
+    for_each_listed_row(
+        rows,
+        h,
+        |r| {
+            gate.prefetch(r);
+            up.prefetch(r);
+        },
+        |r| crate::ops::silu(gate.dot(r, x)) * up.dot(r, x),
+    );
     Ok(())
 }

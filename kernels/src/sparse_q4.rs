@@ -28,13 +28,14 @@ const MAX_TASK_TILES: usize = 32;
 /// Fewest tiles per task when outputs are split (256 outputs: 128-byte row segments).
 const MIN_TASK_TILES: usize = 4;
 
-/// Tasks per thread when there is enough work: with more tasks than threads a thread that
+/// Tasks per thread when many outputs are split: with more tasks than threads a thread that
 /// is descheduled or slow holds up less of the product (as in the dense products).
 const TASKS_PER_THREAD: usize = 4;
 
-/// Below this many tiles per thread the product is split over input blocks instead (all
-/// outputs per task, partial sums added at the end).
-const MIN_TILES_PER_THREAD: usize = 8;
+/// Least work (active pairs x tiles) worth a second thread: below it (k_v, 192 x 576, at
+/// 50% sparsity is about 450) the pool's hand-off and the partial sums cost about what a
+/// second thread saves.
+const MIN_PARALLEL_WORK: usize = 1024;
 
 /// Cost of a block's scaling per tile, in pairs (for balancing a split over blocks).
 const BLOCK_COST_PAIRS: usize = 5;
@@ -148,12 +149,43 @@ impl InputMajorQ4_1 {
     }
 }
 
-/// Per-call lists of [`gemv_input_sparse_q4_1`], kept in [`SparseScratch`].
+/// Per-call storage of [`gemv_input_sparse_q4_1`], kept in [`SparseScratch`].
 #[derive(Debug, Default)]
 pub(crate) struct Q4Lists {
     pairs: Vec<Pair>,
     blocks: Vec<ActiveBlock>,
     partial: Vec<f32>,
+    bounds: Vec<usize>,
+}
+
+/// How a product is cut into tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// Runs of `per` tiles (64 outputs), every active block each.
+    Outputs { per: usize },
+    /// About `tasks` runs of active blocks balanced by pairs, all outputs each, partial
+    /// sums added at the end.
+    Blocks { tasks: usize },
+}
+
+/// The split for `tiles` tiles and `pairs` active pairs on `threads` threads. Measured at
+/// 2 threads on the SmolLM2 shapes (cold weights): one run of blocks per thread beats runs
+/// of outputs (whose tasks each read part of every row's lines and restart per block) and
+/// more, smaller tasks; below [`MIN_PARALLEL_WORK`] one thread does it all.
+/// Up to this many tiles (4096 outputs) runs of blocks beat runs of outputs: on the
+/// Llama-3-8B down shape (4096 x 14336, s = 0.5, 2 threads) 1.03-1.09 ms against 1.17 ms.
+const BLOCK_SPLIT_TILES: usize = 64;
+
+fn choose(tiles: usize, pairs: usize, threads: usize) -> Split {
+    if threads == 1 || pairs * tiles < MIN_PARALLEL_WORK {
+        Split::Outputs { per: MAX_TASK_TILES }
+    } else if tiles <= BLOCK_SPLIT_TILES {
+        Split::Blocks { tasks: threads }
+    } else {
+        // Many outputs: runs of at most MAX_TASK_TILES, a few per thread.
+        let tasks = tiles.div_ceil(MAX_TASK_TILES).max(TASKS_PER_THREAD * threads);
+        Split::Outputs { per: tiles.div_ceil(tasks).max(MIN_TASK_TILES) }
+    }
 }
 
 /// `out = W (x ⊙ [|x| > threshold])` for Q4_1 input-major weights, the active values
@@ -166,64 +198,138 @@ pub fn gemv_input_sparse_q4_1(
     out: &mut [f32],
     scratch: &mut SparseScratch,
 ) -> Result<usize, KernelError> {
+    gemv_split(w, x, threshold, out, scratch, None)
+}
+
+/// [`gemv_input_sparse_q4_1`] with the split `force` instead of the chosen one (tests).
+fn gemv_split(
+    w: &InputMajorQ4_1,
+    x: &[f32],
+    threshold: f32,
+    out: &mut [f32],
+    scratch: &mut SparseScratch,
+    force: Option<Split>,
+) -> Result<usize, KernelError> {
     check_threshold(threshold)?;
     check_io(w.inputs, w.outputs, x.len(), out.len())?;
-    let lists = &mut scratch.q4;
-    let count = inner::gather(x, threshold, w.tiles * CODE_TILE_BYTES, &mut lists.pairs, &mut lists.blocks);
-    if lists.blocks.is_empty() {
+    let range_err = || KernelError::Shape("input-sparse Q4_1 operands out of range".into());
+    let Q4Lists { pairs, blocks, partial, bounds } = &mut scratch.q4;
+    let g = inner::gather(x, threshold, w.tiles * CODE_TILE_BYTES, pairs, blocks).ok_or_else(range_err)?;
+    let count = g.count;
+    let blocks = g.blocks();
+    if blocks.is_empty() || w.outputs == 0 {
         out.fill(0.0);
         return Ok(count);
     }
-    let Q4Lists { pairs, blocks, partial } = lists;
-    let op = TileRun::new(w.codes.bytes(), w.dm.bytes(), w.tiles, blocks, pairs)
-        .ok_or_else(|| KernelError::Shape("input-sparse Q4_1 operands out of range".into()))?;
+    let op = TileRun::from_gathered(w.codes.bytes(), w.dm.bytes(), w.tiles, &g).ok_or_else(range_err)?;
     let threads = global().threads();
     let padded = w.tiles * TILE;
-    if threads == 1 || w.tiles >= MIN_TILES_PER_THREAD * threads {
-        // Split over outputs: each task runs every active block over its own tiles.
-        let tasks = w.tiles.div_ceil(MAX_TASK_TILES).max(TASKS_PER_THREAD * threads);
-        let per = w.tiles.div_ceil(tasks).max(MIN_TASK_TILES);
-        let tasks = w.tiles.div_ceil(per);
-        partial.resize(padded, 0.0);
-        let p = Shared(partial.as_mut_ptr());
-        parallel_for(tasks, |t| {
-            let (t0, t1) = (t * per, ((t + 1) * per).min(w.tiles));
-            // SAFETY: task t owns partial[t0 * 64..t1 * 64], inside its `padded` values.
-            let y = unsafe { p.range(t0 * TILE, (t1 - t0) * TILE) };
-            y.fill(0.0);
-            inner::accumulate(&op, t0, y);
-        });
-        out.copy_from_slice(&partial[..w.outputs]);
-    } else {
-        // Few outputs: split over input blocks, balanced by pairs; partial sums per task.
-        let cost = |b: &ActiveBlock| (b.end - b.start) as usize + BLOCK_COST_PAIRS;
-        let total: usize = blocks.iter().map(cost).sum();
-        let tasks = (2 * threads).min(blocks.len());
-        let mut bounds = Vec::with_capacity(tasks + 1);
-        bounds.push(0);
-        let mut acc = 0;
-        for (k, b) in blocks.iter().enumerate() {
-            acc += cost(b);
-            if acc * tasks >= total * bounds.len() && bounds.len() < tasks {
-                bounds.push(k + 1);
+    let npairs = blocks.last().map_or(0, |b| b.end as usize);
+    // Outputs a multiple of 64 are written in place, else through `partial`.
+    let direct = padded == w.outputs;
+    match force.unwrap_or_else(|| choose(w.tiles, npairs, threads)) {
+        Split::Outputs { per } => {
+            let per = per.max(1);
+            let tasks = w.tiles.div_ceil(per);
+            let y: &mut [f32] = if direct {
+                out
+            } else {
+                partial.resize(padded, 0.0);
+                partial
+            };
+            if tasks == 1 {
+                inner::accumulate(&op, 0, y);
+            } else {
+                let p = Shared(y.as_mut_ptr());
+                parallel_for(tasks, |t| {
+                    let (t0, t1) = (t * per, ((t + 1) * per).min(w.tiles));
+                    // SAFETY: task t owns y[t0 * 64..t1 * 64], inside its `padded` values.
+                    inner::accumulate(&op, t0, unsafe { p.range(t0 * TILE, (t1 - t0) * TILE) });
+                });
+            }
+            if !direct {
+                out.copy_from_slice(&partial[..w.outputs]);
             }
         }
-        bounds.push(blocks.len());
-        let tasks = bounds.len() - 1;
-        partial.resize(tasks * padded, 0.0);
-        let p = Shared(partial.as_mut_ptr());
-        parallel_for(tasks, |t| {
-            // SAFETY: task t owns partial[t * padded..(t + 1) * padded].
-            let y = unsafe { p.range(t * padded, padded) };
-            y.fill(0.0);
-            inner::accumulate(&op.with_blocks(bounds[t]..bounds[t + 1]), 0, y);
-        });
-        out.copy_from_slice(&partial[..w.outputs]);
-        for t in 1..tasks {
-            for (o, v) in out.iter_mut().zip(&partial[t * padded..]) {
-                *o += v;
+        Split::Blocks { tasks } => {
+            // Balanced by pairs, each block's scaling counted as BLOCK_COST_PAIRS pairs.
+            let cost = |b: &ActiveBlock| (b.end - b.start) as usize + BLOCK_COST_PAIRS;
+            let total: usize = npairs + BLOCK_COST_PAIRS * blocks.len();
+            let tasks = tasks.clamp(1, blocks.len());
+            bounds.clear();
+            bounds.push(0);
+            let mut acc = 0;
+            for (k, b) in blocks.iter().enumerate() {
+                acc += cost(b);
+                if acc * tasks >= total * bounds.len() && bounds.len() < tasks {
+                    bounds.push(k + 1);
+                }
+            }
+            bounds.push(blocks.len());
+            let tasks = bounds.len() - 1;
+            // Task 0 writes `out` (if direct), task t > 0 its own partial row.
+            let first = if direct { 0 } else { 1 };
+            partial.resize((tasks - 1 + first) * padded, 0.0);
+            let (p, o) = (Shared(partial.as_mut_ptr()), Shared(out.as_mut_ptr()));
+            let bounds = &bounds[..];
+            parallel_for(tasks, |t| {
+                let y = if t == 0 && direct {
+                    // SAFETY: only task 0 writes `out`, which holds `padded` values.
+                    unsafe { o.range(0, padded) }
+                } else {
+                    // SAFETY: task t owns partial row t - 1 + first, inside the resize above.
+                    unsafe { p.range((t - 1 + first) * padded, padded) }
+                };
+                inner::accumulate(&op.with_blocks(bounds[t]..bounds[t + 1]), 0, y);
+            });
+            if !direct {
+                out.copy_from_slice(&partial[..w.outputs]);
+            }
+            for row in partial.chunks_exact(padded).skip(first) {
+                for (o, v) in out.iter_mut().zip(row) {
+                    *o += v;
+                }
             }
         }
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every split, with one scratch reused across shapes, gives the one-task result (the
+    /// same f32 sums per block; only the order of adding partial rows differs).
+    #[test]
+    fn every_split_agrees() {
+        let mut scratch = SparseScratch::default();
+        for &(outputs, inputs) in &[(1536usize, 576usize), (77, 1536), (192, 576), (64, 32), (130, 96)] {
+            let w: Vec<f32> = (0..outputs * inputs).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 997.0).collect();
+            let wt = InputMajorQ4_1::from_row_major(&MatQ4_1::quantize(outputs, inputs, &w).unwrap()).unwrap();
+            let x: Vec<f32> = (0..inputs).map(|i| ((i * 104_729 % 1009) as f32 - 504.0) / 300.0).collect();
+            for t in [0.0, 0.8, 1.6] {
+                let mut want = vec![f32::NAN; outputs];
+                gemv_split(&wt, &x, t, &mut want, &mut scratch, Some(Split::Outputs { per: usize::MAX })).unwrap();
+                let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for split in [
+                    None,
+                    Some(Split::Outputs { per: 1 }),
+                    Some(Split::Outputs { per: 2 }),
+                    Some(Split::Blocks { tasks: 1 }),
+                    Some(Split::Blocks { tasks: 2 }),
+                    Some(Split::Blocks { tasks: 5 }),
+                ] {
+                    let mut got = vec![f32::NAN; outputs];
+                    gemv_split(&wt, &x, t, &mut got, &mut scratch, split).unwrap();
+                    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * scale,
+                            "{outputs}x{inputs} t {t} {split:?} output {j}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

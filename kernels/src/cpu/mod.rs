@@ -14,6 +14,23 @@ pub mod sparse_q4;
 use crate::QK;
 use crate::isa::{Isa, active};
 
+/// Asks the cache to fetch the lines of `data` (a hint: no effect on results, never faults).
+#[inline(always)]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(data);
+        let base = data.as_ptr() as *const i8;
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: `_mm_prefetch` needs only SSE (baseline on x86-64) and never faults;
+            // the address lies inside `data`.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(base.add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 /// Dot product of two f32 slices (over the shorter length, should they differ).
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {

@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActiveBlock, CODE_TILE_BYTES, DM_TILE_BYTES, I16_PAIRS, Pair, TILE, TileRun, push_block};
+use super::{ActiveBlock, CODE_TILE_BYTES, DM_TILE_BYTES, I16_PAIRS, Pair, TILE, TileRun};
 use crate::QK;
 
 /// Σ over `pairs` of code · x in i16, as the four vectors A0..A3 (see `super::position`).
@@ -61,7 +61,7 @@ const PREFETCH_TILES: usize = 16;
 #[inline(always)]
 unsafe fn prefetch(op: &TileRun<'_>, blk: &ActiveBlock, tile: usize) {
     // SAFETY: a prefetch never faults; the addresses are inside the buffers anyway (the
-    // caller's tile is in range, and `TileRun::new` checked the rows and scales).
+    // caller's tile is in range, and the `TileRun` constructors checked the rows and scales).
     unsafe {
         let codes = op.codes.as_ptr().add(tile * CODE_TILE_BYTES);
         for p in op.pairs_of(blk) {
@@ -78,10 +78,14 @@ unsafe fn prefetch(op: &TileRun<'_>, blk: &ActiveBlock, tile: usize) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
     let tiles = y.len() / TILE;
-    // SAFETY: `TileRun::new` checked that every pair's row (tiles * 32 bytes) and every
+    // SAFETY: the `TileRun` constructors checked that every pair's row (tiles * 32 bytes) and every
     // block's scales lie in the buffers; the caller checked t0 + tiles <= op.tiles, so the
     // tile's 32 code bytes and 256 scale bytes are inside, and y has 64 values per tile.
     unsafe {
+        if op.blocks.is_empty() {
+            y.fill(0.0);
+            return;
+        }
         // Blocks ahead to prefetch: about 16 tiles of work, so that few tiles per task still
         // leave an L3 latency or more between a prefetch and its use.
         let ahead = (PREFETCH_TILES / tiles.max(1)).clamp(1, 4);
@@ -117,7 +121,12 @@ pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
                 for (k, vk) in v.iter().enumerate() {
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(dm.add(16 * k) as *const __m128i));
                     let m = _mm256_cvtph_ps(_mm_loadu_si128(dm.add(2 * TILE + 16 * k) as *const __m128i));
-                    let yk = _mm256_fmadd_ps(m, sum, _mm256_loadu_ps(yp.add(8 * k)));
+                    // The first block overwrites `y` (m · sum + 0 is exactly m · sum).
+                    let yk = if bi == 0 {
+                        _mm256_mul_ps(m, sum)
+                    } else {
+                        _mm256_fmadd_ps(m, sum, _mm256_loadu_ps(yp.add(8 * k)))
+                    };
                     let yk = _mm256_fmadd_ps(d, _mm256_mul_ps(_mm256_cvtepi32_ps(*vk), sx), yk);
                     _mm256_storeu_ps(yp.add(8 * k), yk);
                 }
@@ -137,22 +146,117 @@ unsafe fn hmax(v: __m256) -> f32 {
     }
 }
 
+/// Per byte value: the positions (0..8) of its set bits, packed from the low byte up.
+static COMPRESS: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut k, mut at) = (0, 0);
+        while k < 8 {
+            if m & (1 << k) != 0 {
+                t[m] |= (k as u64) << (8 * at);
+                at += 1;
+            }
+            k += 1;
+        }
+        m += 1;
+    }
+    t
+};
+
+/// Writes block `b` (scale `sx`, scaled value sum `sum`) at `blocks[nblk]` and its pairs
+/// from `pairs[np]` on, in vectors: the positions of the `nonzero` bits are compressed
+/// byte by byte through [`COMPRESS`] (an odd last one repeated, its value zeroed), their
+/// values picked from `q8` with `vpshufb`, and four pairs at a time written as whole
+/// structs. Up to 3 pairs past the block's last are written with unused contents; the next
+/// block overwrites them. Returns the new `np`.
+///
+/// # Safety
+/// avx2 is enabled; `pairs` holds at least `np + 16` pairs and `blocks` `nblk + 1`
+/// blocks; `(b * 32 + 31) * row_bytes` fits in u32.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn emit_block(
+    b: usize,
+    q8: __m256i,
+    nonzero: u32,
+    sx: f32,
+    sum: f32,
+    row_bytes: usize,
+    pairs: &mut [Pair],
+    np: usize,
+    blocks: &mut [ActiveBlock],
+    nblk: usize,
+) -> usize {
+    let n = nonzero.count_ones() as usize;
+    let npairs = n.div_ceil(2);
+    // SAFETY: `idx` has room for 4 unaligned 8-byte stores at positions up to 24 and the
+    // two 16-byte loads; the pair stores reach `np + 4 * npairs.div_ceil(4) <= np + 16`.
+    unsafe {
+        let mut idx = [0u8; 48];
+        let mut at = 0;
+        for j in 0..4 {
+            let m = (nonzero >> (8 * j)) as usize & 0xff;
+            let e = COMPRESS[m] + 0x0808_0808_0808_0808 * j as u64;
+            std::ptr::write_unaligned(idx.as_mut_ptr().add(at) as *mut u64, e);
+            at += (m as u32).count_ones() as usize;
+        }
+        if n % 2 == 1 {
+            // The odd last value is paired with its own row (at value 0 below).
+            idx[n] = idx[n - 1];
+        }
+        let base = _mm256_set1_epi32((b * QK * row_bytes) as i32);
+        let row = _mm256_set1_epi32(row_bytes as i32);
+        let (qa, qb) = (_mm256_castsi256_si128(q8), _mm256_extracti128_si256(q8, 1));
+        let iota = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let out = pairs.as_mut_ptr().add(np) as *mut __m256i;
+        for h in 0..npairs.div_ceil(8) {
+            let iv = _mm_loadu_si128(idx.as_ptr().add(16 * h) as *const __m128i);
+            let hi = _mm_cmpgt_epi8(iv, _mm_set1_epi8(15));
+            let v = _mm_blendv_epi8(_mm_shuffle_epi8(qa, iv), _mm_shuffle_epi8(qb, iv), hi);
+            // Values at positions n.. (the odd last one's partner) are 0.
+            let v = _mm_and_si128(v, _mm_cmpgt_epi8(_mm_set1_epi8((n - 16 * h).min(16) as i8), iota));
+            let xs = [_mm_unpacklo_epi16(v, v), _mm_unpackhi_epi16(v, v)];
+            for (g, &xg) in xs.iter().enumerate() {
+                if 8 * h + 4 * g >= npairs {
+                    break;
+                }
+                let o = _mm256_cvtepu8_epi32(if g == 0 { iv } else { _mm_srli_si128(iv, 8) });
+                let off = _mm256_add_epi32(base, _mm256_mullo_epi32(o, row));
+                let x = _mm256_cvtepu32_epi64(xg);
+                let (lo, hi) = (_mm256_unpacklo_epi64(off, x), _mm256_unpackhi_epi64(off, x));
+                let dst = out.add(4 * h + 2 * g);
+                _mm256_storeu_si256(dst, _mm256_permute2x128_si256(lo, hi, 0x20));
+                _mm256_storeu_si256(dst.add(1), _mm256_permute2x128_si256(lo, hi, 0x31));
+            }
+        }
+        let (start, end) = (np as u32, (np + npairs) as u32);
+        blocks.as_mut_ptr().add(nblk).write(ActiveBlock { b: b as u32, start, end, sx, sum });
+    }
+    np + npairs
+}
+
 /// As `super::scalar::gather`, a block of 32 values per step: the mask, absmax and
 /// rounding (truncate, then step away from zero when the exact remainder is >= 0.5) in
-/// vectors, the pairs from the bits of the nonzero values.
+/// vectors, the pairs written by `emit_block`. The caller sized `pairs` and `blocks` for
+/// every block of `x` (16 pairs and one block each), and `x.len() * row_bytes` fits in u32.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn gather(
     x: &[f32],
     threshold: f32,
     row_bytes: usize,
-    pairs: &mut Vec<Pair>,
-    blocks: &mut Vec<ActiveBlock>,
-) -> usize {
-    let mut count = 0;
-    // SAFETY: each block reads its own 32 values of `x` (chunks_exact); stores go to `q`.
+    pairs: &mut [Pair],
+    blocks: &mut [ActiveBlock],
+) -> (usize, usize, usize) {
+    let (mut count, mut np, mut nblk) = (0, 0, 0);
+    // SAFETY: each block reads its own 32 values of `x` (chunks_exact); `emit_block` writes
+    // at most 16 pairs (starting at np <= 16 * blocks so far) and one block per block of
+    // `x`, for which the caller sized the storage, with offsets the caller checked.
     unsafe {
         let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
         let tv = _mm256_set1_ps(threshold);
+        // Undoes the lane interleaving of the two packs below.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (b, xb) in x.chunks_exact(QK).enumerate() {
             let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(xb.as_ptr().add(8 * k)));
             let mut m = [_mm256_setzero_ps(); 4];
@@ -170,9 +274,8 @@ pub unsafe fn gather(
             count += act.count_ones() as usize;
             let sx = hmax(amax) / 127.0;
             let inv = _mm256_set1_ps(if sx > 0.0 { 1.0 / sx } else { 0.0 });
-            let mut q = [0i32; QK];
-            let mut nonzero = 0u32;
             let one = _mm256_set1_ps(1.0);
+            let mut qi = [_mm256_setzero_si256(); 4];
             for k in 0..4 {
                 let y = _mm256_mul_ps(v[k], inv);
                 let t = _mm256_round_ps(y, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
@@ -183,13 +286,28 @@ pub unsafe fn gather(
                 let r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-127.0)), _mm256_set1_ps(127.0));
                 // Inactive channels and NaN (which the clamp above would not keep) give 0.
                 let keep = _mm256_and_ps(m[k], _mm256_cmp_ps(y, y, _CMP_ORD_Q));
-                let qi = _mm256_and_si256(_mm256_cvttps_epi32(r), _mm256_castps_si256(keep));
-                _mm256_storeu_si256(q.as_mut_ptr().add(8 * k) as *mut __m256i, qi);
-                let zero = _mm256_cmpeq_epi32(qi, _mm256_setzero_si256());
-                nonzero |= (!_mm256_movemask_ps(_mm256_castsi256_ps(zero)) as u32 & 0xff) << (8 * k);
+                qi[k] = _mm256_and_si256(_mm256_cvttps_epi32(r), _mm256_castps_si256(keep));
             }
-            push_block(b, &q, nonzero, sx, row_bytes, pairs, blocks);
+            // |q| <= 127: the saturating packs are exact.
+            let q16 = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+            let q8 = _mm256_permutevar8x32_epi32(q16, order);
+            let zero = _mm256_cmpeq_epi8(q8, _mm256_setzero_si256());
+            let nonzero = !(_mm256_movemask_epi8(zero) as u32);
+            let qsum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
+            np = emit_block(b, q8, nonzero, sx, qsum as f32 * sx, row_bytes, pairs, np, blocks, nblk);
+            nblk += 1;
         }
     }
-    count
+    (count, np, nblk)
+}
+
+/// Sum of 8 i32 lanes.
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    // SAFETY: register-only intrinsics; the caller enabled avx2.
+    unsafe {
+        let h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let h = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+        _mm_cvtsi128_si32(_mm_add_epi32(h, _mm_shuffle_epi32(h, 1)))
+    }
 }

@@ -40,19 +40,21 @@ pub const fn position(o: usize) -> (usize, u32) {
 
 /// Two active inputs of one block: byte offsets of their code rows and their int8 values,
 /// as bytes `[x1, x2, x1, x2]` (one i16 pair of `vpmaddubsw` operands, twice). An odd last
-/// input is paired with itself at value 0.
+/// input is paired with itself at value 0. 16 bytes (`pad` is 0), so that the AVX2 gather
+/// writes two per 32-byte store.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C)]
+#[repr(C, align(16))]
 pub struct Pair {
     pub off: [u32; 2],
     pub x: i32,
+    pub pad: u32,
 }
 
 impl Pair {
     /// The pair of rows at byte offsets `off` with int8 values `x1`, `x2`.
     pub fn new(off: [u32; 2], x1: i8, x2: i8) -> Self {
         let w = x1 as u8 as u32 | (x2 as u8 as u32) << 8;
-        Self { off, x: (w | w << 16) as i32 }
+        Self { off, x: (w | w << 16) as i32, pad: 0 }
     }
     /// The two int8 values.
     pub fn values(&self) -> [i8; 2] {
@@ -71,6 +73,26 @@ pub struct ActiveBlock {
     pub sum: f32,
 }
 
+/// What [`gather`] found in one input vector: its active blocks and their pairs. Every
+/// pair's rows start below `inputs * row_bytes` at multiples of `row_bytes`, every block's
+/// index is below `inputs / 32` and its pairs `start..end` lie in `pairs`, so that
+/// [`TileRun::from_gathered`] checks the operands in constant time.
+pub struct Gathered<'a> {
+    pairs: &'a [Pair],
+    blocks: &'a [ActiveBlock],
+    inputs: usize,
+    row_bytes: usize,
+    /// Active input channels (|x| above the threshold).
+    pub count: usize,
+}
+
+impl<'a> Gathered<'a> {
+    /// The active blocks, in input order.
+    pub fn blocks(&self) -> &'a [ActiveBlock] {
+        self.blocks
+    }
+}
+
 /// Operands of one product, checked once so that the loops index without bounds checks.
 pub struct TileRun<'a> {
     codes: &'a [u8],
@@ -83,6 +105,7 @@ pub struct TileRun<'a> {
 impl<'a> TileRun<'a> {
     /// `codes`: rows of `tiles * 32` bytes; `dm`: [`DM_TILE_BYTES`] per tile and block.
     /// `None` unless every pair's row and every block's scales lie inside the buffers.
+    #[cfg(test)]
     pub fn new(
         codes: &'a [u8],
         dm: &'a [u8],
@@ -98,6 +121,14 @@ impl<'a> TileRun<'a> {
                 && (b.b as usize + 1).checked_mul(tiles * DM_TILE_BYTES).is_some_and(|e| e <= dm.len())
         });
         (rows_ok && blocks_ok).then_some(Self { codes, dm, tiles, blocks, pairs })
+    }
+    /// As `new` for the output of [`gather`] (whose bounds make the check O(1)): `None`
+    /// unless its rows are `tiles * 32` bytes and its rows and blocks fit the buffers.
+    pub fn from_gathered(codes: &'a [u8], dm: &'a [u8], tiles: usize, g: &Gathered<'a>) -> Option<Self> {
+        let row_ok = tiles.checked_mul(CODE_TILE_BYTES) == Some(g.row_bytes);
+        let codes_ok = g.inputs.checked_mul(g.row_bytes).is_some_and(|n| n <= codes.len());
+        let dm_ok = (g.inputs / QK).checked_mul(tiles * DM_TILE_BYTES).is_some_and(|n| n <= dm.len());
+        (row_ok && codes_ok && dm_ok).then_some(Self { codes, dm, tiles, blocks: g.blocks, pairs: g.pairs })
     }
     /// The pairs of block `blk`.
     fn pairs_of(&self, blk: &ActiveBlock) -> &'a [Pair] {
@@ -120,13 +151,15 @@ impl Clone for TileRun<'_> {
 }
 impl Copy for TileRun<'_> {}
 
-/// `y[64 t + o] += Σ_blocks (d · sx · Σ_pairs code · x + m · sum)` for tiles `t0..t0 + y.len() / 64`.
+/// `y[64 t + o] = Σ_blocks (d · sx · Σ_pairs code · x + m · sum)` for tiles `t0..t0 + y.len() / 64`
+/// (overwritten, so `y` needs no zeroing; zero without blocks).
 pub fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
     assert!(y.len().is_multiple_of(TILE) && t0 + y.len() / TILE <= op.tiles, "tile range out of bounds");
     match active() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `active()` returns Avx2 only when the CPU reports avx2, fma and f16c;
-        // `TileRun::new` checked every row and scale offset, and the assert above the tiles.
+        // `TileRun::new` or `from_gathered` checked every row and scale offset (the latter by
+        // `gather`'s bounds), and the assert above the tiles.
         Isa::Avx2 => unsafe { avx2::accumulate(op, t0, y) },
         _ => scalar::accumulate(op, t0, y),
     }
@@ -134,57 +167,84 @@ pub fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
 
 /// Masks and quantizes `x` block by block exactly as `ActsQ8::quantize_from` does on the
 /// masked vector (`sx = absmax / 127`, `round(x / sx)` half away from zero, clamped to ±127),
-/// and appends each block with an active channel to `blocks` and its nonzero values, two at
-/// a time, to `pairs` (rows at `i * row_bytes`; values that round to 0 add nothing and are
-/// left out). `x.len()` is a multiple of 32. Returns how many channels are active.
-pub fn gather(
+/// and lists each block with an active channel and its nonzero values, two at a time (rows
+/// at `i * row_bytes`; values that round to 0 add nothing and are left out). `pairs` and
+/// `blocks` are only storage, grown to the most a vector can need and then reused (written
+/// in place, no per-value push). `x.len()` is a multiple of 32. `None` if the row offsets
+/// would not fit in u32.
+pub fn gather<'a>(
     x: &[f32],
     threshold: f32,
     row_bytes: usize,
-    pairs: &mut Vec<Pair>,
-    blocks: &mut Vec<ActiveBlock>,
-) -> usize {
-    pairs.clear();
-    blocks.clear();
-    pairs.reserve(x.len() / 2 + x.len() / QK);
-    blocks.reserve(x.len() / QK);
-    match active() {
+    pairs: &'a mut Vec<Pair>,
+    blocks: &'a mut Vec<ActiveBlock>,
+) -> Option<Gathered<'a>> {
+    x.len().checked_mul(row_bytes).filter(|&n| n <= u32::MAX as usize)?;
+    let nb = x.len() / QK;
+    // At most 16 pairs per block.
+    if pairs.len() < nb * QK / 2 {
+        pairs.resize(nb * QK / 2, Pair::default());
+    }
+    if blocks.len() < nb {
+        blocks.resize(nb, ActiveBlock::default());
+    }
+    let (count, np, nblk) = match active() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `active()` returns Avx2 only when the CPU reports avx2, fma and f16c.
+        // SAFETY: `active()` returns Avx2 only when the CPU reports avx2, fma and f16c;
+        // `pairs` and `blocks` were sized above for every block of `x`, and the offsets
+        // fit in u32.
         Isa::Avx2 => unsafe { avx2::gather(x, threshold, row_bytes, pairs, blocks) },
         _ => scalar::gather(x, threshold, row_bytes, pairs, blocks),
-    }
+    };
+    let g = Gathered { pairs: &pairs[..np], blocks: &blocks[..nblk], inputs: x.len(), row_bytes, count };
+    Some(g)
 }
 
-/// Appends block `b` (scale `sx`): pairs of the values `q` at the set bits of `nonzero`.
+/// Writes block `b` (scale `sx`) at `blocks[nblk]` and the pairs of the values `q` at
+/// the set bits of `nonzero` from `pairs[np]` on; returns the new `np`. Bit by bit with
+/// `tzcnt`, the pair count known up front (an odd last value is paired with itself at 0).
+///
+/// # Safety
+/// `pairs` has room for `np + nonzero.count_ones().div_ceil(2)` pairs and `blocks` for
+/// `nblk + 1` blocks; `(b * 32 + 31) * row_bytes` fits in u32.
 #[inline(always)]
-fn push_block(
+#[allow(clippy::too_many_arguments)]
+unsafe fn emit_block(
     b: usize,
-    q: &[i32; QK],
+    q: &[i8; QK],
     nonzero: u32,
     sx: f32,
     row_bytes: usize,
-    pairs: &mut Vec<Pair>,
-    blocks: &mut Vec<ActiveBlock>,
-) {
-    let start = pairs.len() as u32;
+    pairs: &mut [Pair],
+    np: usize,
+    blocks: &mut [ActiveBlock],
+    nblk: usize,
+) -> usize {
+    let (base, row) = ((b * QK * row_bytes) as u32, row_bytes as u32);
+    let n = nonzero.count_ones() as usize;
     let (mut bits, mut qsum) = (nonzero, 0i32);
-    let off = |k: u32| ((b * QK + k as usize) * row_bytes) as u32;
-    while bits != 0 {
-        let k0 = bits.trailing_zeros();
-        bits &= bits - 1;
-        qsum += q[k0 as usize];
-        if bits == 0 {
-            pairs.push(Pair::new([off(k0); 2], q[k0 as usize] as i8, 0));
-            break;
+    // SAFETY: the caller guarantees room for the n.div_ceil(2) pairs and the block.
+    unsafe {
+        let out = pairs.as_mut_ptr().add(np);
+        for k in 0..n / 2 {
+            let k0 = bits.trailing_zeros();
+            bits &= bits - 1;
+            let k1 = bits.trailing_zeros();
+            bits &= bits - 1;
+            let (q0, q1) = (q[k0 as usize & 31], q[k1 as usize & 31]);
+            qsum += q0 as i32 + q1 as i32;
+            out.add(k).write(Pair::new([base + k0 * row, base + k1 * row], q0, q1));
         }
-        let k1 = bits.trailing_zeros();
-        bits &= bits - 1;
-        qsum += q[k1 as usize];
-        pairs.push(Pair::new([off(k0), off(k1)], q[k0 as usize] as i8, q[k1 as usize] as i8));
+        if n % 2 == 1 {
+            let k0 = bits.trailing_zeros();
+            let q0 = q[k0 as usize & 31];
+            qsum += q0 as i32;
+            out.add(n / 2).write(Pair::new([base + k0 * row; 2], q0, 0));
+        }
+        let (start, end) = (np as u32, (np + n.div_ceil(2)) as u32);
+        blocks.as_mut_ptr().add(nblk).write(ActiveBlock { b: b as u32, start, end, sx, sum: qsum as f32 * sx });
     }
-    let end = pairs.len() as u32;
-    blocks.push(ActiveBlock { b: b as u32, start, end, sx, sum: qsum as f32 * sx });
+    np + n.div_ceil(2)
 }
 
 #[cfg(test)]
@@ -245,11 +305,16 @@ mod tests {
         x[64..96].fill(0.0);
         x[200..232].iter_mut().enumerate().for_each(|(k, v)| *v = if k == 7 { -2.0 } else { 0.001 });
         for t in [0.0, 0.5, 2.0, 4.9, 10.0] {
-            let (mut p1, mut b1, mut p2, mut b2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let n1 = scalar::gather(&x, t, 96, &mut p1, &mut b1);
-            let n2 = gather(&x, t, 96, &mut p2, &mut b2);
-            assert_eq!(n1, n2);
-            assert_eq!(format!("{p1:?} {b1:?}"), format!("{p2:?} {b2:?}"), "threshold {t}");
+            let (mut p1, mut b1, mut p2, mut b2) =
+                (vec![Pair::default(); 160], vec![ActiveBlock::default(); 10], Vec::new(), Vec::new());
+            let (n1, np1, nb1) = scalar::gather(&x, t, 96, &mut p1, &mut b1);
+            let g = gather(&x, t, 96, &mut p2, &mut b2).expect("offsets fit");
+            assert_eq!(n1, g.count);
+            assert_eq!(
+                format!("{:?} {:?}", &p1[..np1], &b1[..nb1]),
+                format!("{:?} {:?}", g.pairs, g.blocks),
+                "threshold {t}"
+            );
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use half::f16;
 
-use super::{ActiveBlock, CODE_TILE_BYTES, Pair, TILE, TileRun, position, push_block};
+use super::{ActiveBlock, CODE_TILE_BYTES, Pair, TILE, TileRun, emit_block, position};
 use crate::QK;
 
 /// f16 number `k` of `bytes` (little-endian bits).
@@ -12,6 +12,7 @@ fn f16_at(bytes: &[u8], k: usize) -> f32 {
 
 pub fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
     let pos: [(usize, u32); TILE] = std::array::from_fn(position);
+    y.fill(0.0);
     for blk in op.blocks {
         let pairs = op.pairs_of(blk);
         for (t, yt) in y.chunks_exact_mut(TILE).enumerate() {
@@ -49,14 +50,19 @@ fn round_away(y: f32) -> f32 {
     }
 }
 
+/// As `super::gather` into storage sized for every block of `x` (16 pairs and one block
+/// each; panics otherwise); returns (active channels, pairs, blocks) written.
 pub fn gather(
     x: &[f32],
     threshold: f32,
     row_bytes: usize,
-    pairs: &mut Vec<Pair>,
-    blocks: &mut Vec<ActiveBlock>,
-) -> usize {
-    let mut count = 0;
+    pairs: &mut [Pair],
+    blocks: &mut [ActiveBlock],
+) -> (usize, usize, usize) {
+    let nb = x.len() / QK;
+    assert!(pairs.len() >= nb * QK / 2 && blocks.len() >= nb, "gather storage too small");
+    assert!(x.len().checked_mul(row_bytes).is_some_and(|n| n <= u32::MAX as usize), "row offsets exceed u32");
+    let (mut count, mut np, mut nblk) = (0, 0, 0);
     for (b, xb) in x.chunks_exact(QK).enumerate() {
         let mut act = 0u32;
         let mut amax = 0f32;
@@ -73,15 +79,18 @@ pub fn gather(
         count += act.count_ones() as usize;
         let sx = amax / 127.0;
         let inv = if sx > 0.0 { 1.0 / sx } else { 0.0 };
-        let mut q = [0i32; QK];
+        let mut q = [0i8; QK];
         let mut nonzero = 0u32;
         for (k, &v) in xb.iter().enumerate() {
             if act & (1 << k) != 0 {
-                q[k] = round_away(v * inv).clamp(-127.0, 127.0) as i32;
+                q[k] = round_away(v * inv).clamp(-127.0, 127.0) as i8;
                 nonzero |= ((q[k] != 0) as u32) << k;
             }
         }
-        push_block(b, &q, nonzero, sx, row_bytes, pairs, blocks);
+        // SAFETY: at most 16 pairs and one block per block of `x`, for which the storage was
+        // checked above, as were the offsets.
+        np = unsafe { emit_block(b, &q, nonzero, sx, row_bytes, pairs, np, blocks, nblk) };
+        nblk += 1;
     }
-    count
+    (count, np, nblk)
 }
