@@ -1,13 +1,13 @@
 //! Decode (one position) with sparse kernels: the rows of weights a method drops are never
 //! read. TEAL runs every projection input-sparse over input-major copies of the weights
-//! (the |x| > t mask is taken inside the kernel); CATS computes the gate densely, then only
-//! the up rows of the neurons it keeps (output-sparse) and the down columns of those neurons
-//! (input-sparse). Numerically this is the accuracy path of [`crate::model`] on the same
+//! (the |x| > t mask is taken inside the kernel); CATS computes every gate row and, in the same
+//! pass, only the up rows of the neurons it keeps (output-sparse), then the down columns of
+//! those neurons (input-sparse). Numerically this is the accuracy path of [`crate::model`] on the same
 //! plan: masked inputs are quantized per block exactly as the dense kernels quantize them.
 
 use std::sync::OnceLock;
 
-use sieve_kernels::sparse::{InputMajorF32, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, gemv_rows};
+use sieve_kernels::sparse::{InputMajorF32, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, swiglu_gated};
 use sieve_kernels::sparse_q4::{InputMajorQ4_1, gemv_input_sparse_q4_1};
 use sieve_kernels::{ActsQ8, MatF32, ops};
 
@@ -106,8 +106,6 @@ impl SparseWeights {
 pub(crate) struct DecodeScratch {
     kernel: SparseScratch,
     qa: ActsQ8,
-    rows: Vec<u32>,
-    up_rows: Vec<f32>,
 }
 
 /// Whether [`attention_projections`] and [`mlp`] handle `method` (CETT needs the dense MLP).
@@ -194,31 +192,18 @@ pub(crate) fn mlp(
 ) -> Result<()> {
     match method {
         Method::Cats => {
-            dense(&w.w_gate, x, gate, &mut scratch.qa)?;
-            scratch.rows.clear();
-            for (i, g) in gate.iter_mut().enumerate() {
-                *g = ops::silu(*g);
-                if g.abs() > lp.gate_act {
-                    scratch.rows.push(i as u32);
-                }
-            }
-            let kept = scratch.rows.len();
-            scratch.up_rows.resize(kept, 0.0);
-            // `qa` still holds x quantized for the gate: the up rows read the same input.
-            let (up, vector) = match &w.w_up {
-                Linear::F32(m) => (RowMajor::F32(m), Vector::F32(x)),
-                Linear::Q8(m) => (RowMajor::Q8(m), Vector::Q8(&scratch.qa)),
-                Linear::Q4(m) => (RowMajor::Q4(m), Vector::Q8(&scratch.qa)),
+            scratch.qa.quantize_from(x, 1, x.len())?;
+            let (gate_w, up_w, vector) = match (&w.w_gate, &w.w_up) {
+                (Linear::F32(g), Linear::F32(u)) => (RowMajor::F32(g), RowMajor::F32(u), Vector::F32(x)),
+                (Linear::Q4(g), Linear::Q4(u)) => (RowMajor::Q4(g), RowMajor::Q4(u), Vector::Q8(&scratch.qa)),
+                (Linear::Q8(g), Linear::Q8(u)) => (RowMajor::Q8(g), RowMajor::Q8(u), Vector::Q8(&scratch.qa)),
+                _ => return Err(EngineError::InvalidInput("gate and up are stored in different precisions".into())),
             };
-            gemv_rows(&up, &vector, &scratch.rows, &mut scratch.up_rows)?;
-            h.fill(0.0);
-            for (&r, u) in scratch.rows.iter().zip(&scratch.up_rows) {
-                h[r as usize] = gate[r as usize] * u;
-            }
+            let kept = swiglu_gated(&gate_w, &up_w, &vector, lp.gate_act, h)?;
             // Dropped neurons are exact zeros, so threshold 0 skips exactly their columns.
             sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
             if let Some(s) = stats.as_mut() {
-                let f = gate.len();
+                let f = h.len();
                 s.add(l, Proj::Gate, 0, f);
                 s.add(l, Proj::Up, f - kept, f);
                 s.add(l, Proj::Down, f - kept, f);

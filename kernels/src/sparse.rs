@@ -399,3 +399,61 @@ pub fn swiglu_rows(
     );
     Ok(())
 }
+
+/// Neurons a task of [`swiglu_gated`] decides before reading their up rows.
+const GATED_GROUP: usize = 16;
+
+/// CATS's MLP front half in one pass: for every neuron the gate product g = Wg[i]·x, and where
+/// |silu(g)| > `threshold` also the up product, `h[i] = silu(g) * (Wu[i]·x)`; elsewhere
+/// `h[i] = 0` and the up row is never read. A task decides a group of neurons, starts fetching
+/// the up rows it keeps, then computes them, so gate values never leave the core that made
+/// them. Returns how many neurons were kept.
+pub fn swiglu_gated(
+    gate: &RowMajor<'_>,
+    up: &RowMajor<'_>,
+    x: &Vector<'_>,
+    threshold: f32,
+    h: &mut [f32],
+) -> Result<usize, KernelError> {
+    check_threshold(threshold)?;
+    check_rows(gate, x, &[], 0)?;
+    check_rows(up, x, &[], 0)?;
+    if gate.rows() != h.len() || up.rows() != h.len() {
+        return Err(KernelError::Shape(format!(
+            "gate ({}) and up ({}) rows must both equal the output length {}",
+            gate.rows(),
+            up.rows(),
+            h.len()
+        )));
+    }
+    let n = h.len();
+    let per = n.div_ceil(4 * global().threads()).max(GATED_GROUP).next_multiple_of(GATED_GROUP);
+    let tasks = n.div_ceil(per);
+    let kept = std::sync::atomic::AtomicUsize::new(0);
+    let o = Shared(h.as_mut_ptr());
+    parallel_for(tasks, |t| {
+        let k0 = t * per;
+        let len = per.min(n - k0);
+        // SAFETY: task t owns h[k0..k0 + len], inside `h`.
+        let y = unsafe { o.range(k0, len) };
+        let mut count = 0;
+        for (g0, group) in y.chunks_mut(GATED_GROUP).enumerate() {
+            let base = k0 + g0 * GATED_GROUP;
+            for (i, v) in group.iter_mut().enumerate() {
+                let a = crate::ops::silu(gate.dot(base + i, x));
+                *v = if a.abs() > threshold { a } else { 0.0 };
+                if *v != 0.0 {
+                    up.prefetch(base + i);
+                }
+            }
+            for (i, v) in group.iter_mut().enumerate() {
+                if *v != 0.0 {
+                    *v *= up.dot(base + i, x);
+                    count += 1;
+                }
+            }
+        }
+        kept.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+    });
+    Ok(kept.into_inner())
+}

@@ -51,10 +51,12 @@ proptest! {
         let max = x.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
         let z: f64 = x.iter().map(|&v| (v as f64 - max).exp()).sum();
         let total: f64 = y.iter().map(|&v| v as f64).sum();
-        prop_assert!((total - 1.0).abs() < 1e-5);
+        prop_assert!((total - 1.0).abs() < 2e-5);
         for (i, &v) in y.iter().enumerate() {
             prop_assert!(v >= 0.0);
-            prop_assert!((v as f64 - (x[i] as f64 - max).exp() / z).abs() < 1e-6, "{} {}", i, v);
+            // f32 sums of a few hundred terms carry a relative error of up to ~1e-5.
+            let want = (x[i] as f64 - max).exp() / z;
+            prop_assert!((v as f64 - want).abs() < 1e-7 + 2e-5 * want, "{} {} vs {}", i, v, want);
         }
     }
 

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use sieve_kernels::sparse::{
     InputMajorF32, InputMajorQ8, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, gemv_input_sparse_q8,
-    gemv_rows, swiglu_rows,
+    gemv_rows, swiglu_gated, swiglu_rows,
 };
 use sieve_kernels::{ActsQ8, InputMajorQ4_1, MatF32, MatQ4_1, MatQ8, gemv_input_sparse_q4_1};
 
@@ -108,6 +108,23 @@ proptest! {
                 let want = dense[r as usize];
                 prop_assert!((out[k] - want).abs() <= 1e-4 * (1.0 + want.abs()), "row {}: {} vs {}", r, out[k], want);
             }
+            // CATS's gated SwiGLU (gate = up = W here): kept where |silu(g)| > t, else 0.
+            let t = 0.05 + (seed % 7) as f32 * 0.1;
+            let mut gated = vec![f32::NAN; rows];
+            let kept = swiglu_gated(&weights, &weights, &vector, t, &mut gated).unwrap();
+            let mut want_kept = 0;
+            for (r, &g) in dense.iter().enumerate() {
+                let a = g / (1.0 + (-g).exp());
+                // Within rounding of the threshold either decision is right.
+                if (a.abs() - t).abs() < 1e-4 * (1.0 + t) {
+                    want_kept += usize::from(gated[r] != 0.0);
+                    continue;
+                }
+                let want = if a.abs() > t { a * g } else { 0.0 };
+                want_kept += usize::from(a.abs() > t);
+                prop_assert!((gated[r] - want).abs() <= 1e-3 * (1.0 + want.abs()), "gated row {}: {} vs {}", r, gated[r], want);
+            }
+            prop_assert_eq!(kept, want_kept);
             let mut h = vec![0f32; list.len()];
             swiglu_rows(&weights, &weights, &vector, &list, &mut h).unwrap();
             for (k, &r) in list.iter().enumerate() {
