@@ -35,20 +35,6 @@ pub fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
     }
 }
 
-/// `y.round()` (half away from zero) for |y| < 2^31 and NaN (to 0, as `round` then `as i8`
-/// does), without the libm call `f32::round` is on baseline x86-64: the truncation is
-/// exact, and so is `y - t`.
-fn round_away(y: f32) -> f32 {
-    let t = y as i32 as f32;
-    let f = y - t;
-    if f >= 0.5 {
-        t + 1.0
-    } else if f <= -0.5 {
-        t - 1.0
-    } else {
-        t
-    }
-}
 
 /// As `super::gather` into storage sized for every block of `x` (16 pairs and one block
 /// each; panics otherwise); returns (active channels, pairs, blocks) written.
@@ -83,7 +69,7 @@ pub fn gather(
         let mut nonzero = 0u32;
         for (k, &v) in xb.iter().enumerate() {
             if act & (1 << k) != 0 {
-                q[k] = round_away(v * inv).clamp(-127.0, 127.0) as i8;
+                q[k] = crate::quant::round_away(v * inv).clamp(-127.0, 127.0) as i8;
                 nonzero |= ((q[k] != 0) as u32) << k;
             }
         }
