@@ -35,7 +35,6 @@ pub fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
     }
 }
 
-
 /// As `super::gather` into storage sized for every block of `x` (16 pairs and one block
 /// each; panics otherwise); returns (active channels, pairs, blocks) written.
 pub fn gather(
