@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::profile::Profile;
-use crate::sparsity::{Method, Proj, check_target};
+use crate::sparsity::{Method, Proj, check_target, rank_by_importance};
 
 /// The reference masks a method is compared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -123,14 +123,8 @@ impl MaskAudit {
         }
         let (teal_t, cats_t) = (self.teal_t[layer], self.cats_t[layer]);
         for ((mh, a), hh) in method_h.chunks_exact(width).zip(act.chunks_exact(width)).zip(h.chunks_exact(width)) {
-            // CETT: the top `keep` neurons by importance.
-            self.order.clear();
-            self.order.extend(0..width as u32);
-            let score = |i: u32| hh[i as usize].abs() * norms[i as usize];
             let keep = self.cett_keep.min(width);
-            if keep > 0 && keep < width {
-                self.order.select_nth_unstable_by(keep - 1, |&x, &y| score(y).total_cmp(&score(x)));
-            }
+            rank_by_importance(hh, norms, keep, &mut self.order);
             self.kept.clear();
             self.kept.resize(width, false);
             for &i in &self.order[..keep] {

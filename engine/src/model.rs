@@ -186,8 +186,9 @@ impl Model {
         let sw = &self.sparse;
         let t0 = hooks.timing.is_some().then(Instant::now);
         ops::rms_norm(x, &w.attn_norm, cfg.rms_eps, &mut s.normed);
-        let outs = [&mut s.q[..], &mut s.k[..], &mut s.v[..]];
-        sparse_decode::attention_projections(sw, l, w, method, lp, &s.normed, outs, &mut s.decode, &mut hooks.stats)?;
+        for (p, out) in [(Proj::Q, &mut s.q), (Proj::K, &mut s.k), (Proj::V, &mut s.v)] {
+            sparse_decode::project(sw, l, w, method, lp, p, &s.normed, out, &mut s.decode, &mut hooks.stats)?;
+        }
         let p0 = cache.len();
         self.rope.apply(&mut s.q, p0);
         self.rope.apply(&mut s.k, p0);

@@ -13,7 +13,7 @@ use sieve_kernels::{ActsQ8, MatF32, ops};
 
 use crate::error::{EngineError, Result};
 use crate::sparsity::{LayerPlan, Method, Proj, SparsityStats};
-use crate::weights::{LayerWeights, Linear};
+use crate::weights::{LayerWeights, Linear, Prepared};
 
 /// A projection stored input-major for the input-sparse GEMV.
 enum InputMajor {
@@ -108,28 +108,9 @@ pub(crate) struct DecodeScratch {
     qa: ActsQ8,
 }
 
-/// Whether [`attention_projections`] and [`mlp`] handle `method` (CETT needs the dense MLP).
+/// Whether [`project`] and [`mlp`] handle `method` (CETT needs the dense MLP).
 pub(crate) fn supports(method: Method) -> bool {
     matches!(method, Method::Teal | Method::TealUniform | Method::Cats)
-}
-
-/// q, k, v of one position: input-sparse under TEAL, dense otherwise.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_projections(
-    sw: &SparseWeights,
-    l: usize,
-    w: &LayerWeights,
-    method: Method,
-    lp: &LayerPlan,
-    x: &[f32],
-    outs: [&mut [f32]; 3],
-    scratch: &mut DecodeScratch,
-    stats: &mut Option<&mut SparsityStats>,
-) -> Result<()> {
-    for (p, out) in [Proj::Q, Proj::K, Proj::V].into_iter().zip(outs) {
-        project(sw, l, w, method, lp, p, x, out, scratch, stats)?;
-    }
-    Ok(())
 }
 
 /// `out = W_p x` for one position, input-sparse under TEAL, dense otherwise.
@@ -159,19 +140,17 @@ pub(crate) fn project(
     Ok(())
 }
 
+/// `out = W x` for one position by the dense kernels (quantizing `x` into `qa` first on the
+/// fast path).
 fn dense(w: &Linear, x: &[f32], out: &mut [f32], qa: &mut ActsQ8) -> Result<()> {
-    match w {
-        Linear::F32(m) => sieve_kernels::matmul_f32(m, x, 1, out)?,
-        Linear::Q8(m) => {
+    let prepared = match w {
+        Linear::F32(_) => Prepared::F32 { x, n: 1 },
+        Linear::Q8(_) | Linear::Q4(_) => {
             qa.quantize_from(x, 1, x.len())?;
-            sieve_kernels::matmul_q8(m, qa, out)?
+            Prepared::Q8(qa)
         }
-        Linear::Q4(m) => {
-            qa.quantize_from(x, 1, x.len())?;
-            sieve_kernels::matmul_q4_1(m, qa, out)?
-        }
-    }
-    Ok(())
+    };
+    w.forward(&prepared, out)
 }
 
 /// The MLP of one position: `out = Wd h`, reading only the weights the method keeps.

@@ -234,6 +234,17 @@ pub(crate) fn zero_below(x: &mut [f32], t: f32) -> usize {
     n
 }
 
+/// Fills `idx` with every index of `row` such that `idx[..keep]` are the `keep` entries of
+/// largest |row_i|·norms_i (CETT's importance), in no particular order.
+pub(crate) fn rank_by_importance(row: &[f32], norms: &[f32], keep: usize, idx: &mut Vec<u32>) {
+    idx.clear();
+    idx.extend(0..row.len() as u32);
+    let score = |i: u32| row[i as usize].abs() * norms[i as usize];
+    if keep > 0 && keep < row.len() {
+        idx.select_nth_unstable_by(keep - 1, |&a, &b| score(b).total_cmp(&score(a)));
+    }
+}
+
 /// Keeps the `keep` entries of each `width`-row with the largest |x_i|·norms_i, zeroes the
 /// rest; returns how many it zeroed.
 pub(crate) fn keep_top_importance(
@@ -248,12 +259,7 @@ pub(crate) fn keep_top_importance(
     }
     let mut zeroed = 0;
     for row in x.chunks_exact_mut(width) {
-        idx.clear();
-        idx.extend(0..width as u32);
-        let score = |i: u32| row[i as usize].abs() * norms[i as usize];
-        if keep > 0 {
-            idx.select_nth_unstable_by(keep - 1, |&a, &b| score(b).total_cmp(&score(a)));
-        }
+        rank_by_importance(row, norms, keep, idx);
         for &i in &idx[keep..] {
             row[i as usize] = 0.0;
         }
