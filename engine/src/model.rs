@@ -186,9 +186,8 @@ impl Model {
         let sw = &self.sparse;
         let t0 = hooks.timing.is_some().then(Instant::now);
         ops::rms_norm(x, &w.attn_norm, cfg.rms_eps, &mut s.normed);
-        for (p, out) in [(Proj::Q, &mut s.q), (Proj::K, &mut s.k), (Proj::V, &mut s.v)] {
-            sparse_decode::project(sw, l, w, method, lp, p, &s.normed, out, &mut s.decode, &mut hooks.stats)?;
-        }
+        let mut qkv = [(Proj::Q, &mut s.q[..]), (Proj::K, &mut s.k[..]), (Proj::V, &mut s.v[..])];
+        sparse_decode::project_all(sw, l, w, method, lp, &s.normed, &mut qkv, &mut s.decode, &mut hooks.stats)?;
         let p0 = cache.len();
         self.rope.apply(&mut s.q, p0);
         self.rope.apply(&mut s.k, p0);
@@ -250,7 +249,7 @@ impl Model {
         if hooks.is_empty() {
             ops::silu_mul(&mut s.gate, &s.up);
         } else {
-            s.gate.iter_mut().for_each(|g| *g = ops::silu(*g));
+            ops::silu_in_place(&mut s.gate);
             hooks.observe(l, Tap::GateAct, &s.gate);
             let dropped = hooks.drop_neurons_by_gate(l, &mut s.gate);
             s.gate.iter_mut().zip(&s.up).for_each(|(g, u)| *g *= u);

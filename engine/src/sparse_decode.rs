@@ -127,30 +127,48 @@ pub(crate) fn project(
     scratch: &mut DecodeScratch,
     stats: &mut Option<&mut SparsityStats>,
 ) -> Result<()> {
-    let t = lp.proj[p.index()];
-    let active = if matches!(method, Method::Teal | Method::TealUniform) && t > 0.0 {
-        sw.get(l, p, w)?.gemv(x, t, out, &mut scratch.kernel)?
-    } else {
-        dense(w.proj(p), x, out, &mut scratch.qa)?;
-        x.len()
-    };
-    if let Some(s) = stats.as_mut() {
-        s.add(l, p, x.len() - active, x.len());
-    }
-    Ok(())
+    project_all(sw, l, w, method, lp, x, &mut [(p, out)], scratch, stats)
 }
 
-/// `out = W x` for one position by the dense kernels (quantizing `x` into `qa` first on the
-/// fast path).
-fn dense(w: &Linear, x: &[f32], out: &mut [f32], qa: &mut ActsQ8) -> Result<()> {
-    let prepared = match w {
-        Linear::F32(_) => Prepared::F32 { x, n: 1 },
-        Linear::Q8(_) | Linear::Q4(_) => {
-            qa.quantize_from(x, 1, x.len())?;
-            Prepared::Q8(qa)
+/// [`project`] for several projections of the same input: the dense ones share one
+/// quantization of `x`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn project_all(
+    sw: &SparseWeights,
+    l: usize,
+    w: &LayerWeights,
+    method: Method,
+    lp: &LayerPlan,
+    x: &[f32],
+    outs: &mut [(Proj, &mut [f32])],
+    scratch: &mut DecodeScratch,
+    stats: &mut Option<&mut SparsityStats>,
+) -> Result<()> {
+    let mut quantized = false;
+    for (p, out) in outs.iter_mut() {
+        let t = lp.proj[p.index()];
+        let active = if matches!(method, Method::Teal | Method::TealUniform) && t > 0.0 {
+            sw.get(l, *p, w)?.gemv(x, t, out, &mut scratch.kernel)?
+        } else {
+            let linear = w.proj(*p);
+            let prepared = match linear {
+                Linear::F32(_) => Prepared::F32 { x, n: 1 },
+                Linear::Q8(_) | Linear::Q4(_) => {
+                    if !quantized {
+                        scratch.qa.quantize_from(x, 1, x.len())?;
+                        quantized = true;
+                    }
+                    Prepared::Q8(&scratch.qa)
+                }
+            };
+            linear.forward(&prepared, out)?;
+            x.len()
+        };
+        if let Some(s) = stats.as_mut() {
+            s.add(l, *p, x.len() - active, x.len());
         }
-    };
-    w.forward(&prepared, out)
+    }
+    Ok(())
 }
 
 /// The MLP of one position: `out = Wd h`, reading only the weights the method keeps.
@@ -191,10 +209,8 @@ pub(crate) fn mlp(
         Method::Teal | Method::TealUniform => {
             project(sw, l, w, method, lp, Proj::Gate, x, gate, scratch, stats)?;
             project(sw, l, w, method, lp, Proj::Up, x, h, scratch, stats)?;
-            for (hi, g) in h.iter_mut().zip(gate.iter()) {
-                *hi *= ops::silu(*g);
-            }
-            project(sw, l, w, method, lp, Proj::Down, h, out, scratch, stats)?;
+            ops::silu_mul(gate, h);
+            project(sw, l, w, method, lp, Proj::Down, gate, out, scratch, stats)?;
         }
         _ => return Err(EngineError::InvalidInput(format!("{method} has no sparse decode path"))),
     }

@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sieve_engine::Model;
-use sieve_engine::generate::{GenerateOptions, generate};
-use sieve_engine::sampling::SamplingParams;
+use std::time::{Duration, Instant};
+
+use sieve_engine::generate::{GenerateOptions, validate};
+use sieve_engine::sampling::{SamplingParams, argmax};
 use sieve_engine::sparsity::{SparsityPlan, SparsityStats};
+use sieve_engine::{Hooks, KvCache, Logits, Model};
 
 use crate::error::{EvalError, Result};
 use crate::perplexity::by_projection;
@@ -38,8 +40,8 @@ pub struct BenchReport {
     pub prefill_tok_s: f64,
     /// Median decode tokens per second.
     pub decode_tok_s: f64,
-    /// Every run's (prefill, decode) tok/s.
-    pub runs: Vec<(f64, f64)>,
+    /// Every run's (prefill tok/s, decode tok/s, decode seconds).
+    pub runs: Vec<(f64, f64, f64)>,
     /// Prompt tokens.
     pub prompt_tokens: usize,
     /// New tokens per run.
@@ -65,10 +67,11 @@ pub struct DenseBaseline {
     pub prefill_tok_s: f64,
     /// Median dense decode tok/s.
     pub decode_tok_s: f64,
-    /// Method decode tok/s over dense decode tok/s.
+    /// Dense decode time over the method's, steps paired within each run (dense and method
+    /// take turns step by step), averaged over runs.
     pub decode_speedup: f64,
-    /// Every dense run's (prefill, decode) tok/s.
-    pub runs: Vec<(f64, f64)>,
+    /// Every dense run's (prefill tok/s, decode tok/s, decode seconds).
+    pub runs: Vec<(f64, f64, f64)>,
 }
 
 /// Runs the benchmark on the first `opts.prompt_tokens` of `tokens`.
@@ -92,20 +95,41 @@ pub fn bench_decode(
     if let Some(plan) = &opts.plan {
         model.prepare_sparse(plan)?;
     }
-    let dense_request = GenerateOptions::new(opts.new_tokens, SamplingParams::default(), Vec::new());
-    let request = GenerateOptions { sparsity: opts.plan.clone(), ..dense_request.clone() };
+    let request = GenerateOptions {
+        sparsity: opts.plan.clone(),
+        ..GenerateOptions::new(opts.new_tokens, SamplingParams::default(), Vec::new())
+    };
+    validate(model, prompt, &request)?;
+    let ctx = model.config().context_len;
+    if opts.prompt_tokens + opts.new_tokens > ctx {
+        return Err(EvalError::InvalidOption(format!(
+            "{} prompt + {} new tokens exceed the model's context of {ctx}",
+            opts.prompt_tokens, opts.new_tokens
+        )));
+    }
     let mut runs = Vec::with_capacity(opts.runs);
     let mut dense_runs = Vec::with_capacity(opts.runs);
     let mut stats = SparsityStats::new(model.config().n_layers);
-    for _ in 0..opts.runs {
-        if opts.plan.is_some() {
-            let g = generate(model, prompt, &dense_request, |_| std::ops::ControlFlow::Continue(()))?;
-            dense_runs.push((g.prefill_tok_s(), g.decode_tok_s()));
+    for run in 0..opts.runs {
+        let mut method = Lane::new(model, opts.plan.as_ref());
+        let mut dense = opts.plan.as_ref().map(|_| Lane::new(model, None));
+        // Dense and the method take turns step by step, first one then the other, so that
+        // what the machine does meanwhile weighs on both alike.
+        for step in 0..=opts.new_tokens {
+            let method_first = (run + step) % 2 == 0;
+            if method_first {
+                method.step(model, prompt, step, Some(&mut stats))?;
+            }
+            if let Some(d) = dense.as_mut() {
+                d.step(model, prompt, step, None)?;
+            }
+            if !method_first {
+                method.step(model, prompt, step, Some(&mut stats))?;
+            }
         }
-        let g = generate(model, prompt, &request, |_| std::ops::ControlFlow::Continue(()))?;
-        runs.push((g.prefill_tok_s(), g.decode_tok_s()));
-        if let Some(s) = &g.stats {
-            stats = s.clone();
+        runs.push(method.tok_s(opts.prompt_tokens, opts.new_tokens));
+        if let Some(d) = dense {
+            dense_runs.push(d.tok_s(opts.prompt_tokens, opts.new_tokens));
         }
         on_run();
     }
@@ -115,7 +139,8 @@ pub fn bench_decode(
         DenseBaseline {
             prefill_tok_s: median(dense_runs.iter().map(|r| r.0).collect()),
             decode_tok_s: dense_decode,
-            decode_speedup: decode_tok_s / dense_decode.max(1e-9),
+            decode_speedup: runs.iter().zip(&dense_runs).map(|(m, d)| d.2 / m.2.max(1e-12)).sum::<f64>()
+                / runs.len() as f64,
             runs: dense_runs,
         }
     });
@@ -133,6 +158,39 @@ pub fn bench_decode(
         achieved_by_projection: by_projection(&stats),
         dense,
     })
+}
+
+/// One generation advanced a step at a time: greedy, fixed length, timed apart from sampling.
+struct Lane<'a> {
+    plan: Option<&'a SparsityPlan>,
+    cache: KvCache,
+    next: u32,
+    prefill: Duration,
+    decode: Duration,
+}
+
+impl<'a> Lane<'a> {
+    fn new(model: &Model, plan: Option<&'a SparsityPlan>) -> Self {
+        Self { plan, cache: model.new_cache(), next: 0, prefill: Duration::ZERO, decode: Duration::ZERO }
+    }
+
+    /// Step 0 prefills the prompt; every later step decodes the token chosen before it.
+    fn step(&mut self, model: &Model, prompt: &[u32], step: usize, stats: Option<&mut SparsityStats>) -> Result<()> {
+        let input: &[u32] = if step == 0 { prompt } else { std::slice::from_ref(&self.next) };
+        let mut hooks = Hooks { plan: self.plan, stats: if step == 0 { None } else { stats }, ..Hooks::default() };
+        let t = Instant::now();
+        let logits = model.forward_with(input, &mut self.cache, Logits::Last, &mut hooks)?;
+        let spent = t.elapsed();
+        *(if step == 0 { &mut self.prefill } else { &mut self.decode }) += spent;
+        self.next = argmax(&logits);
+        Ok(())
+    }
+
+    /// (prefill tok/s, decode tok/s, decode seconds).
+    fn tok_s(&self, prompt_tokens: usize, new_tokens: usize) -> (f64, f64, f64) {
+        let decode = self.decode.as_secs_f64();
+        (prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-12), new_tokens as f64 / decode.max(1e-12), decode)
+    }
 }
 
 /// Median of a non-empty list (mean of the middle two for even lengths).

@@ -134,6 +134,10 @@ pub fn matmul_q4_1(w: &MatQ4_1, x: &ActsQ8, out: &mut [f32]) -> Result<(), Kerne
     Ok(())
 }
 
+/// Rows ahead whose fetch a decode product starts before computing the current one: one
+/// token's work per row is too short for the hardware prefetcher to hide the memory latency.
+const PREFETCH_ROWS_AHEAD: usize = 4;
+
 /// The row-parallel part of [`matmul_q4_1`]. Full groups of four tokens go through the
 /// int8 GEMM microkernel: a chunk's codes are unpacked to bytes (0..15) with `d` as the block
 /// scale, and the `m · Σx` term is added afterwards. Remaining tokens (and decode) use the
@@ -162,7 +166,14 @@ fn products(w: &MatQ4_1, x: &ActsQ8, packed: Option<&Packed<'_>>, row_bytes: usi
                 }
             }
         }
+        let end = range.end;
         for r in range {
+            if n < 4 && r + PREFETCH_ROWS_AHEAD < end {
+                let ahead = w.row(r + PREFETCH_ROWS_AHEAD);
+                crate::cpu::prefetch(ahead.codes);
+                crate::cpu::prefetch(ahead.d);
+                crate::cpu::prefetch(ahead.m);
+            }
             let row = w.row(r);
             let mut t = grouped;
             while t + 4 <= n {

@@ -437,21 +437,43 @@ pub fn swiglu_gated(
         // SAFETY: task t owns h[k0..k0 + len], inside `h`.
         let y = unsafe { o.range(k0, len) };
         let mut count = 0;
-        for (g0, group) in y.chunks_mut(GATED_GROUP).enumerate() {
+        // Software pipeline: the up rows a group keeps are fetched while the next group's
+        // gate rows are computed, and only then multiplied in.
+        let mut pending: Option<usize> = None;
+        let mut finish = |y: &mut [f32], g0: usize| {
             let base = k0 + g0 * GATED_GROUP;
-            for (i, v) in group.iter_mut().enumerate() {
-                let a = crate::ops::silu(gate.dot(base + i, x));
-                *v = if a.abs() > threshold { a } else { 0.0 };
-                if *v != 0.0 {
-                    up.prefetch(base + i);
-                }
-            }
-            for (i, v) in group.iter_mut().enumerate() {
+            let end = (g0 * GATED_GROUP + GATED_GROUP).min(len);
+            for (i, v) in y[g0 * GATED_GROUP..end].iter_mut().enumerate() {
                 if *v != 0.0 {
                     *v *= up.dot(base + i, x);
                     count += 1;
                 }
             }
+        };
+        for g0 in 0..len.div_ceil(GATED_GROUP) {
+            let base = k0 + g0 * GATED_GROUP;
+            let end = (g0 * GATED_GROUP + GATED_GROUP).min(len);
+            let acts = &mut y[g0 * GATED_GROUP..end];
+            for (i, v) in acts.iter_mut().enumerate() {
+                if base + i + ROWS_AHEAD < k0 + len {
+                    gate.prefetch(base + i + ROWS_AHEAD);
+                }
+                *v = gate.dot(base + i, x);
+            }
+            crate::ops::silu_in_place(acts);
+            for (i, v) in acts.iter_mut().enumerate() {
+                if v.abs() > threshold {
+                    up.prefetch(base + i);
+                } else {
+                    *v = 0.0;
+                }
+            }
+            if let Some(prev) = pending.replace(g0) {
+                finish(y, prev);
+            }
+        }
+        if let Some(prev) = pending {
+            finish(y, prev);
         }
         kept.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
     });

@@ -8,6 +8,7 @@ pub mod attention;
 mod avx2;
 pub mod q4;
 mod scalar;
+pub mod silu;
 pub mod sparse;
 pub mod sparse_q4;
 

@@ -1,0 +1,266 @@
+//! Fitting predictors to traced activations: the closed-form gate regression (`lowrank-g`),
+//! the b-bit gate copy (`lowbit`), and the DejaVu-style low-rank classifier (`lowrank`)
+//! trained with candle-nn (AdamW, minibatches, a numerically stable weighted BCE, a
+//! validation split and early stopping). [`finish`] then picks the layer's decision rule on
+//! validation tokens and measures it.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use ndarray::{Array2, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PredictorError, Result};
+use crate::labels::Labels;
+use crate::model::{Body, LayerPredictor, Output, batch_scores, quantize_bits};
+use crate::pca::leading_eigenvectors;
+use crate::rule::{Rule, measure, threshold_for_recall};
+
+/// `lowrank-g`: the rank-r map that best reproduces g = W_gate x over the inputs `x` (n x d)
+/// in least squares — W_gate followed by the projection on the r leading principal
+/// directions of g (from the gate covariance W_gate Cov(x) W_gateᵀ).
+pub fn fit_gate_regression(x: ArrayView2<'_, f32>, w_gate: &[f32], f: usize, rank: usize) -> Result<Body> {
+    let d = x.ncols();
+    check_rank(rank, d)?;
+    if w_gate.len() != f * d {
+        return Err(PredictorError::Shape(format!("W_gate has {} values, want {f} x {d}", w_gate.len())));
+    }
+    if x.nrows() == 0 {
+        return Err(PredictorError::TooLittleData("no input to fit the gate regression on".into()));
+    }
+    let x64 = x.mapv(f64::from);
+    let cx = x64.t().dot(&x64);
+    let wg = ArrayView2::from_shape((f, d), w_gate).map_err(|e| PredictorError::Shape(e.to_string()))?.mapv(f64::from);
+    let cg = wg.dot(&cx).dot(&wg.t());
+    let v = leading_eigenvectors(&cg, rank); // f x r
+    let w1 = v.t().dot(&wg); // r x d
+    Ok(Body::LowRank {
+        rank,
+        relu: false,
+        w1: w1.iter().map(|&a| a as f32).collect(),
+        w2: v.iter().map(|&a| a as f32).collect(),
+        b2: vec![0.0; f],
+    })
+}
+
+/// `lowbit`: W_gate on a b-bit grid.
+pub fn fit_lowbit(w_gate: &[f32], bits: u8) -> Result<Body> {
+    Ok(Body::LowBit { bits, w: quantize_bits(w_gate, bits)? })
+}
+
+/// Checks a rank against the input width.
+pub fn check_rank(rank: usize, d: usize) -> Result<()> {
+    if rank == 0 || rank > d {
+        return Err(PredictorError::InvalidOption(format!("rank {rank} must be in 1..={d} (the input width)")));
+    }
+    Ok(())
+}
+
+/// How the low-rank classifier starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// Small uniform weights (fixed seed).
+    Random,
+    /// W1 from the leading principal directions of the inputs.
+    InputPca,
+}
+
+/// Options of [`train_lowrank`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub rank: usize,
+    pub relu: bool,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// Epochs without a better validation loss before stopping.
+    pub patience: usize,
+    pub init: Init,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self { rank: 64, relu: false, epochs: 12, batch: 256, lr: 3e-3, patience: 2, init: Init::InputPca }
+    }
+}
+
+/// What training did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainLog {
+    pub epochs_run: usize,
+    pub best_epoch: usize,
+    pub val_loss: Vec<f64>,
+}
+
+/// The DejaVu-style classifier: logits = W2 phi(W1 x) + b2, trained on `labels` with
+/// positives weighted by the negative/positive ratio; the weights of the epoch with the
+/// lowest validation loss are kept.
+pub fn train_lowrank(
+    train_x: ArrayView2<'_, f32>,
+    train_y: &Labels,
+    val_x: ArrayView2<'_, f32>,
+    val_y: &Labels,
+    opts: TrainOptions,
+) -> Result<(Body, TrainLog)> {
+    let (n, d, f) = (train_x.nrows(), train_x.ncols(), train_y.f());
+    check_rank(opts.rank, d)?;
+    if n != train_y.n() || val_x.nrows() != val_y.n() || val_x.ncols() != d || val_y.f() != f {
+        return Err(PredictorError::Shape("training inputs and labels disagree in size".into()));
+    }
+    if n < opts.batch.max(1) || val_y.n() == 0 {
+        return Err(PredictorError::TooLittleData(format!(
+            "{n} training and {} validation tokens (need at least one batch of {} and one validation token)",
+            val_y.n(),
+            opts.batch
+        )));
+    }
+    if opts.batch == 0 || opts.epochs == 0 || !(opts.lr > 0.0) {
+        return Err(PredictorError::InvalidOption("batch, epochs and learning rate must be positive".into()));
+    }
+    let r = opts.rank;
+    let dev = Device::Cpu;
+    let w1_init = match opts.init {
+        Init::Random => uniform(r * d, (3.0 / d as f64).sqrt(), 1),
+        Init::InputPca => {
+            let x64 = train_x.mapv(f64::from);
+            let cov = x64.t().dot(&x64) / n as f64;
+            let v = leading_eigenvectors(&cov, r); // d x r
+            v.t().iter().map(|&a| a as f32).collect()
+        }
+    };
+    let w1 = Var::from_tensor(&Tensor::from_vec(w1_init, (r, d), &dev)?)?;
+    let w2 = Var::from_tensor(&Tensor::from_vec(uniform(f * r, (3.0 / r as f64).sqrt(), 2), (f, r), &dev)?)?;
+    let b2 = Var::from_tensor(&Tensor::zeros(f, DType::F32, &dev)?)?;
+    let params = ParamsAdamW { lr: opts.lr, weight_decay: 1e-4, ..Default::default() };
+    let mut opt = AdamW::new(vec![w1.clone(), w2.clone(), b2.clone()], params)?;
+    let p = train_y.positive_rate().clamp(1e-4, 1.0 - 1e-4);
+    let pos_weight = ((1.0 - p) / p) as f32;
+
+    let xs = train_x.as_standard_layout();
+    let x_flat = xs.as_slice().unwrap_or(&[]);
+    let val_x_t =
+        Tensor::from_vec(val_x.as_standard_layout().iter().copied().collect::<Vec<f32>>(), (val_y.n(), d), &dev)?;
+    let val_y_t = labels_tensor(val_y, 0..val_y.n(), &dev)?;
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut log = TrainLog { epochs_run: 0, best_epoch: 0, val_loss: Vec::new() };
+    let mut best: Option<(f64, Vec<f32>, Vec<f32>, Vec<f32>)> = None;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for epoch in 0..opts.epochs {
+        shuffle(&mut order, &mut rng);
+        for chunk in order.chunks(opts.batch) {
+            let mut xb = Vec::with_capacity(chunk.len() * d);
+            for &t in chunk {
+                xb.extend_from_slice(&x_flat[t * d..(t + 1) * d]);
+            }
+            let xb = Tensor::from_vec(xb, (chunk.len(), d), &dev)?;
+            let yb = labels_tensor_rows(train_y, chunk, &dev)?;
+            let z = logits(&xb, &w1, &w2, &b2, opts.relu)?;
+            let loss = weighted_bce(&z, &yb, pos_weight)?;
+            opt.backward_step(&loss)?;
+        }
+        let z = logits(&val_x_t, &w1, &w2, &b2, opts.relu)?;
+        let val = weighted_bce(&z, &val_y_t, pos_weight)?.to_scalar::<f32>()? as f64;
+        log.val_loss.push(val);
+        log.epochs_run = epoch + 1;
+        tracing::debug!(epoch, val, "low-rank predictor epoch");
+        if best.as_ref().is_none_or(|b| val < b.0) {
+            best = Some((val, flat(&w1)?, flat(&w2)?, flat(&b2)?));
+            log.best_epoch = epoch + 1;
+        } else if epoch + 1 - log.best_epoch >= opts.patience {
+            break;
+        }
+    }
+    let Some((_, w1, w2, b2)) = best else {
+        return Err(PredictorError::TooLittleData("training ran no epoch".into()));
+    };
+    Ok((Body::LowRank { rank: r, relu: opts.relu, w1, w2, b2 }, log))
+}
+
+fn logits(x: &Tensor, w1: &Var, w2: &Var, b2: &Var, relu: bool) -> candle_core::Result<Tensor> {
+    let h = x.matmul(&w1.as_tensor().t()?)?;
+    let h = if relu { h.relu()? } else { h };
+    h.matmul(&w2.as_tensor().t()?)?.broadcast_add(b2.as_tensor())
+}
+
+/// log(1 + e^z) without overflow: max(z, 0) + log(1 + e^-|z|). (candle's own BCE-with-logits
+/// takes log(sigmoid(z)), which is -inf for very negative z.)
+fn softplus(z: &Tensor) -> candle_core::Result<Tensor> {
+    z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// Mean over every (token, neuron) of pos_weight · y · softplus(-z) + (1 - y) · softplus(z).
+fn weighted_bce(z: &Tensor, y: &Tensor, pos_weight: f32) -> candle_core::Result<Tensor> {
+    let pos = ((y * softplus(&z.neg()?)?)? * pos_weight as f64)?;
+    let neg = (y.affine(-1.0, 1.0)? * softplus(z)?)?;
+    (pos + neg)?.mean_all()
+}
+
+fn flat(v: &Var) -> candle_core::Result<Vec<f32>> {
+    v.as_tensor().flatten_all()?.to_vec1::<f32>()
+}
+
+fn labels_tensor(l: &Labels, rows: std::ops::Range<usize>, dev: &Device) -> candle_core::Result<Tensor> {
+    let idx: Vec<usize> = rows.collect();
+    labels_tensor_rows(l, &idx, dev)
+}
+
+fn labels_tensor_rows(l: &Labels, rows: &[usize], dev: &Device) -> candle_core::Result<Tensor> {
+    let f = l.f();
+    let mut v = Vec::with_capacity(rows.len() * f);
+    for &t in rows {
+        v.extend((0..f).map(|i| if l.get(t, i) { 1f32 } else { 0.0 }));
+    }
+    Tensor::from_vec(v, (rows.len(), f), dev)
+}
+
+/// Uniform values in [-a, a] from a fixed xorshift stream.
+fn uniform(len: usize, a: f64, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0) as f32 * a as f32
+        })
+        .collect()
+}
+
+fn shuffle(v: &mut [usize], s: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        v.swap(i, (*s % (i as u64 + 1)) as usize);
+    }
+}
+
+/// How a layer's rule is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleChoice {
+    /// The highest threshold reaching this recall on validation tokens.
+    TargetRecall(f64),
+    /// A fixed number of neurons per token.
+    TopK(usize),
+}
+
+/// Wraps a fitted body into a predictor: chooses the rule on the validation tokens and
+/// records its quality there.
+pub fn finish(
+    body: Body,
+    output: Output,
+    val_x: ArrayView2<'_, f32>,
+    val_y: &Labels,
+    choice: RuleChoice,
+) -> Result<(LayerPredictor, Array2<f32>)> {
+    let (d, f) = (val_x.ncols(), val_y.f());
+    let scores = batch_scores(&body, output, val_x, d, f)?;
+    let flat = scores.as_slice().ok_or_else(|| PredictorError::Shape("scores are not contiguous".into()))?;
+    let rule = match choice {
+        RuleChoice::TargetRecall(r) => Rule::Threshold(threshold_for_recall(flat, val_y, r)?),
+        RuleChoice::TopK(k) => Rule::TopK(k.min(f)),
+    };
+    let quality = measure(flat, val_y, rule);
+    Ok((LayerPredictor::new(body, output, rule, quality, d, f)?, scores))
+}
