@@ -35,6 +35,8 @@ enum Command {
     Calibrate(commands::calibrate::Args),
     /// Print the model's metadata and the engine's build.
     Info(commands::info::Args),
+    /// Trace the model, train a neuron predictor per layer and write them beside the profile.
+    TrainPredictors(commands::train::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +63,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => commands::generate::run(&model, a),
         Command::Tokenize(a) => commands::tokenize::run(&model, a),
         Command::Eval(c) => commands::eval::run(&model, c),
+        Command::TrainPredictors(a) => commands::train::run(&model, a),
         Command::Bench(c) => commands::bench::run(&model, c),
         Command::Info(a) => commands::info::run(&model, a),
         Command::Calibrate(a) => commands::calibrate::run(&model, a),

@@ -38,6 +38,12 @@ pub enum EngineError {
     /// A kernel refused its operands (a bug in the caller if it happens).
     #[error(transparent)]
     Kernel(#[from] sieve_kernels::KernelError),
+    /// A predictor set or trace was refused, or a predictor failed.
+    #[error(transparent)]
+    Predictor(#[from] sieve_predictor::PredictorError),
+    /// A trace file is missing, truncated or made for another model.
+    #[error("trace {path}: {reason}")]
+    Trace { path: PathBuf, reason: String },
 }
 
 /// Result alias for the engine.

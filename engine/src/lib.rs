@@ -14,6 +14,7 @@ pub mod greedy;
 pub mod paths;
 pub mod profile;
 pub mod tokenizer;
+pub mod trace;
 
 pub use error::{EngineError, Result};
 pub mod config;
@@ -26,6 +27,7 @@ pub use kv_cache::KvCache;
 pub use model::{Hooks, Logits, Model};
 pub use weights::Precision;
 pub mod generate;
+mod predict;
 pub mod sampling;
 pub mod sparse_decode;
 pub mod sparsity;

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
+use crate::predict::{self, PredictScratch};
 use crate::sparse_decode::{self, DecodeScratch, SparseWeights, supports};
 use crate::sparsity::{LayerPlan, Method, Proj, SparsityPlan, SparsityStats, Tap, keep_top_importance, zero_below};
 use crate::weights::{LayerWeights, Linear, Precision, Prepared, Weights};
@@ -199,7 +200,21 @@ impl Model {
         let t1 = hooks.timing.is_some().then(Instant::now);
         ops::rms_norm(x, &w.ffn_norm, cfg.rms_eps, &mut s.normed[..d]);
         let (gate, h) = (&mut s.gate[..], &mut s.up[..]);
-        sparse_decode::mlp(sw, l, w, method, lp, &s.normed, gate, h, &mut s.proj, &mut s.decode, &mut hooks.stats)?;
+        let predictors = plan.predictors.as_ref().map(|p| &*p.0);
+        sparse_decode::mlp(
+            sw,
+            l,
+            w,
+            method,
+            lp,
+            &s.normed[..d],
+            gate,
+            h,
+            &mut s.proj,
+            &mut s.decode,
+            &mut hooks.stats,
+            predictors,
+        )?;
         add_into(x, &s.proj);
         if let (Some(t0), Some(t1), Some(timing)) = (t0, t1, hooks.timing.as_mut()) {
             timing.add(l, t1 - t0, t1.elapsed());
@@ -251,7 +266,16 @@ impl Model {
         } else {
             ops::silu_in_place(&mut s.gate);
             hooks.observe(l, Tap::GateAct, &s.gate);
-            let dropped = hooks.drop_neurons_by_gate(l, &mut s.gate);
+            let mut dropped = hooks.drop_neurons_by_gate(l, &mut s.gate);
+            if let Some((plan, set)) =
+                hooks.plan.filter(|p| !p.is_dense()).and_then(|p| Some((p, p.predictors.as_ref()?)))
+                && let Some(lp) = plan.layers.get(l)
+            {
+                let (skipped, gone) =
+                    predict::drop_neurons(&set.0, plan.method, lp, l, &s.normed, &mut s.gate, &mut s.predict)?;
+                dropped += gone;
+                hooks.count(l, Proj::Gate, skipped, 0);
+            }
             s.gate.iter_mut().zip(&s.up).for_each(|(g, u)| *g *= u);
             let dropped = dropped + hooks.drop_neurons_by_importance(l, cfg.d_ff, &mut s.gate, &mut s.order);
             if hooks.plan.is_some_and(|p| p.method.mlp_only()) {
@@ -348,7 +372,7 @@ impl Hooks<'_> {
         let lp = self.layer_plan(layer)?;
         match method {
             Method::Teal | Method::TealUniform => Some(lp.proj[proj.index()]).filter(|&t| t > 0.0),
-            Method::Cats | Method::Cett if proj == Proj::Down => Some(0.0),
+            m if m.mlp_only() && proj == Proj::Down => Some(0.0),
             _ => None,
         }
     }
@@ -519,6 +543,8 @@ struct Scratch {
     order: Vec<u32>,
     /// Buffers of the sparse decode kernels.
     decode: DecodeScratch,
+    /// Buffers of the predictor methods on the accuracy path.
+    predict: PredictScratch,
 }
 
 impl Scratch {
@@ -538,6 +564,7 @@ impl Scratch {
             masked: Vec::new(),
             order: Vec::new(),
             decode: DecodeScratch::default(),
+            predict: PredictScratch::default(),
         }
     }
 }

@@ -5,13 +5,15 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use sieve_predictor::PredictorSet;
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
-use crate::sparsity::{Method, Proj, SparsityPlan, Tap, check_target};
+use crate::sparsity::{Method, Predictors, Proj, SparsityPlan, Tap, check_target};
 
 /// Format version written by this build.
 pub const PROFILE_VERSION: u32 = 2;
@@ -156,12 +158,36 @@ impl Profile {
         q[k] + (q[k + 1] - q[k]) * f
     }
 
-    /// What `method` drops at target sparsity `s` in every layer.
+    /// What `method` drops at target sparsity `s` in every layer (the predictor methods
+    /// need [`Profile::plan_with_predictors`]).
     pub fn plan(&self, method: Method, s: f32) -> Result<SparsityPlan> {
+        self.plan_with_predictors(method, s, None)
+    }
+
+    /// [`Profile::plan`], with the predictor set the predictor methods read.
+    pub fn plan_with_predictors(
+        &self,
+        method: Method,
+        s: f32,
+        predictors: Option<Arc<PredictorSet>>,
+    ) -> Result<SparsityPlan> {
         check_target(s)?;
+        if method.needs_predictors() {
+            let Some(set) = predictors.as_ref() else {
+                return Err(EngineError::InvalidInput(format!(
+                    "{method} needs trained predictors: run `sieve train-predictors` first"
+                )));
+            };
+            if set.layers.len() != self.quantiles.len() || set.manifest.model_sha256 != self.model_sha256 {
+                return Err(EngineError::InvalidInput(
+                    "the predictor set was made for another model than this profile".into(),
+                ));
+            }
+        }
         let mut plan = SparsityPlan::dense(self.quantiles.len());
         plan.method = method;
         plan.target = s;
+        plan.predictors = predictors.filter(|_| method.needs_predictors()).map(Predictors);
         if s == 0.0 {
             return Ok(plan);
         }
@@ -179,7 +205,13 @@ impl Profile {
                         lp.proj[p.index()] = self.threshold(l, p.input(), levels[p.index()]);
                     }
                 }
-                Method::Cats => lp.gate_act = self.threshold(l, Tap::GateAct, s),
+                Method::Cats | Method::PredictorVerify => lp.gate_act = self.threshold(l, Tap::GateAct, s),
+                Method::Predictor => {
+                    let p = plan.predictors.as_ref().and_then(|set| set.0.layers.get(l));
+                    lp.predict_threshold = p.and_then(|p| p.threshold_at_sparsity(s)).ok_or_else(|| {
+                        EngineError::InvalidInput(format!("the predictor of layer {l} has no score percentiles"))
+                    })?;
+                }
                 Method::Cett => {
                     let width = self.down_col_norms[l].len();
                     lp.cett_keep = ((1.0 - s as f64) * width as f64).round() as usize;

@@ -11,7 +11,10 @@ use sieve_kernels::sparse::{InputMajorF32, RowMajor, SparseScratch, Vector, gemv
 use sieve_kernels::sparse_q4::{InputMajorQ4_1, gemv_input_sparse_q4_1};
 use sieve_kernels::{ActsQ8, MatF32, ops};
 
+use sieve_predictor::PredictorSet;
+
 use crate::error::{EngineError, Result};
+use crate::predict::{self, PredictScratch};
 use crate::sparsity::{LayerPlan, Method, Proj, SparsityStats};
 use crate::weights::{LayerWeights, Linear, Prepared};
 
@@ -106,11 +109,12 @@ impl SparseWeights {
 pub(crate) struct DecodeScratch {
     kernel: SparseScratch,
     qa: ActsQ8,
+    predict: PredictScratch,
 }
 
 /// Whether [`project`] and [`mlp`] handle `method` (CETT needs the dense MLP).
 pub(crate) fn supports(method: Method) -> bool {
-    matches!(method, Method::Teal | Method::TealUniform | Method::Cats)
+    matches!(method, Method::Teal | Method::TealUniform | Method::Cats | Method::Predictor | Method::PredictorVerify)
 }
 
 /// `out = W_p x` for one position, input-sparse under TEAL, dense otherwise.
@@ -186,8 +190,17 @@ pub(crate) fn mlp(
     out: &mut [f32],
     scratch: &mut DecodeScratch,
     stats: &mut Option<&mut SparsityStats>,
+    predictors: Option<&PredictorSet>,
 ) -> Result<()> {
     match method {
+        Method::Predictor | Method::PredictorVerify => {
+            let set = predictors.ok_or_else(|| EngineError::InvalidInput(format!("{method} needs a predictor set")))?;
+            let (skipped, dropped) = predict::front_half(set, method, lp, l, w, x, h, &mut scratch.predict)?;
+            sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
+            if let Some(s) = stats.as_mut() {
+                predict::count(s, l, h.len(), 1, skipped, dropped);
+            }
+        }
         Method::Cats => {
             scratch.qa.quantize_from(x, 1, x.len())?;
             let (gate_w, up_w, vector) = match (&w.w_gate, &w.w_up) {

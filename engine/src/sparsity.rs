@@ -4,10 +4,14 @@
 //! TEAL zeroes entries with |x| <= t on the inputs of the seven projections (one threshold
 //! per projection: the greedy allocation gives q, k and v different thresholds on the same
 //! input); CATS drops MLP neurons with |silu(g)| <= t; the CETT oracle keeps, per token, the
-//! neurons of largest |h_i|·||Wd[:,i]||. Zeroed inputs give the same result a sparse kernel
+//! neurons of largest |h_i|·||Wd[:,i]||; the predictor methods let a trained predictor pick
+//! the neurons (and CATS confirm them, for predictor-verify). Zeroed inputs give the same result a sparse kernel
 //! gives by skipping them, so the accuracy path measures the methods' quality exactly.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use sieve_predictor::PredictorSet;
 
 use crate::error::{EngineError, Result};
 
@@ -95,10 +99,24 @@ pub enum Method {
     Cats,
     /// Oracle: per token, the MLP neurons of largest |h_i|·||Wd[:,i]||, computed densely.
     Cett,
+    /// A trained predictor picks the MLP neurons (its threshold set for the target sparsity);
+    /// only their gate, up and down weights are read.
+    Predictor,
+    /// The predictor proposes (its trained recall rule), the exact gate of the proposed rows
+    /// is computed and CATS's threshold confirms; up and down run on the confirmed rows.
+    PredictorVerify,
 }
 
 /// Every method, in the order reports list them.
-pub const METHODS: [Method; 5] = [Method::Dense, Method::Teal, Method::TealUniform, Method::Cats, Method::Cett];
+pub const METHODS: [Method; 7] = [
+    Method::Dense,
+    Method::Teal,
+    Method::TealUniform,
+    Method::Cats,
+    Method::Cett,
+    Method::Predictor,
+    Method::PredictorVerify,
+];
 
 impl std::str::FromStr for Method {
     type Err = EngineError;
@@ -125,11 +143,17 @@ impl Method {
             Method::TealUniform => "teal-uniform",
             Method::Cats => "cats",
             Method::Cett => "cett",
+            Method::Predictor => "predictor",
+            Method::PredictorVerify => "predictor-verify",
         }
     }
     /// Whether the method sparsifies the MLP only (its sparsity counts MLP neurons).
     pub fn mlp_only(self) -> bool {
-        matches!(self, Method::Cats | Method::Cett)
+        matches!(self, Method::Cats | Method::Cett | Method::Predictor | Method::PredictorVerify)
+    }
+    /// Whether the method needs a trained predictor set.
+    pub fn needs_predictors(self) -> bool {
+        matches!(self, Method::Predictor | Method::PredictorVerify)
     }
 }
 
@@ -152,6 +176,8 @@ pub struct LayerPlan {
     pub cett_keep: usize,
     /// CETT: ||Wd[:, i]|| of every neuron (empty unless CETT).
     pub down_col_norms: Vec<f32>,
+    /// Predictor: neurons scoring above this are kept.
+    pub predict_threshold: f32,
 }
 
 /// A method at one target: what it drops in every layer.
@@ -160,12 +186,24 @@ pub struct SparsityPlan {
     pub method: Method,
     pub target: f32,
     pub layers: Vec<LayerPlan>,
+    /// The trained predictors of the predictor methods.
+    pub predictors: Option<Predictors>,
+}
+
+/// A shared, loaded predictor set; plans holding the same set compare equal.
+#[derive(Debug, Clone)]
+pub struct Predictors(pub Arc<PredictorSet>);
+
+impl PartialEq for Predictors {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl SparsityPlan {
     /// The plan of the dense model.
     pub fn dense(layers: usize) -> Self {
-        Self { method: Method::Dense, target: 0.0, layers: vec![LayerPlan::default(); layers] }
+        Self { method: Method::Dense, target: 0.0, layers: vec![LayerPlan::default(); layers], predictors: None }
     }
     /// Whether the plan drops nothing.
     pub fn is_dense(&self) -> bool {

@@ -115,6 +115,9 @@ pub struct LayerPredictor {
     pub rule: Rule,
     /// Measured on validation tokens when the rule was chosen.
     pub quality: Quality,
+    /// `score_quantiles[k]`: the validation score below which a fraction k / 100 of all
+    /// (token, neuron) scores lie; how a target sparsity becomes a threshold.
+    pub score_quantiles: Vec<f32>,
     d: usize,
     f: usize,
     first: Fast,
@@ -157,7 +160,7 @@ impl LayerPredictor {
                 (Fast::new(f, d, w)?, None, 0)
             }
         };
-        Ok(Self { body, output, rule, quality, d, f, first, second, rank_padded })
+        Ok(Self { body, output, rule, quality, score_quantiles: Vec::new(), d, f, first, second, rank_padded })
     }
 
     /// Input width.
@@ -219,6 +222,18 @@ impl LayerPredictor {
     /// the reference the one-token path is checked against, and what validation uses.
     pub fn scores_batch(&self, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
         batch_scores(&self.body, self.output, x, self.d, self.f)
+    }
+
+    /// The threshold whose rule leaves a fraction `s` of neurons inactive on validation
+    /// tokens (interpolated between percentiles); `None` without recorded quantiles.
+    pub fn threshold_at_sparsity(&self, s: f32) -> Option<f32> {
+        let q = &self.score_quantiles;
+        if q.len() < 2 {
+            return None;
+        }
+        let pos = s.clamp(0.0, 1.0) * (q.len() - 1) as f32;
+        let k = (pos.floor() as usize).min(q.len() - 2);
+        Some(q[k] + (q[k + 1] - q[k]) * (pos - k as f32))
     }
 
     /// The rule applied to one token's scores.

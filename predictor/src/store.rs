@@ -99,6 +99,14 @@ pub struct LayerEntry {
     pub bytes: usize,
     /// Bytes packed at the family's precision.
     pub packed_bytes: usize,
+    /// Percentiles of the validation scores (see [`LayerPredictor::score_quantiles`]).
+    pub score_quantiles: Vec<f32>,
+    /// Recall and precision against the label at predicted sparsities 0.1 ... 0.9 (validation).
+    #[serde(default)]
+    pub curve: Vec<crate::rule::CurvePoint>,
+    /// The same curve for the truncated SVD of W_gate at the same rank (low-rank families).
+    #[serde(default)]
+    pub svd_curve: Vec<crate::rule::CurvePoint>,
 }
 
 /// `predictors.json`.
@@ -137,13 +145,31 @@ fn file_err(path: &Path, reason: impl Into<String>) -> PredictorError {
 }
 
 impl PredictorSet {
-    /// Writes both files into `dir` (created if needed); the manifest's layer entries are
-    /// refreshed from the predictors.
+    /// Rebuilds the manifest's layer entries from the predictors (rule, quality, bytes,
+    /// score percentiles), keeping the curves already there.
+    pub fn refresh_entries(&mut self) {
+        let before = std::mem::take(&mut self.manifest.layers);
+        for (l, p) in self.layers.iter().enumerate() {
+            let old = before.get(l);
+            self.manifest.layers.push(LayerEntry {
+                output: p.output,
+                rule: p.rule,
+                quality: p.quality,
+                bytes: p.bytes(),
+                packed_bytes: p.packed_bytes(),
+                score_quantiles: p.score_quantiles.clone(),
+                curve: old.map(|e| e.curve.clone()).unwrap_or_default(),
+                svd_curve: old.map(|e| e.svd_curve.clone()).unwrap_or_default(),
+            });
+        }
+    }
+
+    /// Writes both files into `dir` (created if needed), entries refreshed first.
     pub fn save(&mut self, dir: &Path) -> Result<()> {
+        self.refresh_entries();
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e.to_string()))?;
         let dev = Device::Cpu;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        self.manifest.layers.clear();
         for (l, p) in self.layers.iter().enumerate() {
             let (d, f) = (p.d(), p.f());
             match &p.body {
@@ -156,13 +182,6 @@ impl PredictorSet {
                     tensors.insert(format!("layer.{l}.w"), Tensor::from_slice(w, (f, d), &dev)?);
                 }
             }
-            self.manifest.layers.push(LayerEntry {
-                output: p.output,
-                rule: p.rule,
-                quality: p.quality,
-                bytes: p.bytes(),
-                packed_bytes: p.packed_bytes(),
-            });
         }
         let weights = dir.join(WEIGHTS_FILE);
         candle_core::safetensors::save(&tensors, &weights).map_err(|e| file_err(&weights, e.to_string()))?;
@@ -230,8 +249,9 @@ impl PredictorSet {
                     w: get(format!("layer.{l}.w"))?,
                 },
             };
-            let p = LayerPredictor::new(body, entry.output, entry.rule, entry.quality, d_model, d_ff)
+            let mut p = LayerPredictor::new(body, entry.output, entry.rule, entry.quality, d_model, d_ff)
                 .map_err(|e| file_err(&weights_path, format!("layer {l}: {e}")))?;
+            p.score_quantiles = entry.score_quantiles.clone();
             layers.push(p);
         }
         Ok(Self { manifest, layers })

@@ -42,6 +42,25 @@ pub fn fit_gate_regression(x: ArrayView2<'_, f32>, w_gate: &[f32], f: usize, ran
     })
 }
 
+/// The anchor the low-rank families must beat: the rank-r truncated SVD of W_gate alone
+/// (no data), as a gate regression.
+pub fn fit_gate_svd(w_gate: &[f32], d: usize, f: usize, rank: usize) -> Result<Body> {
+    check_rank(rank, d)?;
+    if w_gate.len() != f * d {
+        return Err(PredictorError::Shape(format!("W_gate has {} values, want {f} x {d}", w_gate.len())));
+    }
+    let wg = ArrayView2::from_shape((f, d), w_gate).map_err(|e| PredictorError::Shape(e.to_string()))?.mapv(f64::from);
+    let v = leading_eigenvectors(&wg.dot(&wg.t()), rank);
+    let w1 = v.t().dot(&wg);
+    Ok(Body::LowRank {
+        rank,
+        relu: false,
+        w1: w1.iter().map(|&a| a as f32).collect(),
+        w2: v.iter().map(|&a| a as f32).collect(),
+        b2: vec![0.0; f],
+    })
+}
+
 /// `lowbit`: W_gate on a b-bit grid.
 pub fn fit_lowbit(w_gate: &[f32], bits: u8) -> Result<Body> {
     Ok(Body::LowBit { bits, w: quantize_bits(w_gate, bits)? })
@@ -262,5 +281,17 @@ pub fn finish(
         RuleChoice::TopK(k) => Rule::TopK(k.min(f)),
     };
     let quality = measure(flat, val_y, rule);
-    Ok((LayerPredictor::new(body, output, rule, quality, d, f)?, scores))
+    let mut p = LayerPredictor::new(body, output, rule, quality, d, f)?;
+    p.score_quantiles = percentiles(flat);
+    Ok((p, scores))
+}
+
+/// The 101 percentiles of `v` (empty for an empty slice).
+pub fn percentiles(v: &[f32]) -> Vec<f32> {
+    if v.is_empty() {
+        return Vec::new();
+    }
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    (0..=100).map(|k| sorted[(k * (sorted.len() - 1)) / 100]).collect()
 }

@@ -6,8 +6,10 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod tokenize;
+pub mod train;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -16,6 +18,8 @@ use sieve_engine::profile::{Profile, default_profile_path, file_sha256};
 use sieve_engine::sparsity::{Method, SparsityPlan, check_target};
 use sieve_engine::tokenizer::Tokenizer;
 use sieve_engine::{Model, Precision};
+use sieve_predictor::PredictorSet;
+use sieve_predictor::store::predictor_dir;
 
 /// Loads the tokenizer and the model at `precision`.
 pub fn load(path: &Path, precision: Precision) -> Result<(Tokenizer, Model)> {
@@ -30,7 +34,8 @@ pub fn load(path: &Path, precision: Precision) -> Result<(Tokenizer, Model)> {
 /// The sparsity flags shared by the commands that run the model.
 #[derive(Debug, clap::Args)]
 pub struct SparsityArgs {
-    /// Sparsity method: dense, teal (greedy allocation), teal-uniform, cats or cett (oracle).
+    /// Sparsity method: dense, teal (greedy allocation), teal-uniform, cats, cett (oracle),
+    /// predictor or predictor-verify (trained predictors, see `sieve train-predictors`).
     #[arg(long, default_value = "dense")]
     pub method: Method,
     /// Target sparsity in [0, 1) for the method.
@@ -39,29 +44,47 @@ pub struct SparsityArgs {
     /// Calibration profile (default: the one `sieve calibrate` wrote for this model).
     #[arg(long)]
     pub profile: Option<std::path::PathBuf>,
+    /// Predictor set of the predictor methods (default: the one `sieve train-predictors`
+    /// wrote beside the profile).
+    #[arg(long)]
+    pub predictors: Option<std::path::PathBuf>,
 }
 
 impl SparsityArgs {
     /// The plan these flags ask for, `None` for dense.
     pub fn plan(&self, model_path: &Path, model: &Model) -> Result<Option<SparsityPlan>> {
-        sparsity_plan(model_path, model, self.method, self.sparsity, self.profile.as_deref())
+        check_target(self.sparsity)?;
+        if self.method == Method::Dense {
+            return Ok(None);
+        }
+        let profile = load_profile(model_path, model, self.profile.as_deref())?;
+        let predictors = if self.method.needs_predictors() {
+            Some(Arc::new(load_predictors(model_path, model, self.profile.as_deref(), self.predictors.as_deref())?))
+        } else {
+            None
+        };
+        Ok(Some(profile.plan_with_predictors(self.method, self.sparsity, predictors)?))
     }
 }
 
-/// The plan of `method` at `target` from the profile at `profile` (default: the calibrated
-/// profile of this model); `None` for dense.
-pub fn sparsity_plan(
+/// The predictor set at `dir`, or by default the one beside the profile; checked against
+/// the model.
+pub fn load_predictors(
     model_path: &Path,
     model: &Model,
-    method: Method,
-    target: f32,
     profile: Option<&Path>,
-) -> Result<Option<SparsityPlan>> {
-    check_target(target)?;
-    if method == Method::Dense {
-        return Ok(None);
-    }
-    Ok(Some(load_profile(model_path, model, profile)?.plan(method, target)?))
+    dir: Option<&Path>,
+) -> Result<PredictorSet> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let profile = profile.map(Path::to_path_buf).unwrap_or_else(|| default_profile_path(model_path));
+            predictor_dir(profile.parent().unwrap_or(Path::new(".")))
+        }
+    };
+    let cfg = model.config();
+    let sha = file_sha256(model_path)?;
+    Ok(PredictorSet::load(&dir, &sha, cfg.n_layers, cfg.d_model, cfg.d_ff)?)
 }
 
 /// The calibration profile at `profile`, or by default the one `sieve calibrate` wrote for

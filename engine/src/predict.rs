@@ -1,0 +1,159 @@
+//! The predictor methods inside a forward pass: which MLP neurons a trained predictor keeps
+//! (per token, from this layer's MLP input or, for lookahead predictors, the previous
+//! layer's), on the accuracy path by zeroing and on the decode path by reading only the
+//! kept rows: output-sparse gate and up, input-sparse down.
+
+use sieve_kernels::ActsQ8;
+use sieve_kernels::ops;
+use sieve_kernels::sparse::{RowMajor, Vector, gemv_rows, swiglu_rows};
+use sieve_predictor::model::Scratch as PredictorScratch;
+use sieve_predictor::store::Tap as PredictorTap;
+use sieve_predictor::{LayerPredictor, PredictorSet};
+
+use crate::error::{EngineError, Result};
+use crate::sparsity::{LayerPlan, Method, Proj, SparsityStats};
+use crate::weights::{LayerWeights, Linear};
+
+/// Buffers of the predictor methods, reused across layers and steps.
+#[derive(Debug, Default)]
+pub(crate) struct PredictScratch {
+    inner: PredictorScratch,
+    scores: Vec<f32>,
+    rows: Vec<u32>,
+    confirmed: Vec<u32>,
+    values: Vec<f32>,
+    up: Vec<f32>,
+    qa: ActsQ8,
+    /// The previous layer's MLP input (one row per token), for lookahead predictors.
+    pub(crate) prev_mlp_in: Vec<f32>,
+}
+
+/// The input layer `l`'s predictor reads: this layer's MLP input, or the previous layer's.
+fn source<'a>(set: &PredictorSet, l: usize, mlp_in: &'a [f32], prev: &'a [f32]) -> &'a [f32] {
+    match set.manifest.tap {
+        PredictorTap::Lookahead if l > 0 && prev.len() == mlp_in.len() => prev,
+        _ => mlp_in,
+    }
+}
+
+fn layer(set: &PredictorSet, l: usize) -> Result<&LayerPredictor> {
+    set.layers.get(l).ok_or_else(|| EngineError::InvalidInput(format!("the predictor set has no layer {l}")))
+}
+
+/// Scores one token and lists the neurons the method proposes: above the plan's threshold
+/// (predictor), or by the predictor's trained rule (predictor-verify).
+fn propose(p: &LayerPredictor, method: Method, lp: &LayerPlan, x: &[f32], s: &mut PredictScratch) -> Result<()> {
+    s.scores.resize(p.f(), 0.0);
+    p.scores(x, &mut s.inner, &mut s.scores)?;
+    match method {
+        Method::Predictor => {
+            let t = lp.predict_threshold;
+            s.rows.clear();
+            s.rows.extend((0..s.scores.len() as u32).filter(|&i| s.scores[i as usize] > t));
+        }
+        _ => p.select(&s.scores, &mut s.rows),
+    }
+    Ok(())
+}
+
+/// Accuracy path: zeroes `act` (silu(g), tokens x f) where the method drops a neuron, from
+/// the MLP inputs `mlp_in` (tokens x d). Returns (gate rows skipped, neurons dropped).
+pub(crate) fn drop_neurons(
+    set: &PredictorSet,
+    method: Method,
+    lp: &LayerPlan,
+    l: usize,
+    mlp_in: &[f32],
+    act: &mut [f32],
+    s: &mut PredictScratch,
+) -> Result<(usize, usize)> {
+    let p = layer(set, l)?;
+    let (d, f) = (p.d(), p.f());
+    let prev = std::mem::take(&mut s.prev_mlp_in);
+    let src = source(set, l, mlp_in, &prev);
+    let (mut skipped, mut dropped) = (0, 0);
+    for (x, a) in src.chunks_exact(d).zip(act.chunks_exact_mut(f)) {
+        propose(p, method, lp, x, s)?;
+        skipped += f - s.rows.len();
+        let mut keep = vec![false; f];
+        for &i in &s.rows {
+            let i = i as usize;
+            keep[i] = method == Method::Predictor || a[i].abs() > lp.gate_act;
+        }
+        for (v, k) in a.iter_mut().zip(&keep) {
+            if !k {
+                *v = 0.0;
+                dropped += 1;
+            }
+        }
+    }
+    s.prev_mlp_in = prev;
+    s.prev_mlp_in.clear();
+    s.prev_mlp_in.extend_from_slice(mlp_in);
+    Ok((skipped, dropped))
+}
+
+/// Decode path for one position: `h` (f) receives silu(g)·u on the kept neurons and zeros
+/// elsewhere, reading only the proposed gate rows and the kept up rows. Returns (gate rows
+/// skipped, neurons dropped).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn front_half(
+    set: &PredictorSet,
+    method: Method,
+    lp: &LayerPlan,
+    l: usize,
+    w: &LayerWeights,
+    x: &[f32],
+    h: &mut [f32],
+    s: &mut PredictScratch,
+) -> Result<(usize, usize)> {
+    let p = layer(set, l)?;
+    let f = p.f();
+    let prev = std::mem::take(&mut s.prev_mlp_in);
+    let proposed = propose(p, method, lp, source(set, l, x, &prev), s);
+    s.prev_mlp_in = prev;
+    s.prev_mlp_in.clear();
+    s.prev_mlp_in.extend_from_slice(x);
+    proposed?;
+    s.qa.quantize_from(x, 1, x.len())?;
+    let (gate_w, up_w, vector) = match (&w.w_gate, &w.w_up) {
+        (Linear::F32(g), Linear::F32(u)) => (RowMajor::F32(g), RowMajor::F32(u), Vector::F32(x)),
+        (Linear::Q4(g), Linear::Q4(u)) => (RowMajor::Q4(g), RowMajor::Q4(u), Vector::Q8(&s.qa)),
+        (Linear::Q8(g), Linear::Q8(u)) => (RowMajor::Q8(g), RowMajor::Q8(u), Vector::Q8(&s.qa)),
+        _ => return Err(EngineError::InvalidInput("gate and up are stored in different precisions".into())),
+    };
+    h.fill(0.0);
+    let skipped = f - s.rows.len();
+    if method == Method::Predictor {
+        s.values.resize(s.rows.len(), 0.0);
+        swiglu_rows(&gate_w, &up_w, &vector, &s.rows, &mut s.values)?;
+        for (&i, &v) in s.rows.iter().zip(&s.values) {
+            h[i as usize] = v;
+        }
+        return Ok((skipped, f - s.rows.len()));
+    }
+    s.values.resize(s.rows.len(), 0.0);
+    gemv_rows(&gate_w, &vector, &s.rows, &mut s.values)?;
+    ops::silu_in_place(&mut s.values);
+    s.confirmed.clear();
+    let mut acts = Vec::with_capacity(s.rows.len());
+    for (&i, &a) in s.rows.iter().zip(&s.values) {
+        if a.abs() > lp.gate_act {
+            s.confirmed.push(i);
+            acts.push(a);
+        }
+    }
+    s.up.resize(s.confirmed.len(), 0.0);
+    gemv_rows(&up_w, &vector, &s.confirmed, &mut s.up)?;
+    for ((&i, &a), &u) in s.confirmed.iter().zip(&acts).zip(&s.up) {
+        h[i as usize] = a * u;
+    }
+    Ok((skipped, f - s.confirmed.len()))
+}
+
+/// Counts what a predictor method skipped in one layer.
+pub(crate) fn count(stats: &mut SparsityStats, l: usize, f: usize, tokens: usize, skipped: usize, dropped: usize) {
+    stats.add(l, Proj::Gate, skipped, f * tokens);
+    stats.add(l, Proj::Up, dropped, f * tokens);
+    stats.add(l, Proj::Down, dropped, f * tokens);
+}
