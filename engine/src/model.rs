@@ -267,6 +267,7 @@ impl Model {
             ops::silu_in_place(&mut s.gate);
             hooks.observe(l, Tap::GateAct, &s.gate);
             let mut dropped = hooks.drop_neurons_by_gate(l, &mut s.gate);
+            let mut gate_skipped = 0;
             if let Some((plan, set)) =
                 hooks.plan.filter(|p| !p.is_dense()).and_then(|p| Some((p, p.predictors.as_ref()?)))
                 && let Some(lp) = plan.layers.get(l)
@@ -274,11 +275,12 @@ impl Model {
                 let (skipped, gone) =
                     predict::drop_neurons(&set.0, plan.method, lp, l, &s.normed, &mut s.gate, &mut s.predict)?;
                 dropped += gone;
-                hooks.count(l, Proj::Gate, skipped, 0);
+                gate_skipped = skipped;
             }
             s.gate.iter_mut().zip(&s.up).for_each(|(g, u)| *g *= u);
             let dropped = dropped + hooks.drop_neurons_by_importance(l, cfg.d_ff, &mut s.gate, &mut s.order);
             if hooks.plan.is_some_and(|p| p.method.mlp_only()) {
+                hooks.count(l, Proj::Gate, gate_skipped, s.gate.len());
                 hooks.count(l, Proj::Up, dropped, s.gate.len());
             }
             hooks.observe(l, Tap::DownIn, &s.gate);
@@ -424,8 +426,8 @@ fn project_each(
             }
             ready = Some(t);
         }
-        // The MLP methods count up's skipped rows where they drop neurons.
-        if !(*proj == Proj::Up && hooks.plan.is_some_and(|p| p.method.mlp_only())) {
+        // The MLP methods count gate's and up's skipped rows where they drop neurons.
+        if !(matches!(*proj, Proj::Gate | Proj::Up) && hooks.plan.is_some_and(|p| p.method.mlp_only())) {
             hooks.count(layer, *proj, zeroed, input.len());
         }
         let prepared = match prec {

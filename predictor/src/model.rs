@@ -278,24 +278,34 @@ pub fn check_bits(bits: u8) -> Result<()> {
     Ok(())
 }
 
-/// `w` (rows x cols, cols a multiple of 32) on a b-bit grid: per 32-weight group, a scale
-/// and codes in -(2^(b-1) - 1)..=2^(b-1) - 1 (1 bit: sign times the group's mean magnitude).
+/// `w` (rows x cols, cols a multiple of 32) on a b-bit grid, per 32-weight group: the 2^b
+/// levels (k + 1/2) · step for k in -2^(b-1)..2^(b-1) (no zero level, so 1 bit is the sign),
+/// the step chosen per group to minimise the squared error (a grid search around the
+/// group's RMS: weights are near-Gaussian, so max-scaled grids waste most levels).
 pub fn quantize_bits(w: &[f32], bits: u8) -> Result<Vec<f32>> {
     check_bits(bits)?;
     if w.len() % QK != 0 {
         return Err(PredictorError::Shape(format!("{} weights are not whole groups of {QK}", w.len())));
     }
+    let half = (1i32 << (bits - 1)) as f32;
+    let snap = |v: f32, step: f32| ((v / step - 0.5).round().clamp(-half, half - 1.0) + 0.5) * step;
     let mut out = vec![0f32; w.len()];
     for (dst, src) in out.chunks_exact_mut(QK).zip(w.chunks_exact(QK)) {
-        if bits == 1 {
-            let mean = src.iter().map(|v| v.abs()).sum::<f32>() / QK as f32;
-            dst.iter_mut().zip(src).for_each(|(o, &v)| *o = if v < 0.0 { -mean } else { mean });
-        } else {
-            let levels = ((1u32 << (bits - 1)) - 1) as f32;
-            let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / levels } else { 1.0 };
-            dst.iter_mut().zip(src).for_each(|(o, &v)| *o = (v / scale).round().clamp(-levels, levels) * scale);
+        let rms = (src.iter().map(|v| v * v).sum::<f32>() / QK as f32).sqrt();
+        if rms == 0.0 {
+            dst.fill(0.0);
+            continue;
         }
+        let mut best = (f32::INFINITY, rms);
+        for k in 1..=40 {
+            // 0.1 to 4 RMS / sqrt(2^(b-1)): brackets the Gaussian optimum of every width.
+            let step = rms * k as f32 * 0.1 / half.sqrt();
+            let err: f32 = src.iter().map(|&v| (v - snap(v, step)).powi(2)).sum();
+            if err < best.0 {
+                best = (err, step);
+            }
+        }
+        dst.iter_mut().zip(src).for_each(|(o, &v)| *o = snap(v, best.1));
     }
     Ok(out)
 }
@@ -343,7 +353,11 @@ mod tests {
             let mut levels: Vec<i64> = q[..32].iter().map(|v| (v * 1e4).round() as i64).collect();
             levels.sort();
             levels.dedup();
-            assert!(levels.len() <= if bits == 1 { 2 } else { (1 << bits) - 1 }, "{bits}: {levels:?}");
+            assert!(levels.len() <= 1 << bits, "{bits}: {levels:?}");
+            let err: f32 = w.iter().zip(&q).map(|(a, b)| (a - b).powi(2)).sum();
+            let prev = quantize_bits(&w, bits.saturating_sub(1).max(1)).unwrap();
+            let prev_err: f32 = w.iter().zip(&prev).map(|(a, b)| (a - b).powi(2)).sum();
+            assert!(bits == 1 || err < prev_err, "{bits} bits: error {err} not below {prev_err}");
         }
     }
 }

@@ -95,7 +95,10 @@ fn masks(model_path: &Path, a: MasksArgs) -> Result<()> {
         None => tok.encode(BUILTIN_BENCH_TEXT)?,
     };
     let profile = super::load_profile(model_path, &model, a.sparsity.profile.as_deref())?;
-    let plan = profile.plan(a.sparsity.method, a.sparsity.sparsity)?;
+    let plan = match a.sparsity.plan(model_path, &model)? {
+        Some(plan) => plan,
+        None => profile.plan(a.sparsity.method, a.sparsity.sparsity)?,
+    };
     let references = MaskAudit::new(&profile, a.sparsity.sparsity)?;
     let opts = MaskOptions { positions: a.positions, ctx: a.ctx, timed_steps: a.timed_steps };
     let steps = a.positions.div_ceil(a.ctx.max(1)) + if a.timed_steps > 0 { 4 } else { 0 };
