@@ -278,10 +278,13 @@ impl Model {
                 gate_skipped = skipped;
             }
             s.gate.iter_mut().zip(&s.up).for_each(|(g, u)| *g *= u);
-            let dropped = dropped + hooks.drop_neurons_by_importance(l, cfg.d_ff, &mut s.gate, &mut s.order);
-            if hooks.plan.is_some_and(|p| p.method.mlp_only()) {
+            let by_importance = hooks.drop_neurons_by_importance(l, cfg.d_ff, &mut s.gate, &mut s.order);
+            if let Some(method) = hooks.plan.map(|p| p.method).filter(|m| m.mlp_only()) {
+                // Predict-then-verify reads the up rows of every proposed neuron before
+                // ranking them; CETT's oracle counts as skipping what it drops.
+                let up_skipped = if method == Method::PredictorVerify { dropped } else { dropped + by_importance };
                 hooks.count(l, Proj::Gate, gate_skipped, s.gate.len());
-                hooks.count(l, Proj::Up, dropped, s.gate.len());
+                hooks.count(l, Proj::Up, up_skipped, s.gate.len());
             }
             hooks.observe(l, Tap::DownIn, &s.gate);
             if hooks.audit.is_some() {
@@ -374,6 +377,7 @@ impl Hooks<'_> {
         let lp = self.layer_plan(layer)?;
         match method {
             Method::Teal | Method::TealUniform => Some(lp.proj[proj.index()]).filter(|&t| t > 0.0),
+            Method::PredictorVerify if proj == Proj::Down => Some(lp.proj[proj.index()]),
             m if m.mlp_only() && proj == Proj::Down => Some(0.0),
             _ => None,
         }
@@ -390,7 +394,9 @@ impl Hooks<'_> {
     /// CETT: keeps the most important neurons of each token's h; returns how many it dropped.
     fn drop_neurons_by_importance(&self, layer: usize, width: usize, h: &mut [f32], order: &mut Vec<u32>) -> usize {
         match (self.plan.map(|p| p.method), self.layer_plan(layer)) {
-            (Some(Method::Cett), Some(lp)) => keep_top_importance(h, width, &lp.down_col_norms, lp.cett_keep, order),
+            (Some(Method::Cett | Method::PredictorVerify), Some(lp)) if lp.cett_keep > 0 => {
+                keep_top_importance(h, width, &lp.down_col_norms, lp.cett_keep, order)
+            }
             _ => 0,
         }
     }

@@ -11,7 +11,7 @@ use sieve_predictor::store::Tap as PredictorTap;
 use sieve_predictor::{LayerPredictor, PredictorSet};
 
 use crate::error::{EngineError, Result};
-use crate::sparsity::{LayerPlan, Method, Proj, SparsityStats};
+use crate::sparsity::{LayerPlan, Method, Proj, SparsityStats, keep_top_importance};
 use crate::weights::{LayerWeights, Linear};
 
 /// Buffers of the predictor methods, reused across layers and steps.
@@ -94,8 +94,7 @@ pub(crate) fn drop_neurons(
 }
 
 /// Decode path for one position: `h` (f) receives silu(g)·u on the kept neurons and zeros
-/// elsewhere, reading only the proposed gate rows and the kept up rows. Returns (gate rows
-/// skipped, neurons dropped).
+/// elsewhere, reading only the proposed gate rows and the kept up rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn front_half(
     set: &PredictorSet,
@@ -106,7 +105,7 @@ pub(crate) fn front_half(
     x: &[f32],
     h: &mut [f32],
     s: &mut PredictScratch,
-) -> Result<(usize, usize)> {
+) -> Result<Skipped> {
     let p = layer(set, l)?;
     let f = p.f();
     let prev = std::mem::take(&mut s.prev_mlp_in);
@@ -130,30 +129,55 @@ pub(crate) fn front_half(
         for (&i, &v) in s.rows.iter().zip(&s.values) {
             h[i as usize] = v;
         }
-        return Ok((skipped, f - s.rows.len()));
+        return Ok(Skipped { gate: skipped, up: skipped, down: skipped });
     }
+    if lp.gate_act > 0.0 {
+        // CATS confirms: the exact gate of the proposed rows, then up where |silu(g)| > t.
+        s.values.resize(s.rows.len(), 0.0);
+        gemv_rows(&gate_w, &vector, &s.rows, &mut s.values)?;
+        ops::silu_in_place(&mut s.values);
+        s.confirmed.clear();
+        let mut acts = Vec::with_capacity(s.rows.len());
+        for (&i, &a) in s.rows.iter().zip(&s.values) {
+            if a.abs() > lp.gate_act {
+                s.confirmed.push(i);
+                acts.push(a);
+            }
+        }
+        s.up.resize(s.confirmed.len(), 0.0);
+        gemv_rows(&up_w, &vector, &s.confirmed, &mut s.up)?;
+        for ((&i, &a), &u) in s.confirmed.iter().zip(&acts).zip(&s.up) {
+            h[i as usize] = a * u;
+        }
+        return Ok(Skipped { gate: skipped, up: f - s.confirmed.len(), down: f - s.confirmed.len() });
+    }
+    // TEAL's or CETT's rule confirms on the exact h of the proposed neurons.
     s.values.resize(s.rows.len(), 0.0);
-    gemv_rows(&gate_w, &vector, &s.rows, &mut s.values)?;
-    ops::silu_in_place(&mut s.values);
-    s.confirmed.clear();
-    let mut acts = Vec::with_capacity(s.rows.len());
-    for (&i, &a) in s.rows.iter().zip(&s.values) {
-        if a.abs() > lp.gate_act {
-            s.confirmed.push(i);
-            acts.push(a);
+    swiglu_rows(&gate_w, &up_w, &vector, &s.rows, &mut s.values)?;
+    let t = lp.proj[Proj::Down.index()];
+    for (&i, &v) in s.rows.iter().zip(&s.values) {
+        if v.abs() > t {
+            h[i as usize] = v;
         }
     }
-    s.up.resize(s.confirmed.len(), 0.0);
-    gemv_rows(&up_w, &vector, &s.confirmed, &mut s.up)?;
-    for ((&i, &a), &u) in s.confirmed.iter().zip(&acts).zip(&s.up) {
-        h[i as usize] = a * u;
+    if lp.cett_keep > 0 {
+        keep_top_importance(h, f, &lp.down_col_norms, lp.cett_keep, &mut s.confirmed);
     }
-    Ok((skipped, f - s.confirmed.len()))
+    let kept = h.iter().filter(|v| **v != 0.0).count();
+    Ok(Skipped { gate: skipped, up: skipped, down: f - kept })
 }
 
-/// Counts what a predictor method skipped in one layer.
-pub(crate) fn count(stats: &mut SparsityStats, l: usize, f: usize, tokens: usize, skipped: usize, dropped: usize) {
-    stats.add(l, Proj::Gate, skipped, f * tokens);
-    stats.add(l, Proj::Up, dropped, f * tokens);
-    stats.add(l, Proj::Down, dropped, f * tokens);
+/// Rows a predictor method did not read, per projection, in one layer and position.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Skipped {
+    pub gate: usize,
+    pub up: usize,
+    pub down: usize,
+}
+
+/// Counts what a predictor method skipped in one layer and position.
+pub(crate) fn count(stats: &mut SparsityStats, l: usize, f: usize, skipped: Skipped) {
+    stats.add(l, Proj::Gate, skipped.gate, f);
+    stats.add(l, Proj::Up, skipped.up, f);
+    stats.add(l, Proj::Down, skipped.down, f);
 }

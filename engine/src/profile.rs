@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sieve_predictor::PredictorSet;
+use sieve_predictor::store::LabelKind;
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
@@ -205,7 +206,17 @@ impl Profile {
                         lp.proj[p.index()] = self.threshold(l, p.input(), levels[p.index()]);
                     }
                 }
-                Method::Cats | Method::PredictorVerify => lp.gate_act = self.threshold(l, Tap::GateAct, s),
+                Method::Cats => lp.gate_act = self.threshold(l, Tap::GateAct, s),
+                // The proposal is confirmed by the rule of the label the predictor learnt.
+                Method::PredictorVerify => match plan.predictors.as_ref().map(|p| p.0.manifest.label) {
+                    Some(LabelKind::Teal) => lp.proj[Proj::Down.index()] = self.threshold(l, Tap::DownIn, s),
+                    Some(LabelKind::Cett) => {
+                        let width = self.down_col_norms[l].len();
+                        lp.cett_keep = ((1.0 - s as f64) * width as f64).round() as usize;
+                        lp.down_col_norms = self.down_col_norms[l].clone();
+                    }
+                    _ => lp.gate_act = self.threshold(l, Tap::GateAct, s),
+                },
                 Method::Predictor => {
                     let p = plan.predictors.as_ref().and_then(|set| set.0.layers.get(l));
                     lp.predict_threshold = p.and_then(|p| p.threshold_at_sparsity(s)).ok_or_else(|| {

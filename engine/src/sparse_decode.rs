@@ -195,10 +195,10 @@ pub(crate) fn mlp(
     match method {
         Method::Predictor | Method::PredictorVerify => {
             let set = predictors.ok_or_else(|| EngineError::InvalidInput(format!("{method} needs a predictor set")))?;
-            let (skipped, dropped) = predict::front_half(set, method, lp, l, w, x, h, &mut scratch.predict)?;
+            let skipped = predict::front_half(set, method, lp, l, w, x, h, &mut scratch.predict)?;
             sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
             if let Some(s) = stats.as_mut() {
-                predict::count(s, l, h.len(), 1, skipped, dropped);
+                predict::count(s, l, h.len(), skipped);
             }
         }
         Method::Cats => {

@@ -5,12 +5,18 @@
 
 mod common;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use ndarray::ArrayView2;
+use sieve_engine::trace::collect_trace;
+use sieve_predictor::store::{LabelKind, Manifest, PREDICTOR_VERSION, Tap};
+use sieve_predictor::train::{RuleChoice, finish, fit_gate_regression};
+use sieve_predictor::{Family, Output, PredictorSet};
 
 use sieve_engine::audit::{MaskAudit, Reference};
 use sieve_engine::calibrate::{build_profile, calibrate};
 use sieve_engine::profile::{Profile, file_sha256};
-use sieve_engine::sparsity::{Method, Proj, SparsityStats};
+use sieve_engine::sparsity::{Method, Proj, SparsityPlan, SparsityStats};
 use sieve_engine::tokenizer::Tokenizer;
 use sieve_engine::{Hooks, Logits, Model, Precision};
 
@@ -49,7 +55,11 @@ fn setup() -> &'static Setup {
 /// Logits of the next position after `prompt`, one decode step under `method` at 50%, by
 /// the sparse kernels or by the accuracy path; with the step's sparsity counts.
 fn step(s: &Setup, method: Method, accuracy_path: bool) -> (Vec<f32>, SparsityStats) {
-    let plan = s.profile.plan(method, 0.5).expect("plan");
+    step_with(s, &s.profile.plan(method, 0.5).expect("plan"), accuracy_path)
+}
+
+fn step_with(s: &Setup, plan: &SparsityPlan, accuracy_path: bool) -> (Vec<f32>, SparsityStats) {
+    let plan = plan.clone();
     let (prompt, next) = s.tokens.split_at(40);
     let mut cache = s.model.new_cache();
     let mut hooks = Hooks { plan: Some(&plan), ..Hooks::default() };
@@ -77,6 +87,73 @@ fn sparse_decode_kernels_match_the_accuracy_path() {
         let (a, b) = (fast_stats.achieved(method, &params), ref_stats.achieved(method, &params));
         assert!(a > 0.2 && (a - b).abs() < 0.01, "{method}: achieved sparsity {a} by kernels, {b} by masking");
     }
+}
+
+/// A rank-32 gate-regression predictor set fitted on a trace of the test text under `label`.
+fn predictors(s: &Setup, label: LabelKind) -> Arc<PredictorSet> {
+    let cfg = s.model.config();
+    let trace = collect_trace(&s.model, &s.profile, std::slice::from_ref(&s.tokens), label, 0.5, "test".into(), || {})
+        .expect("trace");
+    let n = trace.manifest.tokens;
+    let layers = (0..cfg.n_layers)
+        .map(|l| {
+            let inputs = trace.inputs(l);
+            let x = ArrayView2::from_shape((n, cfg.d_model), &inputs).expect("inputs");
+            let mut gate = vec![0f32; cfg.d_ff * cfg.d_model];
+            for (r, row) in gate.chunks_exact_mut(cfg.d_model).enumerate() {
+                s.model.weights().layers[l].w_gate.row_f32(r, row);
+            }
+            let body = fit_gate_regression(x, &gate, cfg.d_ff, 32).expect("fit");
+            finish(body, Output::Gate, x, trace.labels(l), RuleChoice::TargetRecall(0.9)).expect("finish").0
+        })
+        .collect();
+    let manifest = Manifest {
+        version: PREDICTOR_VERSION,
+        model_sha256: s.profile.model_sha256.clone(),
+        n_layers: cfg.n_layers,
+        d_model: cfg.d_model,
+        d_ff: cfg.d_ff,
+        family: Family::LowrankG,
+        rank: Some(32),
+        bits: None,
+        relu: false,
+        tap: Tap::MlpInput,
+        label,
+        label_sparsity: 0.5,
+        target_recall: Some(0.9),
+        train_tokens: n,
+        validation_tokens: n,
+        train_seconds: 0.0,
+        layers: Vec::new(),
+    };
+    Arc::new(PredictorSet { manifest, layers })
+}
+
+#[test]
+fn predictor_methods_decode_like_their_accuracy_path() {
+    let s = setup();
+    let params = s.model.config().proj_params();
+    for label in [LabelKind::Cats, LabelKind::Teal, LabelKind::Cett] {
+        let set = predictors(s, label);
+        for method in [Method::Predictor, Method::PredictorVerify] {
+            let plan = s.profile.plan_with_predictors(method, 0.5, Some(set.clone())).expect("plan");
+            let (fast, fast_stats) = step_with(s, &plan, false);
+            let (reference, ref_stats) = step_with(s, &plan, true);
+            let dot: f64 = fast.iter().zip(&reference).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+            let cosine = dot / (norm(&fast) * norm(&reference));
+            assert!(cosine > 0.99, "{method} ({label:?}): logits cosine {cosine}");
+            for p in [Proj::Gate, Proj::Up, Proj::Down] {
+                let (a, b) = (fast_stats.overall(p), ref_stats.overall(p));
+                assert!((a - b).abs() < 0.03, "{method} ({label:?}) {p:?}: {a} by kernels, {b} by masking");
+            }
+            let achieved = fast_stats.achieved(method, &params);
+            assert!(achieved > 0.25, "{method} ({label:?}): achieved {achieved}");
+        }
+    }
+    // Without a predictor set the predictor methods are refused with the command to run.
+    let err = s.profile.plan(Method::Predictor, 0.5).unwrap_err().to_string();
+    assert!(err.contains("train-predictors"), "{err}");
 }
 
 #[test]
