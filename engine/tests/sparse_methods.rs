@@ -104,7 +104,7 @@ fn predictors(s: &Setup, label: LabelKind) -> Arc<PredictorSet> {
                 s.model.weights().layers[l].w_gate.row_f32(r, row);
             }
             let body = fit_gate_regression(x, &gate, cfg.d_ff, 32).expect("fit");
-            finish(body, Output::Gate, x, trace.labels(l), RuleChoice::TargetRecall(0.9)).expect("finish").0
+            finish(body, Output::Gate, Vec::new(), x, trace.labels(l), RuleChoice::TargetRecall(0.9)).expect("finish").0
         })
         .collect();
     let manifest = Manifest {

@@ -118,6 +118,9 @@ pub struct LayerPredictor {
     /// `score_quantiles[k]`: the validation score below which a fraction k / 100 of all
     /// (token, neuron) scores lie; how a target sparsity becomes a threshold.
     pub score_quantiles: Vec<f32>,
+    /// Per-neuron factor on |silu(ĝ)| (empty: none): the typical |u_i| (and ||Wd[:, i]||)
+    /// when the label ranks by |h| or by CETT's importance rather than by the gate alone.
+    pub neuron_scale: Vec<f32>,
     d: usize,
     f: usize,
     first: Fast,
@@ -160,7 +163,19 @@ impl LayerPredictor {
                 (Fast::new(f, d, w)?, None, 0)
             }
         };
-        Ok(Self { body, output, rule, quality, score_quantiles: Vec::new(), d, f, first, second, rank_padded })
+        Ok(Self {
+            body,
+            output,
+            rule,
+            quality,
+            score_quantiles: Vec::new(),
+            neuron_scale: Vec::new(),
+            d,
+            f,
+            first,
+            second,
+            rank_padded,
+        })
     }
 
     /// Input width.
@@ -214,6 +229,9 @@ impl LayerPredictor {
         if self.output == Output::Gate {
             ops::silu_in_place(out);
             out.iter_mut().for_each(|v| *v = v.abs());
+            if self.neuron_scale.len() == out.len() {
+                out.iter_mut().zip(&self.neuron_scale).for_each(|(v, s)| *v *= s);
+            }
         }
         Ok(())
     }
@@ -221,7 +239,7 @@ impl LayerPredictor {
     /// Scores of many tokens (rows of `x`, n x d) in f32 with f64-free BLAS-like products:
     /// the reference the one-token path is checked against, and what validation uses.
     pub fn scores_batch(&self, x: ArrayView2<'_, f32>) -> Result<Array2<f32>> {
-        batch_scores(&self.body, self.output, x, self.d, self.f)
+        batch_scores(&self.body, self.output, &self.neuron_scale, x, self.d, self.f)
     }
 
     /// The threshold whose rule leaves a fraction `s` of neurons inactive on validation
@@ -243,7 +261,15 @@ impl LayerPredictor {
 }
 
 /// [`LayerPredictor::scores_batch`] for a body not yet wrapped into a predictor.
-pub fn batch_scores(body: &Body, output: Output, x: ArrayView2<'_, f32>, d: usize, f: usize) -> Result<Array2<f32>> {
+/// `scale`: per-neuron factors on |silu(ĝ)| (empty: none).
+pub fn batch_scores(
+    body: &Body,
+    output: Output,
+    scale: &[f32],
+    x: ArrayView2<'_, f32>,
+    d: usize,
+    f: usize,
+) -> Result<Array2<f32>> {
     if x.ncols() != d {
         return Err(PredictorError::Shape(format!("inputs of width {} for a predictor of {d}", x.ncols())));
     }
@@ -266,6 +292,9 @@ pub fn batch_scores(body: &Body, output: Output, x: ArrayView2<'_, f32>, d: usiz
     };
     if output == Output::Gate {
         z.mapv_inplace(|v| ops::silu(v).abs());
+        if scale.len() == f {
+            z.rows_mut().into_iter().for_each(|mut row| row.iter_mut().zip(scale).for_each(|(v, s)| *v *= s));
+        }
     }
     Ok(z)
 }

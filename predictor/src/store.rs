@@ -182,6 +182,9 @@ impl PredictorSet {
                     tensors.insert(format!("layer.{l}.w"), Tensor::from_slice(w, (f, d), &dev)?);
                 }
             }
+            if !p.neuron_scale.is_empty() {
+                tensors.insert(format!("layer.{l}.scale"), Tensor::from_slice(&p.neuron_scale, f, &dev)?);
+            }
         }
         let weights = dir.join(WEIGHTS_FILE);
         candle_core::safetensors::save(&tensors, &weights).map_err(|e| file_err(&weights, e.to_string()))?;
@@ -252,6 +255,13 @@ impl PredictorSet {
             let mut p = LayerPredictor::new(body, entry.output, entry.rule, entry.quality, d_model, d_ff)
                 .map_err(|e| file_err(&weights_path, format!("layer {l}: {e}")))?;
             p.score_quantiles = entry.score_quantiles.clone();
+            if tensors.contains_key(&format!("layer.{l}.scale")) {
+                let scale = get(format!("layer.{l}.scale"))?;
+                if scale.len() != d_ff {
+                    return Err(file_err(&weights_path, format!("layer {l}: {} neuron scales", scale.len())));
+                }
+                p.neuron_scale = scale;
+            }
             layers.push(p);
         }
         Ok(Self { manifest, layers })

@@ -61,6 +61,29 @@ pub fn fit_gate_svd(w_gate: &[f32], d: usize, f: usize, rank: usize) -> Result<B
     })
 }
 
+/// Per-neuron factors that turn a gate score |silu(ĝ_i)| into an estimate of |h_i| (times
+/// ||Wd[:, i]|| when `down_norms` is given, CETT's importance): the RMS over the inputs `x`
+/// of u_i = W_up[i] · x.
+pub fn neuron_scales(x: ArrayView2<'_, f32>, w_up: &[f32], f: usize, down_norms: Option<&[f32]>) -> Result<Vec<f32>> {
+    let d = x.ncols();
+    if w_up.len() != f * d || down_norms.is_some_and(|n| n.len() != f) {
+        return Err(PredictorError::Shape(format!("W_up / down norms do not fit {f} neurons of {d} inputs")));
+    }
+    if x.nrows() == 0 {
+        return Err(PredictorError::TooLittleData("no input to measure the up projection on".into()));
+    }
+    let x64 = x.mapv(f64::from);
+    let cx = x64.t().dot(&x64) / x.nrows() as f64;
+    let wu = ArrayView2::from_shape((f, d), w_up).map_err(|e| PredictorError::Shape(e.to_string()))?.mapv(f64::from);
+    let wc = wu.dot(&cx);
+    Ok((0..f)
+        .map(|i| {
+            let rms = wc.row(i).dot(&wu.row(i)).max(0.0).sqrt() as f32;
+            rms * down_norms.map_or(1.0, |n| n[i])
+        })
+        .collect())
+}
+
 /// `lowbit`: W_gate on a b-bit grid.
 pub fn fit_lowbit(w_gate: &[f32], bits: u8) -> Result<Body> {
     Ok(Body::LowBit { bits, w: quantize_bits(w_gate, bits)? })
@@ -269,12 +292,16 @@ pub enum RuleChoice {
 pub fn finish(
     body: Body,
     output: Output,
+    neuron_scale: Vec<f32>,
     val_x: ArrayView2<'_, f32>,
     val_y: &Labels,
     choice: RuleChoice,
 ) -> Result<(LayerPredictor, Array2<f32>)> {
     let (d, f) = (val_x.ncols(), val_y.f());
-    let scores = batch_scores(&body, output, val_x, d, f)?;
+    if !neuron_scale.is_empty() && neuron_scale.len() != f {
+        return Err(PredictorError::Shape(format!("{} neuron scales for {f} neurons", neuron_scale.len())));
+    }
+    let scores = batch_scores(&body, output, &neuron_scale, val_x, d, f)?;
     let flat = scores.as_slice().ok_or_else(|| PredictorError::Shape("scores are not contiguous".into()))?;
     let rule = match choice {
         RuleChoice::TargetRecall(r) => Rule::Threshold(threshold_for_recall(flat, val_y, r)?),
@@ -283,6 +310,7 @@ pub fn finish(
     let quality = measure(flat, val_y, rule);
     let mut p = LayerPredictor::new(body, output, rule, quality, d, f)?;
     p.score_quantiles = percentiles(flat);
+    p.neuron_scale = neuron_scale;
     Ok((p, scores))
 }
 

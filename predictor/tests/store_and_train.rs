@@ -76,16 +76,23 @@ fn gate_regression_beats_the_svd_anchor_and_round_trips_through_files() {
     let val_labels = labels.rows(500..600);
     let fitted = fit_gate_regression(train, &w, F, 8).unwrap();
     let svd = fit_gate_svd(&w, D, F, 8).unwrap();
-    let (p, scores) = finish(fitted, Output::Gate, val, &val_labels, RuleChoice::TopK(F / 2)).unwrap();
-    let (_, svd_scores) = finish(svd, Output::Gate, val, &val_labels, RuleChoice::TopK(F / 2)).unwrap();
+    let (p, scores) = finish(fitted, Output::Gate, Vec::new(), val, &val_labels, RuleChoice::TopK(F / 2)).unwrap();
+    let (_, svd_scores) = finish(svd, Output::Gate, Vec::new(), val, &val_labels, RuleChoice::TopK(F / 2)).unwrap();
     let ours = measure(scores.as_slice().unwrap(), &val_labels, Rule::TopK(F / 2)).recall;
     let anchor = measure(svd_scores.as_slice().unwrap(), &val_labels, Rule::TopK(F / 2)).recall;
     // The inputs live in 8 directions: a rank-8 map fitted to them is nearly exact, the
     // weight-only SVD is not.
     assert!(ours > 0.9 && ours > anchor + 0.05, "fitted {ours}, svd {anchor}");
 
-    let (lb, _) =
-        finish(fit_lowbit(&w, 4).unwrap(), Output::Gate, val, &val_labels, RuleChoice::TargetRecall(0.9)).unwrap();
+    let (lb, _) = finish(
+        fit_lowbit(&w, 4).unwrap(),
+        Output::Gate,
+        (0..F).map(|i| 1.0 + i as f32 / F as f32).collect(),
+        val,
+        &val_labels,
+        RuleChoice::TargetRecall(0.9),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (family, layer) in [(Family::LowrankG, p.clone()), (Family::Lowbit, lb)] {
         let mut set = PredictorSet { manifest: manifest(family, 2, 8), layers: vec![layer.clone(), layer.clone()] };
@@ -98,6 +105,7 @@ fn gate_regression_beats_the_svd_anchor_and_round_trips_through_files() {
         assert_eq!(a, b);
         assert_eq!(back.layers[1].rule, layer.rule);
         assert_eq!(back.layers[1].score_quantiles, layer.score_quantiles);
+        assert_eq!(back.layers[1].neuron_scale, layer.neuron_scale);
         // Another model, another shape.
         let err = PredictorSet::load(dir.path(), "other", 2, D, F).unwrap_err().to_string();
         assert!(err.contains("another model"), "{err}");
@@ -110,7 +118,8 @@ fn gate_regression_beats_the_svd_anchor_and_round_trips_through_files() {
 fn truncated_or_corrupt_files_are_refused_with_their_name() {
     let (x, w, labels) = data(200, 2);
     let (p, _) =
-        finish(fit_gate_svd(&w, D, F, 16).unwrap(), Output::Gate, x.view(), &labels, RuleChoice::TopK(10)).unwrap();
+        finish(fit_gate_svd(&w, D, F, 16).unwrap(), Output::Gate, Vec::new(), x.view(), &labels, RuleChoice::TopK(10))
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut set = PredictorSet { manifest: manifest(Family::LowrankG, 1, 16), layers: vec![p] };
     set.save(dir.path()).unwrap();
@@ -143,7 +152,7 @@ fn bad_options_are_refused() {
 
 #[test]
 fn the_lowrank_classifier_learns_a_low_rank_rule() {
-    let (x, w, labels) = data(2400, 4);
+    let (x, _, labels) = data(2400, 4);
     let (train, val) = (x.slice(ndarray::s![..2000, ..]), x.slice(ndarray::s![2000.., ..]));
     let (ty, vy) = (labels.rows(0..2000), labels.rows(2000..2400));
     let opts =
@@ -151,7 +160,7 @@ fn the_lowrank_classifier_learns_a_low_rank_rule() {
     let (body, log) = train_lowrank(train, &ty, val, &vy, opts).unwrap();
     assert!(log.val_loss.len() >= 2 && log.best_epoch >= 1);
     assert!(log.val_loss[log.best_epoch - 1] < log.val_loss[0] || log.best_epoch == 1);
-    let (p, _) = finish(body, Output::Logit, val, &vy, RuleChoice::TopK(F / 2)).unwrap();
+    let (p, _) = finish(body, Output::Logit, Vec::new(), val, &vy, RuleChoice::TopK(F / 2)).unwrap();
     // Chance is 0.5 at half the neurons; the labels are a function of 8 input directions.
     assert!(p.quality.recall > 0.7, "{:?}", p.quality);
     assert!(matches!(p.body, Body::LowRank { rank: 16, .. }));

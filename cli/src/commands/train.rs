@@ -20,7 +20,8 @@ use sieve_predictor::model::Scratch;
 use sieve_predictor::rule::{CurvePoint, predictivity_curve};
 use sieve_predictor::store::{LabelKind, Manifest, PREDICTOR_VERSION, Tap, predictor_dir};
 use sieve_predictor::train::{
-    Init, RuleChoice, TrainOptions, check_rank, finish, fit_gate_regression, fit_gate_svd, fit_lowbit, train_lowrank,
+    Init, RuleChoice, TrainOptions, check_rank, finish, fit_gate_regression, fit_gate_svd, fit_lowbit, neuron_scales,
+    train_lowrank,
 };
 use sieve_predictor::{Body, Family, Labels, LayerPredictor, Output, PredictorSet};
 
@@ -223,14 +224,27 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
                 (body, Output::Logit)
             }
         };
-        let (p, scores) = finish(body, output, x_val, &y_val, RuleChoice::TargetRecall(a.target_recall))?;
+        // Gate scores become |h| (TEAL) or importance (CETT) estimates for those labels.
+        let scale = match (output, a.label) {
+            (Output::Gate, LabelKind::Teal | LabelKind::Cett) => {
+                let mut up = vec![0f32; f * d];
+                for (r, row) in up.chunks_exact_mut(d).enumerate() {
+                    w.w_up.row_f32(r, row);
+                }
+                let norms = (a.label == LabelKind::Cett).then(|| profile.down_col_norms[l].as_slice());
+                neuron_scales(x_train, &up, f, norms)?
+            }
+            _ => Vec::new(),
+        };
+        let (p, scores) =
+            finish(body, output, scale.clone(), x_val, &y_val, RuleChoice::TargetRecall(a.target_recall))?;
         let flat = scores.as_slice().unwrap_or(&[]);
         let curve = predictivity_curve(flat, &y_val, &CURVE);
         let svd_curve = if a.family == Family::Lowbit {
             Vec::new()
         } else {
             let svd = fit_gate_svd(&gate, d, f, a.rank)?;
-            let s = sieve_predictor::model::batch_scores(&svd, Output::Gate, x_val, d, f)?;
+            let s = sieve_predictor::model::batch_scores(&svd, Output::Gate, &scale, x_val, d, f)?;
             predictivity_curve(s.as_slice().unwrap_or(&[]), &y_val, &CURVE)
         };
         let (predictor_us, mlp_us) = time_layer(&model, l, &p, x_val.row(0).as_slice().unwrap_or(&[]))?;
