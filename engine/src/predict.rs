@@ -5,14 +5,15 @@
 
 use sieve_kernels::ActsQ8;
 use sieve_kernels::ops;
-use sieve_kernels::sparse::{RowMajor, Vector, gemv_rows, swiglu_rows};
+use sieve_kernels::sparse::{gemv_rows, swiglu_rows};
 use sieve_predictor::model::Scratch as PredictorScratch;
 use sieve_predictor::store::Tap as PredictorTap;
 use sieve_predictor::{LayerPredictor, PredictorSet};
 
 use crate::error::{EngineError, Result};
+use crate::sparse_decode::gate_up_rows;
 use crate::sparsity::{LayerPlan, Method, Proj, SparsityStats, keep_top_importance};
-use crate::weights::{LayerWeights, Linear};
+use crate::weights::LayerWeights;
 
 /// Buffers of the predictor methods, reused across layers and steps.
 #[derive(Debug, Default)]
@@ -115,12 +116,7 @@ pub(crate) fn front_half(
     s.prev_mlp_in.extend_from_slice(x);
     proposed?;
     s.qa.quantize_from(x, 1, x.len())?;
-    let (gate_w, up_w, vector) = match (&w.w_gate, &w.w_up) {
-        (Linear::F32(g), Linear::F32(u)) => (RowMajor::F32(g), RowMajor::F32(u), Vector::F32(x)),
-        (Linear::Q4(g), Linear::Q4(u)) => (RowMajor::Q4(g), RowMajor::Q4(u), Vector::Q8(&s.qa)),
-        (Linear::Q8(g), Linear::Q8(u)) => (RowMajor::Q8(g), RowMajor::Q8(u), Vector::Q8(&s.qa)),
-        _ => return Err(EngineError::InvalidInput("gate and up are stored in different precisions".into())),
-    };
+    let (gate_w, up_w, vector) = gate_up_rows(w, x, &s.qa)?;
     h.fill(0.0);
     let skipped = f - s.rows.len();
     if method == Method::Predictor {

@@ -175,6 +175,21 @@ pub(crate) fn project_all(
     Ok(())
 }
 
+/// Gate and up as row-major operands of the output-sparse kernels, with the vector they
+/// read: `x` itself for f32 weights, its quantization `qa` otherwise.
+pub(crate) fn gate_up_rows<'a>(
+    w: &'a LayerWeights,
+    x: &'a [f32],
+    qa: &'a ActsQ8,
+) -> Result<(RowMajor<'a>, RowMajor<'a>, Vector<'a>)> {
+    Ok(match (&w.w_gate, &w.w_up) {
+        (Linear::F32(g), Linear::F32(u)) => (RowMajor::F32(g), RowMajor::F32(u), Vector::F32(x)),
+        (Linear::Q4(g), Linear::Q4(u)) => (RowMajor::Q4(g), RowMajor::Q4(u), Vector::Q8(qa)),
+        (Linear::Q8(g), Linear::Q8(u)) => (RowMajor::Q8(g), RowMajor::Q8(u), Vector::Q8(qa)),
+        _ => return Err(EngineError::InvalidInput("gate and up are stored in different precisions".into())),
+    })
+}
+
 /// The MLP of one position: `out = Wd h`, reading only the weights the method keeps.
 /// `gate` and `h` are `d_ff` scratch vectors.
 #[allow(clippy::too_many_arguments)]
@@ -203,12 +218,7 @@ pub(crate) fn mlp(
         }
         Method::Cats => {
             scratch.qa.quantize_from(x, 1, x.len())?;
-            let (gate_w, up_w, vector) = match (&w.w_gate, &w.w_up) {
-                (Linear::F32(g), Linear::F32(u)) => (RowMajor::F32(g), RowMajor::F32(u), Vector::F32(x)),
-                (Linear::Q4(g), Linear::Q4(u)) => (RowMajor::Q4(g), RowMajor::Q4(u), Vector::Q8(&scratch.qa)),
-                (Linear::Q8(g), Linear::Q8(u)) => (RowMajor::Q8(g), RowMajor::Q8(u), Vector::Q8(&scratch.qa)),
-                _ => return Err(EngineError::InvalidInput("gate and up are stored in different precisions".into())),
-            };
+            let (gate_w, up_w, vector) = gate_up_rows(w, x, &scratch.qa)?;
             let kept = swiglu_gated(&gate_w, &up_w, &vector, lp.gate_act, h)?;
             // Dropped neurons are exact zeros, so threshold 0 skips exactly their columns.
             sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;

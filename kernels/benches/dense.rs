@@ -10,20 +10,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sieve_kernels::testdata::values;
 use sieve_kernels::{ActsQ8, MatF32, MatQ4_1, MatQ8, matmul_f32, matmul_q4_1, matmul_q8};
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// Last-level cache of the machines this runs on (32 MiB L3 on the dev EPYC), generously.
 const LLC_BYTES: usize = 48 << 20;

@@ -9,19 +9,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use sieve_kernels::sparse::{RowMajor, SparseScratch, Vector, gemv_rows, swiglu_gated};
+use sieve_kernels::testdata::values;
 use sieve_kernels::{ActsQ8, InputMajorQ4_1, MatQ4_1, gemv_input_sparse_q4_1, matmul_q4_1, ops};
-
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 const D: usize = 576;
 const F: usize = 1536;

@@ -19,6 +19,7 @@ pub mod q4;
 pub mod quant;
 pub mod sparse;
 pub mod sparse_q4;
+pub mod testdata;
 
 pub use error::KernelError;
 pub use matmul::{matmul_f32, matmul_q8};

@@ -20,45 +20,43 @@ use crate::rule::{Rule, measure, threshold_for_recall};
 /// directions of g (from the gate covariance W_gate Cov(x) W_gateᵀ).
 pub fn fit_gate_regression(x: ArrayView2<'_, f32>, w_gate: &[f32], f: usize, rank: usize) -> Result<Body> {
     let d = x.ncols();
-    check_rank(rank, d)?;
-    if w_gate.len() != f * d {
-        return Err(PredictorError::Shape(format!("W_gate has {} values, want {f} x {d}", w_gate.len())));
-    }
+    let wg = gate_matrix(w_gate, d, f, rank)?;
     if x.nrows() == 0 {
         return Err(PredictorError::TooLittleData("no input to fit the gate regression on".into()));
     }
     let x64 = x.mapv(f64::from);
     let cx = x64.t().dot(&x64);
-    let wg = ArrayView2::from_shape((f, d), w_gate).map_err(|e| PredictorError::Shape(e.to_string()))?.mapv(f64::from);
-    let cg = wg.dot(&cx).dot(&wg.t());
-    let v = leading_eigenvectors(&cg, rank); // f x r
-    let w1 = v.t().dot(&wg); // r x d
-    Ok(Body::LowRank {
-        rank,
-        relu: false,
-        w1: w1.iter().map(|&a| a as f32).collect(),
-        w2: v.iter().map(|&a| a as f32).collect(),
-        b2: vec![0.0; f],
-    })
+    Ok(project_gate(&wg, &wg.dot(&cx).dot(&wg.t()), rank))
 }
 
 /// The anchor the low-rank families must beat: the rank-r truncated SVD of W_gate alone
 /// (no data), as a gate regression.
 pub fn fit_gate_svd(w_gate: &[f32], d: usize, f: usize, rank: usize) -> Result<Body> {
+    let wg = gate_matrix(w_gate, d, f, rank)?;
+    Ok(project_gate(&wg, &wg.dot(&wg.t()), rank))
+}
+
+/// W_gate (f x d) in f64, after checking its size and the rank.
+fn gate_matrix(w_gate: &[f32], d: usize, f: usize, rank: usize) -> Result<Array2<f64>> {
     check_rank(rank, d)?;
     if w_gate.len() != f * d {
         return Err(PredictorError::Shape(format!("W_gate has {} values, want {f} x {d}", w_gate.len())));
     }
-    let wg = ArrayView2::from_shape((f, d), w_gate).map_err(|e| PredictorError::Shape(e.to_string()))?.mapv(f64::from);
-    let v = leading_eigenvectors(&wg.dot(&wg.t()), rank);
-    let w1 = v.t().dot(&wg);
-    Ok(Body::LowRank {
+    Ok(ArrayView2::from_shape((f, d), w_gate).map_err(|e| PredictorError::Shape(e.to_string()))?.mapv(f64::from))
+}
+
+/// ĝ = V Vᵀ W_gate x with V the `rank` leading eigenvectors of `cov` (f x f): W1 = Vᵀ W_gate,
+/// W2 = V.
+fn project_gate(wg: &Array2<f64>, cov: &Array2<f64>, rank: usize) -> Body {
+    let v = leading_eigenvectors(cov, rank); // f x r
+    let w1 = v.t().dot(wg); // r x d
+    Body::LowRank {
         rank,
         relu: false,
         w1: w1.iter().map(|&a| a as f32).collect(),
         w2: v.iter().map(|&a| a as f32).collect(),
-        b2: vec![0.0; f],
-    })
+        b2: vec![0.0; wg.nrows()],
+    }
 }
 
 /// Per-neuron factors that turn a gate score |silu(ĝ_i)| into an estimate of |h_i| (times
@@ -255,17 +253,9 @@ fn labels_tensor_rows(l: &Labels, rows: &[usize], dev: &Device) -> candle_core::
     Tensor::from_vec(v, (rows.len(), f), dev)
 }
 
-/// Uniform values in [-a, a] from a fixed xorshift stream.
+/// Uniform values in [-a, a) from a fixed seed.
 fn uniform(len: usize, a: f64, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0) as f32 * a as f32
-        })
-        .collect()
+    sieve_kernels::testdata::values(len, seed).into_iter().map(|v| v * a as f32).collect()
 }
 
 fn shuffle(v: &mut [usize], s: &mut u64) {

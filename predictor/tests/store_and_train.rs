@@ -2,6 +2,7 @@
 //! families learning what they should on synthetic data with a known structure.
 
 use ndarray::{Array2, ArrayView2};
+use sieve_kernels::testdata::values;
 use sieve_predictor::rule::{check_recall, measure};
 use sieve_predictor::store::{LabelKind, Manifest, PREDICTOR_VERSION, Tap};
 use sieve_predictor::train::{
@@ -11,18 +12,6 @@ use sieve_predictor::{Body, Family, Labels, Output, PredictorError, PredictorSet
 
 const D: usize = 64;
 const F: usize = 96;
-
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 /// Inputs with most variance in a few directions, a gate matrix, and CATS-like labels:
 /// |silu(g)| above its median.

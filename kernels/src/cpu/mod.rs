@@ -185,15 +185,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn floats(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 3.0
-            })
-            .collect()
+        crate::testdata::values(len, seed).into_iter().map(|v| v * 3.0).collect()
     }
 
     /// int8 values over the whole range (weights may hold -128) or [-127, 127] (activations).
