@@ -24,6 +24,8 @@ pub(crate) struct PredictScratch {
     confirmed: Vec<u32>,
     values: Vec<f32>,
     up: Vec<f32>,
+    acts: Vec<f32>,
+    keep: Vec<bool>,
     qa: ActsQ8,
     /// The previous layer's MLP input (one row per token), for lookahead predictors.
     pub(crate) prev_mlp_in: Vec<f32>,
@@ -35,6 +37,25 @@ fn source<'a>(set: &PredictorSet, l: usize, mlp_in: &'a [f32], prev: &'a [f32]) 
         PredictorTap::Lookahead if l > 0 && prev.len() == mlp_in.len() => prev,
         _ => mlp_in,
     }
+}
+
+/// Runs `f` on the input layer `l`'s predictor reads, then keeps `mlp_in` as the previous
+/// layer's input for the next layer (lookahead sets only).
+fn on_source<T>(
+    set: &PredictorSet,
+    l: usize,
+    mlp_in: &[f32],
+    s: &mut PredictScratch,
+    f: impl FnOnce(&[f32], &mut PredictScratch) -> Result<T>,
+) -> Result<T> {
+    let prev = std::mem::take(&mut s.prev_mlp_in);
+    let out = f(source(set, l, mlp_in, &prev), s);
+    s.prev_mlp_in = prev;
+    if set.manifest.tap == PredictorTap::Lookahead {
+        s.prev_mlp_in.clear();
+        s.prev_mlp_in.extend_from_slice(mlp_in);
+    }
+    out
 }
 
 fn layer(set: &PredictorSet, l: usize) -> Result<&LayerPredictor> {
@@ -70,28 +91,26 @@ pub(crate) fn drop_neurons(
 ) -> Result<(usize, usize)> {
     let p = layer(set, l)?;
     let (d, f) = (p.d(), p.f());
-    let prev = std::mem::take(&mut s.prev_mlp_in);
-    let src = source(set, l, mlp_in, &prev);
-    let (mut skipped, mut dropped) = (0, 0);
-    for (x, a) in src.chunks_exact(d).zip(act.chunks_exact_mut(f)) {
-        propose(p, method, lp, x, s)?;
-        skipped += f - s.rows.len();
-        let mut keep = vec![false; f];
-        for &i in &s.rows {
-            let i = i as usize;
-            keep[i] = method == Method::Predictor || a[i].abs() > lp.gate_act;
-        }
-        for (v, k) in a.iter_mut().zip(&keep) {
-            if !k {
-                *v = 0.0;
-                dropped += 1;
+    on_source(set, l, mlp_in, s, |src, s| {
+        let (mut skipped, mut dropped) = (0, 0);
+        for (x, a) in src.chunks_exact(d).zip(act.chunks_exact_mut(f)) {
+            propose(p, method, lp, x, s)?;
+            skipped += f - s.rows.len();
+            s.keep.clear();
+            s.keep.resize(f, false);
+            for &i in &s.rows {
+                let i = i as usize;
+                s.keep[i] = method == Method::Predictor || a[i].abs() > lp.gate_act;
+            }
+            for (v, &k) in a.iter_mut().zip(&s.keep) {
+                if !k {
+                    *v = 0.0;
+                    dropped += 1;
+                }
             }
         }
-    }
-    s.prev_mlp_in = prev;
-    s.prev_mlp_in.clear();
-    s.prev_mlp_in.extend_from_slice(mlp_in);
-    Ok((skipped, dropped))
+        Ok((skipped, dropped))
+    })
 }
 
 /// Decode path for one position: `h` (f) receives silu(g)·u on the kept neurons and zeros
@@ -109,12 +128,7 @@ pub(crate) fn front_half(
 ) -> Result<Skipped> {
     let p = layer(set, l)?;
     let f = p.f();
-    let prev = std::mem::take(&mut s.prev_mlp_in);
-    let proposed = propose(p, method, lp, source(set, l, x, &prev), s);
-    s.prev_mlp_in = prev;
-    s.prev_mlp_in.clear();
-    s.prev_mlp_in.extend_from_slice(x);
-    proposed?;
+    on_source(set, l, x, s, |src, s| propose(p, method, lp, src, s))?;
     s.qa.quantize_from(x, 1, x.len())?;
     let (gate_w, up_w, vector) = gate_up_rows(w, x, &s.qa)?;
     h.fill(0.0);
@@ -133,16 +147,16 @@ pub(crate) fn front_half(
         gemv_rows(&gate_w, &vector, &s.rows, &mut s.values)?;
         ops::silu_in_place(&mut s.values);
         s.confirmed.clear();
-        let mut acts = Vec::with_capacity(s.rows.len());
+        s.acts.clear();
         for (&i, &a) in s.rows.iter().zip(&s.values) {
             if a.abs() > lp.gate_act {
                 s.confirmed.push(i);
-                acts.push(a);
+                s.acts.push(a);
             }
         }
         s.up.resize(s.confirmed.len(), 0.0);
         gemv_rows(&up_w, &vector, &s.confirmed, &mut s.up)?;
-        for ((&i, &a), &u) in s.confirmed.iter().zip(&acts).zip(&s.up) {
+        for ((&i, &a), &u) in s.confirmed.iter().zip(&s.acts).zip(&s.up) {
             h[i as usize] = a * u;
         }
         return Ok(Skipped { gate: skipped, up: f - s.confirmed.len(), down: f - s.confirmed.len() });

@@ -101,6 +101,15 @@ impl Linear {
             Linear::Q4(m) => m.dequantize_row(r, out),
         }
     }
+    /// The whole matrix in f32, row-major (rows x cols).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let cols = self.cols();
+        let mut out = vec![0f32; self.rows() * cols];
+        for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+            self.row_f32(r, row);
+        }
+        out
+    }
     /// `out[t] = W x[t]` for the prepared activation rows.
     pub fn forward(&self, x: &Prepared<'_>, out: &mut [f32]) -> Result<()> {
         match (self, x) {

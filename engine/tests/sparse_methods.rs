@@ -89,20 +89,18 @@ fn sparse_decode_kernels_match_the_accuracy_path() {
     }
 }
 
-/// A rank-32 gate-regression predictor set fitted on a trace of the test text under `label`.
-fn predictors(s: &Setup, label: LabelKind) -> Arc<PredictorSet> {
+/// A rank-32 gate-regression predictor set fitted on a trace of the test text under `label`,
+/// reading the input of `tap`.
+fn predictors(s: &Setup, label: LabelKind, tap: Tap) -> Arc<PredictorSet> {
     let cfg = s.model.config();
     let trace = collect_trace(&s.model, &s.profile, std::slice::from_ref(&s.tokens), label, 0.5, "test".into(), || {})
         .expect("trace");
     let n = trace.manifest.tokens;
     let layers = (0..cfg.n_layers)
         .map(|l| {
-            let inputs = trace.inputs(l);
+            let inputs = trace.inputs(tap.source_layer(l));
             let x = ArrayView2::from_shape((n, cfg.d_model), &inputs).expect("inputs");
-            let mut gate = vec![0f32; cfg.d_ff * cfg.d_model];
-            for (r, row) in gate.chunks_exact_mut(cfg.d_model).enumerate() {
-                s.model.weights().layers[l].w_gate.row_f32(r, row);
-            }
+            let gate = s.model.weights().layers[l].w_gate.to_f32();
             let body = fit_gate_regression(x, &gate, cfg.d_ff, 32).expect("fit");
             finish(body, Output::Gate, Vec::new(), x, trace.labels(l), RuleChoice::TargetRecall(0.9)).expect("finish").0
         })
@@ -117,7 +115,7 @@ fn predictors(s: &Setup, label: LabelKind) -> Arc<PredictorSet> {
         rank: Some(32),
         bits: None,
         relu: false,
-        tap: Tap::MlpInput,
+        tap,
         label,
         label_sparsity: 0.5,
         target_recall: Some(0.9),
@@ -133,8 +131,14 @@ fn predictors(s: &Setup, label: LabelKind) -> Arc<PredictorSet> {
 fn predictor_methods_decode_like_their_accuracy_path() {
     let s = setup();
     let params = s.model.config().proj_params();
-    for label in [LabelKind::Cats, LabelKind::Teal, LabelKind::Cett] {
-        let set = predictors(s, label);
+    let cases = [
+        (LabelKind::Cats, Tap::MlpInput),
+        (LabelKind::Teal, Tap::MlpInput),
+        (LabelKind::Cett, Tap::MlpInput),
+        (LabelKind::Cats, Tap::Lookahead),
+    ];
+    for (label, tap) in cases {
+        let set = predictors(s, label, tap);
         for method in [Method::Predictor, Method::PredictorVerify] {
             let plan = s.profile.plan_with_predictors(method, 0.5, Some(set.clone())).expect("plan");
             let (fast, fast_stats) = step_with(s, &plan, false);
@@ -142,13 +146,13 @@ fn predictor_methods_decode_like_their_accuracy_path() {
             let dot: f64 = fast.iter().zip(&reference).map(|(a, b)| *a as f64 * *b as f64).sum();
             let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
             let cosine = dot / (norm(&fast) * norm(&reference));
-            assert!(cosine > 0.99, "{method} ({label:?}): logits cosine {cosine}");
+            assert!(cosine > 0.99, "{method} ({label:?}, {tap:?}): logits cosine {cosine}");
             for p in [Proj::Gate, Proj::Up, Proj::Down] {
                 let (a, b) = (fast_stats.overall(p), ref_stats.overall(p));
-                assert!((a - b).abs() < 0.03, "{method} ({label:?}) {p:?}: {a} by kernels, {b} by masking");
+                assert!((a - b).abs() < 0.03, "{method} ({label:?}, {tap:?}) {p:?}: {a} by kernels, {b} by masking");
             }
             let achieved = fast_stats.achieved(method, &params);
-            assert!(achieved > 0.25, "{method} ({label:?}): achieved {achieved}");
+            assert!(achieved > 0.25, "{method} ({label:?}, {tap:?}): achieved {achieved}");
         }
     }
     // Without a predictor set the predictor methods are refused with the command to run.

@@ -208,10 +208,7 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
         let labels = trace.labels(l);
         let (y_train, y_val): (Labels, Labels) = (labels.rows(0..n_train), labels.rows(n_train..n));
         let w = &model.weights().layers[l];
-        let mut gate = vec![0f32; f * d];
-        for (r, row) in gate.chunks_exact_mut(d).enumerate() {
-            w.w_gate.row_f32(r, row);
-        }
+        let gate = w.w_gate.to_f32();
         let mut epochs = None;
         let (body, output): (Body, Output) = match a.family {
             Family::LowrankG => (fit_gate_regression(x_train, &gate, f, a.rank)?, Output::Gate),
@@ -227,10 +224,7 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
         // Gate scores become |h| (TEAL) or importance (CETT) estimates for those labels.
         let scale = match (output, a.label) {
             (Output::Gate, LabelKind::Teal | LabelKind::Cett) => {
-                let mut up = vec![0f32; f * d];
-                for (r, row) in up.chunks_exact_mut(d).enumerate() {
-                    w.w_up.row_f32(r, row);
-                }
+                let up = w.w_up.to_f32();
                 let norms = (a.label == LabelKind::Cett).then(|| profile.down_col_norms[l].as_slice());
                 neuron_scales(x_train, &up, f, norms)?
             }
