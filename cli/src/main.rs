@@ -35,6 +35,10 @@ enum Command {
     Calibrate(commands::calibrate::Args),
     /// Print the model's metadata and the engine's build.
     Info(commands::info::Args),
+    /// Serve the gRPC API (sieve.v1, health, reflection) and Prometheus metrics.
+    Serve(commands::serve::Args),
+    /// Call a running server.
+    Client(commands::client::Args),
     /// Trace the model, train a neuron predictor per layer and write them beside the profile.
     TrainPredictors(commands::train::Args),
 }
@@ -67,5 +71,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(c) => commands::bench::run(&model, c),
         Command::Info(a) => commands::info::run(&model, a),
         Command::Calibrate(a) => commands::calibrate::run(&model, a),
+        Command::Serve(a) => commands::serve::run(&model, a),
+        Command::Client(a) => commands::client::run(a),
     }
 }

@@ -7,34 +7,9 @@ use std::path::Path;
 
 use common::*;
 
-const TEXT: &str = include_str!("../../eval/data/bench_prompt.txt");
-
-/// Calibrates on the built-in passage into `dir`, returning the profile path.
-fn small_profile(dir: &Path) -> std::path::PathBuf {
-    let corpus = dir.join("calib.txt");
-    std::fs::write(&corpus, TEXT).unwrap();
-    let out = dir.join("profile.json");
-    let o = sieve(&[
-        "calibrate",
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--tokens",
-        "256",
-        "--window",
-        "128",
-        "--greedy-tokens",
-        "32",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    out
-}
-
 fn ppl(dir: &Path, profile: &Path, method: &str, sparsity: &str) -> serde_json::Value {
     let corpus = dir.join("eval.txt");
-    std::fs::write(&corpus, TEXT).unwrap();
+    std::fs::write(&corpus, PASSAGE).unwrap();
     let o = sieve(&[
         "eval",
         "ppl",
@@ -79,7 +54,7 @@ fn calibrated_methods_reach_their_target_and_cost_quality() {
 fn bad_sparsity_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("eval.txt");
-    std::fs::write(&corpus, TEXT).unwrap();
+    std::fs::write(&corpus, PASSAGE).unwrap();
     let c = corpus.to_str().unwrap();
     let base = ["eval", "ppl", "--corpus", c, "--ctx", "128", "--windows", "1"];
     let run = |extra: &[&str]| sieve(&[&base[..], extra].concat());

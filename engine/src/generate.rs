@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::audit::MaskAudit;
 use crate::error::{EngineError, Result};
-use crate::model::{Hooks, Logits, Model};
+use crate::kv_cache::KvCache;
+use crate::model::{Hooks, LayerTimes, Logits, Model};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::sparsity::{SparsityPlan, SparsityStats, check_target};
 
@@ -119,6 +120,164 @@ pub fn validate(model: &Model, prompt: &[u32], opts: &GenerateOptions) -> Result
     opts.sampling.validate()
 }
 
+/// What one [`Session::step`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A new token; more may follow.
+    Token(u32),
+    /// The last token of the generation, followed by nothing (the budget or context is used).
+    Last(u32, FinishReason),
+    /// The generation ended without a new token (a stop token was chosen).
+    Done(FinishReason),
+}
+
+/// A generation advanced one token at a time, so a scheduler can interleave several: the
+/// prompt runs in [`Session::start`], each [`Session::step`] samples one token and runs the
+/// forward pass that produces the next logits.
+pub struct Session<'m> {
+    model: &'m Model,
+    opts: GenerateOptions,
+    sampler: Sampler,
+    cache: KvCache,
+    logits: Vec<f32>,
+    tokens: Vec<u32>,
+    prompt_tokens: usize,
+    prefill: Duration,
+    decode: Duration,
+    timed_steps: usize,
+    steps: usize,
+    stats: Option<SparsityStats>,
+    audit: Option<MaskAudit>,
+    timing: Option<LayerTimes>,
+    finish: Option<FinishReason>,
+}
+
+impl<'m> Session<'m> {
+    /// Validates the request and runs the prompt.
+    pub fn start(model: &'m Model, prompt: &[u32], opts: GenerateOptions) -> Result<Self> {
+        validate(model, prompt, &opts)?;
+        let sampler = Sampler::new(opts.sampling)?;
+        let mut cache = model.new_cache();
+        let t0 = Instant::now();
+        let mut hooks = Hooks { plan: opts.sparsity.as_ref(), ..Hooks::default() };
+        let logits = model.forward_with(prompt, &mut cache, Logits::Last, &mut hooks)?;
+        let prefill = t0.elapsed();
+        let stats = opts.sparsity.as_ref().map(|_| SparsityStats::new(model.config().n_layers));
+        let audit = if opts.audit_every > 0 { opts.audit.clone() } else { None };
+        Ok(Self {
+            model,
+            sampler,
+            cache,
+            logits,
+            tokens: Vec::new(),
+            prompt_tokens: prompt.len(),
+            prefill,
+            decode: Duration::ZERO,
+            timed_steps: 0,
+            steps: 0,
+            stats,
+            audit,
+            timing: None,
+            finish: None,
+            opts,
+        })
+    }
+
+    /// Also measures attention and MLP time per layer on the timed steps (a clock read per
+    /// layer half; audited steps are not timed).
+    pub fn with_layer_timing(mut self) -> Self {
+        self.timing = Some(LayerTimes::default());
+        self
+    }
+
+    /// Samples the next token and, unless the generation ends with it, runs it through the
+    /// model. Calling it again after the end returns the same [`Step::Done`].
+    pub fn step(&mut self) -> Result<Step> {
+        if let Some(reason) = self.finish {
+            return Ok(Step::Done(reason));
+        }
+        let next = self.sampler.sample(&self.logits);
+        if self.opts.stop_ids.contains(&next) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(Step::Done(FinishReason::Stop));
+        }
+        self.tokens.push(next);
+        let end = if self.tokens.len() >= self.opts.max_tokens {
+            Some(FinishReason::Length)
+        } else if self.cache.len() >= self.cache.max_len() {
+            Some(FinishReason::ContextFull)
+        } else {
+            None
+        };
+        if let Some(reason) = end {
+            self.finish = Some(reason);
+            return Ok(Step::Last(next, reason));
+        }
+        self.steps += 1;
+        let plan = self.opts.sparsity.as_ref();
+        let every = self.opts.audit_every;
+        if let Some(a) = self.audit.as_mut().filter(|_| self.steps % every == 0) {
+            let mut hooks = Hooks { plan, audit: Some(a), accuracy_path: true, ..Hooks::default() };
+            self.logits = self.model.forward_with(&[next], &mut self.cache, Logits::Last, &mut hooks)?;
+            return Ok(Step::Token(next));
+        }
+        let t = Instant::now();
+        let mut hooks = Hooks { plan, stats: self.stats.as_mut(), timing: self.timing.as_mut(), ..Hooks::default() };
+        self.logits = self.model.forward_with(&[next], &mut self.cache, Logits::Last, &mut hooks)?;
+        self.decode += t.elapsed();
+        self.timed_steps += 1;
+        Ok(Step::Token(next))
+    }
+
+    /// Ends the generation early (the caller stopped it).
+    pub fn cancel(&mut self) {
+        self.finish.get_or_insert(FinishReason::Cancelled);
+    }
+
+    /// New tokens so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The options the session runs under.
+    pub fn options(&self) -> &GenerateOptions {
+        &self.opts
+    }
+
+    /// Per-layer times of the timed steps, when asked for with [`Session::with_layer_timing`].
+    pub fn layer_times(&self) -> Option<&LayerTimes> {
+        self.timing.as_ref()
+    }
+
+    /// A copy of the generation so far (finish `Cancelled` if it has not ended).
+    pub fn snapshot(&self) -> Generation {
+        Generation {
+            tokens: self.tokens.clone(),
+            finish: self.finish.unwrap_or(FinishReason::Cancelled),
+            prompt_tokens: self.prompt_tokens,
+            prefill: self.prefill,
+            decode: self.decode,
+            timed_steps: self.timed_steps,
+            stats: self.stats.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+
+    /// The generation so far (finish `Cancelled` if it has not ended).
+    pub fn finish(self) -> Generation {
+        Generation {
+            tokens: self.tokens,
+            finish: self.finish.unwrap_or(FinishReason::Cancelled),
+            prompt_tokens: self.prompt_tokens,
+            prefill: self.prefill,
+            decode: self.decode,
+            timed_steps: self.timed_steps,
+            stats: self.stats,
+            audit: self.audit,
+        }
+    }
+}
+
 /// Generates from `prompt`; `on_token` sees each new token id as it is chosen and may stop
 /// the generation by returning `ControlFlow::Break`.
 pub fn generate(
@@ -127,44 +286,20 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Generation> {
-    validate(model, prompt, opts)?;
-    let mut sampler = Sampler::new(opts.sampling)?;
-    let mut cache = model.new_cache();
-    let t0 = Instant::now();
-    let plan = opts.sparsity.as_ref();
-    let mut hooks = Hooks { plan, ..Hooks::default() };
-    let mut logits = model.forward_with(prompt, &mut cache, Logits::Last, &mut hooks)?;
-    let prefill = t0.elapsed();
-    let mut stats = plan.map(|_| SparsityStats::new(model.config().n_layers));
-    let mut audit = if opts.audit_every > 0 { opts.audit.clone() } else { None };
-    let (mut decode, mut timed_steps, mut step) = (Duration::ZERO, 0usize, 0usize);
-    let mut tokens = Vec::new();
-    let finish = loop {
-        let next = sampler.sample(&logits);
-        if opts.stop_ids.contains(&next) {
-            break FinishReason::Stop;
+    let mut session = Session::start(model, prompt, opts.clone())?;
+    loop {
+        let (token, last) = match session.step()? {
+            Step::Token(t) => (t, false),
+            Step::Last(t, _) => (t, true),
+            Step::Done(_) => break,
+        };
+        if on_token(token).is_break() {
+            session.cancel();
+            break;
         }
-        tokens.push(next);
-        if on_token(next).is_break() {
-            break FinishReason::Cancelled;
+        if last {
+            break;
         }
-        if tokens.len() >= opts.max_tokens {
-            break FinishReason::Length;
-        }
-        if cache.len() >= cache.max_len() {
-            break FinishReason::ContextFull;
-        }
-        step += 1;
-        if let Some(a) = audit.as_mut().filter(|_| step % opts.audit_every == 0) {
-            let mut hooks = Hooks { plan, audit: Some(a), accuracy_path: true, ..Hooks::default() };
-            logits = model.forward_with(&[next], &mut cache, Logits::Last, &mut hooks)?;
-            continue;
-        }
-        let t = Instant::now();
-        let mut hooks = Hooks { plan, stats: stats.as_mut(), ..Hooks::default() };
-        logits = model.forward_with(&[next], &mut cache, Logits::Last, &mut hooks)?;
-        decode += t.elapsed();
-        timed_steps += 1;
-    };
-    Ok(Generation { tokens, finish, prompt_tokens: prompt.len(), prefill, decode, timed_steps, stats, audit })
+    }
+    Ok(session.finish())
 }

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod calibrate;
 pub mod chat;
+pub mod divergence;
 pub mod error;
 pub mod gguf;
 pub mod greedy;
@@ -31,3 +32,4 @@ mod predict;
 pub mod sampling;
 pub mod sparse_decode;
 pub mod sparsity;
+pub mod stop;

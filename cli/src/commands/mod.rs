@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod client;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod serve;
 pub mod tokenize;
 pub mod train;
 

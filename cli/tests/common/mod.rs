@@ -44,3 +44,29 @@ pub fn assert_fails_with(o: &Output, needle: &str) {
 pub fn sieve_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sieve"))
 }
+
+/// The built-in passage the small calibrations run on.
+pub const PASSAGE: &str = include_str!("../../../eval/data/bench_prompt.txt");
+
+/// Calibrates on the built-in passage into `dir` (256 tokens: seconds), returning the profile.
+pub fn small_profile(dir: &Path) -> PathBuf {
+    let corpus = dir.join("calib.txt");
+    std::fs::write(&corpus, PASSAGE).unwrap();
+    let out = dir.join("profile.json");
+    let o = sieve(&[
+        "calibrate",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--tokens",
+        "256",
+        "--window",
+        "128",
+        "--greedy-tokens",
+        "32",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
