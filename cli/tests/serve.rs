@@ -231,7 +231,10 @@ async fn streams_what_generate_prints_and_reports_every_layer() {
         let r = health.check(tonic_health::pb::HealthCheckRequest { service: service.into() }).await.unwrap();
         assert_eq!(r.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
     }
-    assert!(reflected_services(server.channel().await).await.contains(&"sieve.v1.Sieve".to_string()));
+    let services = reflected_services(server.channel().await).await;
+    for s in ["sieve.v1.Sieve", "grpc.health.v1.Health"] {
+        assert!(services.contains(&s.to_string()), "reflection lacks {s}: {services:?}");
+    }
     let metrics = http_get(server.metrics.as_ref().unwrap());
     for needle in [
         "sieve_requests_total{rpc=\"Generate\",code=\"Ok\"} 4",

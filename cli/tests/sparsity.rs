@@ -211,3 +211,32 @@ fn bench_and_mask_audit_measure_a_method_against_dense() {
         assert!((0.0..=1.0).contains(&s));
     }
 }
+
+#[test]
+fn batching_union_loses_sparsity_as_streams_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = small_profile(dir.path());
+    let p = profile.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", "batching", "--steps", "4", "--prompt-tokens", "8", "--profile", p];
+        args.extend_from_slice(extra);
+        sieve(&args)
+    };
+    let o = run(&["--method", "cats", "--sparsity", "0.5", "--streams", "1,2,4", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    assert_eq!(f(&rows[0], "sparsity_lost"), 0.0);
+    for r in rows {
+        let single = f(r, "single_sparsity");
+        assert!(single > 0.2 && single < 0.8, "{r}");
+        assert!(f(r, "round_robin_tok_s") > 0.0 && f(r, "dense_batch_gain") > 0.0, "{r}");
+    }
+    for w in rows.windows(2) {
+        assert!(f(&w[1], "union_sparsity") < f(&w[0], "union_sparsity"), "{w:?}");
+    }
+    assert_fails_with(&run(&["--method", "cats", "--sparsity", "0.5", "--streams", "0"]), "--streams");
+    assert_fails_with(&run(&["--method", "cett", "--sparsity", "0.5"]), "union is measured");
+    assert_fails_with(&run(&["--method", "dense"]), "--method cats");
+}

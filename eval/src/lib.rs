@@ -2,6 +2,7 @@
 //! ([`perplexity`]) and the decode benchmark ([`bench`]) — as plain data that the CLI renders
 //! as text or JSON.
 
+pub mod batching;
 pub mod bench;
 pub mod corpus;
 pub mod error;

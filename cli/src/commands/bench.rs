@@ -13,6 +13,28 @@ use sieve_eval::corpus::{BUILTIN_BENCH_TEXT, tokenize_file};
 pub enum BenchCommand {
     /// Prefill a prompt, then decode greedy tokens; median of several runs.
     Decode(DecodeArgs),
+    /// Serving several streams: the sparsity a batched step's union of masks loses, against
+    /// round-robin (what `sieve serve` does) and the dense batching gain.
+    Batching(BatchingArgs),
+}
+
+/// Arguments of `sieve bench batching`.
+#[derive(Debug, clap::Args)]
+pub struct BatchingArgs {
+    /// Stream counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    streams: Vec<usize>,
+    /// Decode steps per stream.
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// Prompt tokens per stream (each stream starts at a different place of the built-in passage).
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    #[command(flatten)]
+    sparsity: super::SparsityArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `sieve bench decode`.
@@ -53,7 +75,39 @@ struct DecodeOutput<'a> {
 pub fn run(model_path: &Path, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Decode(a) => decode(model_path, a),
+        BenchCommand::Batching(a) => batching(model_path, a),
     }
+}
+
+fn batching(model_path: &Path, a: BatchingArgs) -> Result<()> {
+    let (tok, model) = super::load(model_path, Precision::Fast)?;
+    let Some(plan) = a.sparsity.plan(model_path, &model)? else {
+        anyhow::bail!("--method cats, teal or teal-uniform with a --sparsity above 0 is needed");
+    };
+    model.prepare_sparse(&plan)?;
+    let kmax = a.streams.iter().copied().max().unwrap_or(1);
+    if a.prompt_tokens == 0 {
+        anyhow::bail!("--prompt-tokens must be at least 1");
+    }
+    let text = tok.encode(BUILTIN_BENCH_TEXT)?;
+    let stride = (text.len().saturating_sub(a.prompt_tokens) / kmax.max(1)).max(1);
+    let prompts: Vec<Vec<u32>> = (0..kmax)
+        .map(|i| text.iter().copied().cycle().skip(i * stride).take(a.prompt_tokens).collect())
+        .collect();
+    let rows = sieve_eval::batching::measure(&model, &plan, &prompts, &a.streams, a.steps)?;
+    if a.json {
+        return super::print_json(&serde_json::json!({ "method": plan.method, "sparsity": plan.target, "rows": rows }));
+    }
+    println!("{} at {}, {} steps per stream", plan.method, plan.target, a.steps);
+    println!("| streams | one stream's sparsity | union's sparsity | lost to the union | round-robin tok/s | dense k-token step gain |");
+    println!("|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2}x |",
+            r.streams, r.single_sparsity, r.union_sparsity, r.sparsity_lost, r.round_robin_tok_s, r.dense_batch_gain
+        );
+    }
+    Ok(())
 }
 
 fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
