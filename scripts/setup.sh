@@ -4,7 +4,7 @@
 # Idempotent: a model already in place with the right hash is kept.
 #   SIEVE_HOME   cache directory (default: $XDG_CACHE_HOME/sieve or ~/.cache/sieve)
 #   SIEVE_SKIP_BUILD=1  install the model only
-#   SIEVE_CALIBRATE_TOKENS  tokens of the first calibration profile (default 8192, made on
+#   SIEVE_CALIBRATE_TOKENS  tokens of the first calibration profile (default 4096, made on
 #                 text the model generates itself when no profile exists; 0 skips it)
 set -euo pipefail
 
@@ -62,7 +62,7 @@ if [ "${SIEVE_SKIP_BUILD:-0}" != "1" ]; then
   say "building sieve (release)"
   (cd "$ROOT" && cargo build --release --locked -p sieve)
   say "ready: $ROOT/target/release/sieve"
-  tokens="${SIEVE_CALIBRATE_TOKENS:-8192}"
+  tokens="${SIEVE_CALIBRATE_TOKENS:-4096}"
   profile="$CACHE/profiles/${MODEL_FILE%.gguf}/profile.json"
   if [ "$tokens" -gt 0 ] && [ ! -f "$profile" ]; then
     say "first calibration profile: $tokens self-generated tokens (sieve calibrate --corpus FILE makes a better one)"

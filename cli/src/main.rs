@@ -39,6 +39,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Call a running server.
     Client(commands::client::Args),
+    /// Concurrent streaming clients against a local server: latency, throughput, statuses.
+    Loadtest(commands::loadtest::Args),
     /// Trace the model, train a neuron predictor per layer and write them beside the profile.
     TrainPredictors(commands::train::Args),
 }
@@ -73,5 +75,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(a) => commands::calibrate::run(&model, a),
         Command::Serve(a) => commands::serve::run(&model, a),
         Command::Client(a) => commands::client::run(a),
+        Command::Loadtest(a) => commands::loadtest::run(a),
     }
 }

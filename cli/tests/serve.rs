@@ -237,6 +237,7 @@ async fn streams_what_generate_prints_and_reports_every_layer() {
     }
     let metrics = http_get(server.metrics.as_ref().unwrap());
     for needle in [
+        "process_resident_memory_bytes",
         "sieve_requests_total{rpc=\"Generate\",code=\"Ok\"} 4",
         "sieve_requests_total{rpc=\"Compare\",code=\"Ok\"} 1",
         "sieve_generated_tokens_total{method=\"cats@0.50\"} 24",
@@ -245,6 +246,32 @@ async fn streams_what_generate_prints_and_reports_every_layer() {
         "sieve_decode_tok_s{method=\"dense\"}",
     ] {
         assert!(metrics.contains(needle), "metrics lack {needle}: {metrics}");
+    }
+    loadtest(&server);
+}
+
+/// `sieve loadtest` against this server: a few clients over a queue of two, nothing lost, no
+/// status but OK and the deliberate RESOURCE_EXHAUSTED.
+fn loadtest(server: &ServerProcess) {
+    let o = std::process::Command::new(sieve_bin())
+        .args(["loadtest", "--addr", &server.addr, "--clients", "4", "--duration", "2", "--max-tokens", "8", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v["completed"].as_u64().unwrap() >= 2, "{v}");
+    assert_eq!(v["lost"].as_u64(), Some(0), "{v}");
+    let statuses = v["by_status"].as_object().unwrap();
+    assert!(statuses.keys().all(|k| k == "Ok" || k == "ResourceExhausted"), "{v}");
+    assert!(v["ttft_ms_p50"].as_f64().unwrap() > 0.0 && v["itl_ms_p99"].as_f64().unwrap() > 0.0, "{v}");
+    for (args, needle) in [
+        (vec!["--addr", "http://10.1.2.3:50051"], "not a loopback"),
+        (vec!["--clients", "0"], "--clients"),
+        (vec!["--duration", "0"], "--duration"),
+        (vec!["--max-tokens", "0"], "--max-tokens"),
+    ] {
+        let o = std::process::Command::new(sieve_bin()).arg("loadtest").args(&args).output().unwrap();
+        assert_fails_with(&o, needle);
     }
 }
 
@@ -289,9 +316,8 @@ async fn expect_code(client: &mut SieveClient<Channel>, req: v1::GenerateRequest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invalid_field_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let profile = small_profile(dir.path());
-    let server = ServerProcess::start(&profile, &["--max-tokens-limit", "64"]);
+    // No profile: the training-free methods are unavailable, and say how to make one.
+    let server = ServerProcess::start(Path::new("/nonexistent/profile.json"), &["--max-tokens-limit", "64"]);
     let mut client = server.client().await;
     let ok = || prompt_request(PROMPT, 4);
     let with = |f: &dyn Fn(&mut v1::GenerateRequest)| {
@@ -329,6 +355,8 @@ async fn every_invalid_field_is_refused_by_name() {
             "sampling.top_p",
         ),
         (with(&|r| r.max_tokens = 65), invalid, "max_tokens"),
+        (with(&|r| r.max_tokens = 0), invalid, "max_tokens"),
+        (with(&|r| r.sparsity = sparsity(v1::Method::Cats, 0.5)), Code::FailedPrecondition, "sparsity.method"),
         (with(&|r| r.stop = vec![String::new()]), invalid, "stop[0]"),
         (with(&|r| r.stop = vec!["x".into(); 17]), invalid, "stop"),
         (with(&|r| r.audit_every = 2), invalid, "audit_every"),
@@ -336,11 +364,20 @@ async fn every_invalid_field_is_refused_by_name() {
     for (req, code, field) in cases {
         expect_code(&mut client, req, code, field).await;
     }
+    let err = collect(&mut client, with(&|r| r.sparsity = sparsity(v1::Method::Cats, 0.5))).await.unwrap_err();
+    assert!(err.message().contains("sieve calibrate"), "{}", err.message());
+    let err = collect(&mut client, with(&|r| r.sparsity = sparsity(v1::Method::Predictor, 0.5))).await.unwrap_err();
+    assert!(
+        err.message().contains("sieve calibrate") || err.message().contains("sieve train-predictors"),
+        "{}",
+        err.message()
+    );
     let long = "word ".repeat(9000);
     expect_code(&mut client, prompt_request(&long, 4), invalid, "prompt").await;
     let bad_cmp = v1::CompareRequest {
         input: Some(v1::compare_request::Input::Prompt(PROMPT.into())),
-        a: sparsity(v1::Method::Cats, 0.5),
+        a: sparsity(v1::Method::Dense, 0.0),
+        max_tokens: 4,
         ..Default::default()
     };
     let err = client.compare(bad_cmp).await.unwrap_err();

@@ -57,14 +57,23 @@ pub fn measure(
         Method::Teal | Method::TealUniform => {
             (Tap::DownIn, plan.layers.iter().map(|l| l.proj[sieve_engine::sparsity::Proj::Down.index()]).collect())
         }
-        m => return Err(EvalError::InvalidOption(format!("the union is measured for cats, teal and teal-uniform, not {m}"))),
+        m => {
+            return Err(EvalError::InvalidOption(format!(
+                "the union is measured for cats, teal and teal-uniform, not {m}"
+            )));
+        }
     };
     let layers = model.config().n_layers;
     // kept[step][stream][layer] = the stream's kept neurons.
     let mut kept: Vec<Vec<Vec<Vec<bool>>>> = vec![vec![Vec::new(); kmax]; steps];
     for (s, prompt) in prompts.iter().take(kmax).enumerate() {
         let mut cache = model.new_cache();
-        let mut logits = model.forward_with(prompt, &mut cache, Logits::Last, &mut Hooks { plan: Some(plan), ..Hooks::default() })?;
+        let mut logits = model.forward_with(
+            prompt,
+            &mut cache,
+            Logits::Last,
+            &mut Hooks { plan: Some(plan), ..Hooks::default() },
+        )?;
         for per_step in kept.iter_mut() {
             let next = argmax(&logits);
             let mut masks = vec![Vec::new(); layers];
@@ -73,7 +82,8 @@ pub fn measure(
                     masks[layer] = x.iter().map(|v| v.abs() > thresholds[layer]).collect();
                 }
             };
-            let mut hooks = Hooks { plan: Some(plan), observe: Some(&mut observe), accuracy_path: true, ..Hooks::default() };
+            let mut hooks =
+                Hooks { plan: Some(plan), observe: Some(&mut observe), accuracy_path: true, ..Hooks::default() };
             logits = model.forward_with(&[next], &mut cache, Logits::Last, &mut hooks)?;
             per_step[s] = masks;
         }

@@ -53,6 +53,11 @@ impl Metrics {
         let _ = writeln!(out, "# HELP sieve_queue_capacity Requests admitted at most.");
         let _ = writeln!(out, "# TYPE sieve_queue_capacity gauge");
         let _ = writeln!(out, "sieve_queue_capacity {}", shared.max_queue);
+        if let Some(rss) = resident_bytes() {
+            let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory of the server process.");
+            let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
+            let _ = writeln!(out, "process_resident_memory_bytes {rss}");
+        }
         let headline = shared.aggregates().headline();
         let _ = writeln!(out, "# HELP sieve_decode_tok_s Decode tokens per second over all timed steps, by method.");
         let _ = writeln!(out, "# TYPE sieve_decode_tok_s gauge");
@@ -71,6 +76,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Resident memory of this process (Linux: /proc/self/statm, in pages of 4 KiB).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.

@@ -12,8 +12,6 @@ use tonic::Status;
 
 use crate::assets::Assets;
 
-/// New tokens when a request leaves `max_tokens` at 0.
-pub const DEFAULT_MAX_TOKENS: usize = 64;
 /// Most stop strings per request.
 pub const MAX_STOP_STRINGS: usize = 16;
 /// Longest stop string, bytes.
@@ -147,7 +145,7 @@ fn prompt_ids(field: &str, text: &str, assets: &Assets) -> Result<Vec<u32>, Stat
 
 fn max_tokens(asked: u32, limit: usize) -> Result<usize, Status> {
     match asked as usize {
-        0 => Ok(DEFAULT_MAX_TOKENS.min(limit)),
+        0 => Err(invalid("max_tokens", "must be at least 1")),
         n if n > limit => Err(invalid("max_tokens", format!("{n} exceeds this server's limit of {limit}"))),
         n => Ok(n),
     }

@@ -91,15 +91,16 @@ fn batching(model_path: &Path, a: BatchingArgs) -> Result<()> {
     }
     let text = tok.encode(BUILTIN_BENCH_TEXT)?;
     let stride = (text.len().saturating_sub(a.prompt_tokens) / kmax.max(1)).max(1);
-    let prompts: Vec<Vec<u32>> = (0..kmax)
-        .map(|i| text.iter().copied().cycle().skip(i * stride).take(a.prompt_tokens).collect())
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        (0..kmax).map(|i| text.iter().copied().cycle().skip(i * stride).take(a.prompt_tokens).collect()).collect();
     let rows = sieve_eval::batching::measure(&model, &plan, &prompts, &a.streams, a.steps)?;
     if a.json {
         return super::print_json(&serde_json::json!({ "method": plan.method, "sparsity": plan.target, "rows": rows }));
     }
     println!("{} at {}, {} steps per stream", plan.method, plan.target, a.steps);
-    println!("| streams | one stream's sparsity | union's sparsity | lost to the union | round-robin tok/s | dense k-token step gain |");
+    println!(
+        "| streams | one stream's sparsity | union's sparsity | lost to the union | round-robin tok/s | dense k-token step gain |"
+    );
     println!("|---|---|---|---|---|---|");
     for r in rows {
         println!(

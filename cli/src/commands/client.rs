@@ -57,8 +57,8 @@ pub struct GenerateArgs {
     method: Method,
     #[arg(long, default_value_t = 0.0)]
     sparsity: f32,
-    /// Most new tokens (0: the server's default).
-    #[arg(long, default_value_t = 0)]
+    /// Most new tokens.
+    #[arg(long, default_value_t = 64)]
     max_tokens: u32,
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -89,7 +89,8 @@ pub struct CompareArgs {
     /// Continuation to score (default: dense's own continuation).
     #[arg(long, default_value = "")]
     reference: String,
-    #[arg(long, default_value_t = 0)]
+    /// Most new tokens of each text.
+    #[arg(long, default_value_t = 32)]
     max_tokens: u32,
 }
 

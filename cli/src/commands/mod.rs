@@ -6,6 +6,7 @@ pub mod client;
 pub mod eval;
 pub mod generate;
 pub mod info;
+pub mod loadtest;
 pub mod serve;
 pub mod tokenize;
 pub mod train;
