@@ -34,6 +34,9 @@ pub struct Args {
     method: Method,
     #[arg(long, default_value_t = 0.0)]
     sparsity: f32,
+    /// Sampling temperature of every request (top-k 40, a seed per request); 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -75,6 +78,10 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// First and longest wait after RESOURCE_EXHAUSTED.
+const BACKOFF_START: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 const PROMPTS: [&str; 4] = [
     "The history of the Roman empire",
     "Once upon a time, in a small village,",
@@ -85,6 +92,7 @@ const PROMPTS: [&str; 4] = [
 /// What every client request asks for.
 #[derive(Clone, Copy)]
 struct Load {
+    temperature: f32,
     method: Method,
     sparsity: f32,
     max_tokens: u32,
@@ -93,12 +101,13 @@ struct Load {
 async fn client_loop(mut client: SieveClient<Channel>, id: usize, until: Instant, a: Load) -> ClientLog {
     let mut log = ClientLog::default();
     let mut n = id;
+    let mut backoff = BACKOFF_START;
     while Instant::now() < until {
         n += 1;
         let req = v1::GenerateRequest {
             input: Some(v1::generate_request::Input::Prompt(PROMPTS[n % PROMPTS.len()].into())),
             sparsity: Some(v1::Sparsity { method: method_to_wire(a.method) as i32, target: a.sparsity }),
-            sampling: Some(v1::Sampling { temperature: 0.8, top_k: 40, top_p: None, seed: n as u64 }),
+            sampling: Some(v1::Sampling { temperature: a.temperature, top_k: 40, top_p: None, seed: n as u64 }),
             max_tokens: a.max_tokens,
             ..Default::default()
         };
@@ -108,12 +117,16 @@ async fn client_loop(mut client: SieveClient<Channel>, id: usize, until: Instant
             Err(e) => {
                 *log.statuses.entry(format!("{:?}", e.code())).or_default() += 1;
                 if e.code() == tonic::Code::ResourceExhausted {
-                    // The queue is full: back off briefly, as a polite client would.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // The queue is full: back off exponentially, with jitter, as a polite
+                    // client does (a tight retry loop would load the server it measures).
+                    let jitter = Duration::from_micros((n as u64 * 7919) % 1000 * backoff.as_micros() as u64 / 2000);
+                    tokio::time::sleep(backoff + jitter).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 continue;
             }
         };
+        backoff = BACKOFF_START;
         let (mut first, mut last, mut tokens, mut finished) = (None::<Instant>, t0, 0u64, false);
         let outcome = loop {
             match stream.message().await {
@@ -184,7 +197,7 @@ pub fn run(a: Args) -> Result<()> {
                 }
             })
         };
-        let load = Load { method: a.method, sparsity: a.sparsity, max_tokens: a.max_tokens };
+        let load = Load { temperature: a.temperature, method: a.method, sparsity: a.sparsity, max_tokens: a.max_tokens };
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..a.clients {
             tasks.spawn(client_loop(SieveClient::new(channel.clone()), i, until, load));

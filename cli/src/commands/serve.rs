@@ -90,8 +90,9 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
         dense_refresh: seconds("dense-refresh-s", a.dense_refresh_s)?.max(Duration::from_secs(1)),
         ..ServerConfig::new(model_path.to_path_buf())
     };
+    // One I/O thread: the engine and its pool own the cores, and gRPC work per token is small.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
