@@ -46,6 +46,10 @@ pub struct PplReport {
     pub achieved_sparsity: f64,
     /// Fraction of each projection's inputs dropped (q, k, v, o, gate, up, down).
     pub achieved_by_projection: BTreeMap<&'static str, f64>,
+    /// Mean KL(dense || method) per scored token, nats (0 for dense).
+    pub kl_vs_dense: f64,
+    /// Share of scored tokens whose top token is dense's (1 for dense).
+    pub top1_agreement: f64,
 }
 
 /// Achieved sparsity of each projection, keyed by its name.
@@ -117,6 +121,40 @@ pub fn perplexity(
         sparsity: sparsity.map_or(0.0, |p| p.target),
         achieved_sparsity: sparsity.map_or(0.0, |p| stats.achieved(p.method, &model.config().proj_params())),
         achieved_by_projection: by_projection(&stats),
+        kl_vs_dense: 0.0,
+        top1_agreement: 1.0,
+    })
+}
+
+/// [`perplexity`] of a method, with KL(dense || method) and top-1 agreement against dense on
+/// the same windows (dense runs too, so it takes twice as long).
+pub fn perplexity_vs_dense(
+    model: &Model,
+    tokens: &[u32],
+    opts: PplOptions,
+    sparsity: &SparsityPlan,
+    on_window: impl FnMut(),
+) -> Result<PplReport> {
+    let start = Instant::now();
+    let (_, methods) = crate::windows::score_windows(model, tokens, opts, &[Some(sparsity)], on_window)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let m = methods.into_iter().next().ok_or_else(|| EvalError::InvalidOption("no method scored".into()))?;
+    let t = m.total();
+    let windows = m.per_window.len();
+    Ok(PplReport {
+        perplexity: t.perplexity(),
+        nll: t.nll_sum / t.positions.max(1) as f64,
+        scored_tokens: t.positions,
+        windows,
+        ctx: opts.ctx,
+        seconds,
+        tok_s: (2 * windows * opts.ctx) as f64 / seconds.max(1e-9),
+        method: sparsity.method.name().into(),
+        sparsity: sparsity.target,
+        achieved_sparsity: m.achieved_sparsity,
+        achieved_by_projection: by_projection(&m.stats),
+        kl_vs_dense: t.mean_kl(),
+        top1_agreement: t.agreement(),
     })
 }
 

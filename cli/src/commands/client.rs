@@ -94,11 +94,9 @@ pub struct CompareArgs {
     max_tokens: u32,
 }
 
-/// Parses `METHOD:SPARSITY`.
-fn method_at(s: &str) -> Result<v1::Sparsity> {
-    let (m, t) = s.split_once(':').unwrap_or((s, "0"));
-    let method: Method = m.parse()?;
-    let target: f32 = t.parse().with_context(|| format!("sparsity '{t}' in '{s}' is not a number"))?;
+/// Parses `METHOD:SPARSITY` into the wire form.
+fn method_at(flag: &str, s: &str) -> Result<v1::Sparsity> {
+    let (method, target) = super::parse_method_at(flag, s)?;
     Ok(v1::Sparsity { method: method_to_wire(method) as i32, target })
 }
 
@@ -133,8 +131,8 @@ pub fn run(a: Args) -> Result<()> {
                 let req = v1::CompareRequest {
                     input: Some(v1::compare_request::Input::Prompt(c.prompt)),
                     reference: c.reference,
-                    a: Some(method_at(&c.a)?),
-                    b: Some(method_at(&c.b)?),
+                    a: Some(method_at("--a", &c.a)?),
+                    b: Some(method_at("--b", &c.b)?),
                     sampling: None,
                     max_tokens: c.max_tokens,
                 };

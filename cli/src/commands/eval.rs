@@ -9,7 +9,7 @@ use sieve_engine::audit::MaskAudit;
 use sieve_engine::sparsity::check_target;
 use sieve_eval::corpus::{BUILTIN_BENCH_TEXT, tokenize_file};
 use sieve_eval::masks::{MaskOptions, Metrics, audit_masks};
-use sieve_eval::perplexity::{PplOptions, PplReport, perplexity, plan};
+use sieve_eval::perplexity::{PplOptions, PplReport, perplexity, perplexity_vs_dense, plan};
 
 /// `sieve eval` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -21,6 +21,15 @@ pub enum EvalCommand {
     /// against TEAL, CATS and the CETT oracle at the same target, achieved sparsity per
     /// projection, and per-layer attention / MLP decode time against dense.
     Masks(MasksArgs),
+    /// Each method over a grid of sparsities: perplexity, KL and top-1 agreement against
+    /// dense, achieved sparsity, decode tok/s and speedup.
+    Sweep(super::tradeoff::SweepArgs),
+    /// PPL-p% sparsity: per method, the largest sparsity whose perplexity stays within p% of
+    /// dense (bisection), and the speedup there.
+    #[command(name = "ppl-p")]
+    PplP(super::tradeoff::PplPArgs),
+    /// A/B: two METHOD:SPARSITY settings on the same windows, with a paired bootstrap verdict.
+    Ab(super::tradeoff::AbArgs),
 }
 
 /// Arguments of `sieve eval masks`.
@@ -81,6 +90,9 @@ pub fn run(model_path: &Path, cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::Ppl(a) => ppl(model_path, a),
         EvalCommand::Masks(a) => masks(model_path, a),
+        EvalCommand::Sweep(a) => super::tradeoff::sweep(model_path, a),
+        EvalCommand::PplP(a) => super::tradeoff::ppl_p_search(model_path, a),
+        EvalCommand::Ab(a) => super::tradeoff::ab(model_path, a),
     }
 }
 
@@ -170,7 +182,10 @@ fn ppl(model_path: &Path, a: PplArgs) -> Result<()> {
     let (_, model) = super::load(model_path, a.precision)?;
     let plan = a.sparsity.plan(model_path, &model)?;
     let bar = super::progress(windows as u64, "perplexity");
-    let report = perplexity(&model, &tokens, opts, plan.as_ref(), || bar.inc(1))?;
+    let report = match &plan {
+        Some(p) => perplexity_vs_dense(&model, &tokens, opts, p, || bar.inc(1))?,
+        None => perplexity(&model, &tokens, opts, None, || bar.inc(1))?,
+    };
     bar.finish_and_clear();
     if a.json {
         super::print_json(&PplOutput {
@@ -190,6 +205,12 @@ fn ppl(model_path: &Path, a: PplArgs) -> Result<()> {
             report.seconds,
             report.tok_s
         );
+        if plan.is_some() {
+            println!(
+                "{} at {}: achieved sparsity {:.3}; KL(dense || method) {:.4} nats/token; top-1 agreement with dense {:.3}",
+                report.method, report.sparsity, report.achieved_sparsity, report.kl_vs_dense, report.top1_agreement
+            );
+        }
         Ok(())
     }
 }

@@ -197,7 +197,8 @@ pub fn run(a: Args) -> Result<()> {
                 }
             })
         };
-        let load = Load { temperature: a.temperature, method: a.method, sparsity: a.sparsity, max_tokens: a.max_tokens };
+        let load =
+            Load { temperature: a.temperature, method: a.method, sparsity: a.sparsity, max_tokens: a.max_tokens };
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..a.clients {
             tasks.spawn(client_loop(SieveClient::new(channel.clone()), i, until, load));

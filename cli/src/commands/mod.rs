@@ -9,6 +9,7 @@ pub mod info;
 pub mod loadtest;
 pub mod serve;
 pub mod tokenize;
+pub mod tradeoff;
 pub mod train;
 
 use std::path::Path;
@@ -96,6 +97,16 @@ pub fn load_profile(model_path: &Path, model: &Model, profile: Option<&Path>) ->
     let path = profile.map(Path::to_path_buf).unwrap_or_else(|| default_profile_path(model_path));
     let sha = file_sha256(model_path)?;
     Ok(Profile::load(&path, &sha, model.config())?)
+}
+
+/// Parses `METHOD:SPARSITY` (e.g. `cats:0.5`; a bare method means sparsity 0), naming `flag`
+/// in errors.
+pub fn parse_method_at(flag: &str, s: &str) -> Result<(Method, f32)> {
+    let (m, t) = s.split_once(':').unwrap_or((s, "0"));
+    let method: Method = m.parse().with_context(|| format!("{flag} {s}"))?;
+    let target: f32 = t.parse().with_context(|| format!("{flag} {s}: sparsity '{t}' is not a number"))?;
+    check_target(target).with_context(|| format!("{flag} {s}"))?;
+    Ok((method, target))
 }
 
 /// Loads only the tokenizer.

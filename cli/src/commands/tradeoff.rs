@@ -1,0 +1,319 @@
+//! `sieve eval sweep | ppl-p | ab`: quality against sparsity and speed, for several methods
+//! on the same corpus windows (dense runs once per window and is every method's reference).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use sieve_engine::sparsity::{Method, SparsityPlan, check_target};
+use sieve_engine::{Model, Precision};
+use sieve_eval::ab::{Verdict, paired_bootstrap};
+use sieve_eval::bench::{BenchOptions, bench_decode};
+use sieve_eval::corpus::tokenize_file;
+use sieve_eval::perplexity::{PplOptions, perplexity, plan as window_count};
+use sieve_eval::search::{PplPPoint, ppl_p};
+use sieve_eval::windows::{MethodScores, score_windows};
+
+/// What every trade-off command reads.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// UTF-8 text to score.
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Windows scored.
+    #[arg(long, default_value_t = 10)]
+    windows: usize,
+    /// Decode steps timed per point against dense, taking turns (0: no speed measurement).
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Calibration profile (default: the one `sieve calibrate` wrote for this model).
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Predictor set for the predictor methods (default: beside the profile).
+    #[arg(long)]
+    predictors: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `sieve eval sweep`.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Methods to sweep.
+    #[arg(long, value_delimiter = ',', default_value = "teal,teal-uniform,cats,cett")]
+    methods: Vec<Method>,
+    /// Target sparsities.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.4,0.5,0.6,0.7")]
+    sparsities: Vec<f32>,
+}
+
+/// Arguments of `sieve eval ppl-p`.
+#[derive(Debug, clap::Args)]
+pub struct PplPArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, value_delimiter = ',', default_value = "teal,cats,cett")]
+    methods: Vec<Method>,
+    /// Allowed perplexity rises over dense, percent.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    p: Vec<f64>,
+    /// The search stops when the bracket is narrower than this (in sparsity).
+    #[arg(long, default_value_t = 0.01)]
+    tolerance: f32,
+    /// Highest sparsity searched.
+    #[arg(long, default_value_t = 0.9)]
+    ceiling: f32,
+}
+
+/// Arguments of `sieve eval ab`.
+#[derive(Debug, clap::Args)]
+pub struct AbArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Method A as METHOD:SPARSITY, e.g. cats:0.5.
+    #[arg(long)]
+    a: String,
+    /// Method B as METHOD:SPARSITY.
+    #[arg(long)]
+    b: String,
+    /// Bootstrap resamples of the windows.
+    #[arg(long, default_value_t = 2000)]
+    resamples: usize,
+}
+
+/// Loaded model, tokens and what makes plans.
+struct Setup {
+    model: Model,
+    tokens: Vec<u32>,
+    opts: PplOptions,
+    profile: Option<sieve_engine::profile::Profile>,
+    predictors: Option<Arc<sieve_predictor::PredictorSet>>,
+}
+
+impl Setup {
+    fn load(model_path: &Path, c: &Common, methods: &[Method]) -> Result<Self> {
+        let tok = super::load_tokenizer(model_path)?;
+        let tokens = tokenize_file(&tok, &c.corpus)?;
+        let opts = PplOptions { ctx: c.ctx, windows: Some(c.windows) };
+        window_count(tokens.len(), opts, usize::MAX).with_context(|| format!("corpus {}", c.corpus.display()))?;
+        let (_, model) = super::load(model_path, Precision::Fast)?;
+        let sparse = methods.iter().any(|&m| m != Method::Dense);
+        let profile = if sparse { Some(super::load_profile(model_path, &model, c.profile.as_deref())?) } else { None };
+        let predictors = if methods.iter().any(|m| m.needs_predictors()) {
+            let set = super::load_predictors(model_path, &model, c.profile.as_deref(), c.predictors.as_deref())?;
+            Some(Arc::new(set))
+        } else {
+            None
+        };
+        Ok(Self { model, tokens, opts, profile, predictors })
+    }
+
+    fn plan(&self, method: Method, s: f32) -> Result<Option<SparsityPlan>> {
+        check_target(s)?;
+        let Some(profile) = self.profile.as_ref().filter(|_| method != Method::Dense) else { return Ok(None) };
+        let plan = profile.plan_with_predictors(method, s, self.predictors.clone())?;
+        self.model.prepare_sparse(&plan)?;
+        Ok(Some(plan))
+    }
+
+    /// Decode tok/s of the plan and its speedup over dense, taking turns step by step.
+    fn speed(&self, plan: Option<&SparsityPlan>, steps: usize) -> Result<(f64, f64)> {
+        if steps == 0 {
+            return Ok((0.0, 0.0));
+        }
+        let text = self.tokens.get(..256).unwrap_or(&self.tokens);
+        let opts =
+            BenchOptions { prompt_tokens: 64.min(text.len() - 1), new_tokens: steps, runs: 1, plan: plan.cloned() };
+        let r = bench_decode(&self.model, text, opts, || {})?;
+        Ok((r.decode_tok_s, r.dense.map_or(1.0, |d| d.decode_speedup)))
+    }
+}
+
+/// One (method, sparsity) point.
+#[derive(Debug, Serialize)]
+struct Point {
+    method: String,
+    sparsity: f32,
+    perplexity: f64,
+    kl_vs_dense: f64,
+    top1_agreement: f64,
+    achieved_sparsity: f64,
+    decode_tok_s: f64,
+    speedup: f64,
+}
+
+fn point(m: &MethodScores, speed: (f64, f64)) -> Point {
+    let t = m.total();
+    Point {
+        method: m.method.clone(),
+        sparsity: m.sparsity,
+        perplexity: t.perplexity(),
+        kl_vs_dense: t.mean_kl(),
+        top1_agreement: t.agreement(),
+        achieved_sparsity: m.achieved_sparsity,
+        decode_tok_s: speed.0,
+        speedup: speed.1,
+    }
+}
+
+fn print_points(points: &[Point]) {
+    println!("| method | sparsity | perplexity | KL vs dense | top-1 agreement | achieved | decode tok/s | speedup |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for p in points {
+        println!(
+            "| {} | {:.2} | {:.3} | {:.4} | {:.3} | {:.3} | {:.1} | {:.2}x |",
+            p.method,
+            p.sparsity,
+            p.perplexity,
+            p.kl_vs_dense,
+            p.top1_agreement,
+            p.achieved_sparsity,
+            p.decode_tok_s,
+            p.speedup
+        );
+    }
+}
+
+/// Runs `sieve eval sweep`.
+pub fn sweep(model_path: &Path, a: SweepArgs) -> Result<()> {
+    if a.sparsities.is_empty() || a.methods.is_empty() {
+        bail!("--methods and --sparsities need at least one value each");
+    }
+    for &s in &a.sparsities {
+        if !(s > 0.0 && s < 1.0) {
+            bail!("--sparsities: {s} must be in (0, 1)");
+        }
+    }
+    let setup = Setup::load(model_path, &a.common, &a.methods)?;
+    let mut plans = Vec::new();
+    for &m in a.methods.iter().filter(|&&m| m != Method::Dense) {
+        for &s in &a.sparsities {
+            plans.push(setup.plan(m, s)?);
+        }
+    }
+    let refs: Vec<Option<&SparsityPlan>> = plans.iter().map(Option::as_ref).collect();
+    let bar = super::progress(a.common.windows as u64, "sweep (perplexity)");
+    let (dense, scores) = score_windows(&setup.model, &setup.tokens, setup.opts, &refs, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let bar = super::progress(plans.len() as u64, "sweep (decode speed)");
+    let mut points = vec![point(&dense, setup.speed(None, a.common.decode_tokens)?)];
+    for (m, plan) in scores.iter().zip(&plans) {
+        points.push(point(m, setup.speed(plan.as_ref(), a.common.decode_tokens)?));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if a.common.json {
+        return super::print_json(&points);
+    }
+    print_points(&points);
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PplPRow {
+    method: String,
+    #[serde(flatten)]
+    point: PplPPoint,
+    decode_tok_s: f64,
+    speedup: f64,
+}
+
+/// Runs `sieve eval ppl-p`.
+pub fn ppl_p_search(model_path: &Path, a: PplPArgs) -> Result<()> {
+    if a.p.is_empty() || a.p.iter().any(|&p| !p.is_finite() || p <= 0.0) {
+        bail!("--p: every value must be above 0 (got {:?})", a.p);
+    }
+    if a.methods.is_empty() || a.methods.contains(&Method::Dense) {
+        bail!("--methods: give sparse methods (dense is the reference)");
+    }
+    let setup = Setup::load(model_path, &a.common, &a.methods)?;
+    let dense = perplexity(&setup.model, &setup.tokens, setup.opts, None, || {})?.perplexity;
+    let bar = super::progress(a.methods.len() as u64, "ppl-p search");
+    let mut rows = Vec::new();
+    for &m in &a.methods {
+        let points = ppl_p(dense, &a.p, a.ceiling, a.tolerance, |s| {
+            let plan = setup.plan(m, s).map_err(|e| sieve_eval::EvalError::InvalidOption(format!("{e:#}")))?;
+            Ok(perplexity(&setup.model, &setup.tokens, setup.opts, plan.as_ref(), || {})?.perplexity)
+        })?;
+        for point in points {
+            let plan = setup.plan(m, point.sparsity)?;
+            let (decode_tok_s, speedup) = setup.speed(plan.as_ref(), a.common.decode_tokens)?;
+            rows.push(PplPRow { method: m.name().into(), point, decode_tok_s, speedup });
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if a.common.json {
+        return super::print_json(&serde_json::json!({ "dense_perplexity": dense, "rows": rows }));
+    }
+    println!(
+        "dense perplexity {dense:.3} ({} windows x {}); bisection to a bracket of {} in sparsity: the budget holds at `sparsity` and fails at `over at`",
+        a.common.windows, a.common.ctx, a.tolerance
+    );
+    println!("| method | p | budget | sparsity | perplexity | over at | perplexity there | decode tok/s | speedup |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let p = &r.point;
+        println!(
+            "| {} | {}% | {:.3} | {:.3} | {:.3} | {} | {} | {:.1} | {:.2}x |",
+            r.method,
+            p.p,
+            p.budget,
+            p.sparsity,
+            p.perplexity,
+            p.over_at.map_or("-".into(), |s| format!("{s:.3}")),
+            p.over_perplexity.map_or("-".into(), |v| format!("{v:.3}")),
+            r.decode_tok_s,
+            r.speedup
+        );
+    }
+    Ok(())
+}
+
+/// Runs `sieve eval ab`.
+pub fn ab(model_path: &Path, a: AbArgs) -> Result<()> {
+    let (ma, sa) = super::parse_method_at("--a", &a.a)?;
+    let (mb, sb) = super::parse_method_at("--b", &a.b)?;
+    let setup = Setup::load(model_path, &a.common, &[ma, mb])?;
+    let plans = [setup.plan(ma, sa)?, setup.plan(mb, sb)?];
+    let refs: Vec<Option<&SparsityPlan>> = plans.iter().map(Option::as_ref).collect();
+    let bar = super::progress(a.common.windows as u64, "A/B");
+    let (_, scores) = score_windows(&setup.model, &setup.tokens, setup.opts, &refs, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let verdict: Verdict = paired_bootstrap(&scores[0].per_window, &scores[1].per_window, a.resamples, 0x5eed)?;
+    let points: Vec<Point> = scores
+        .iter()
+        .zip(&plans)
+        .map(|(m, p)| Ok(point(m, setup.speed(p.as_ref(), a.common.decode_tokens)?)))
+        .collect::<Result<_>>()?;
+    let layers: Vec<Vec<f64>> = scores
+        .iter()
+        .map(|m| (0..m.stats.layers()).map(|l| m.stats.layer(l, sieve_engine::sparsity::Proj::Down)).collect())
+        .collect();
+    if a.common.json {
+        return super::print_json(&serde_json::json!({
+            "a": points[0], "b": points[1], "verdict": verdict, "down_input_sparsity_by_layer": layers,
+        }));
+    }
+    print_points(&points);
+    let what = match verdict.better.as_str() {
+        "A" => format!("A ({}) has the lower perplexity", a.a),
+        "B" => format!("B ({}) has the lower perplexity", a.b),
+        _ => "no significant perplexity difference".into(),
+    };
+    println!(
+        "PPL(A)/PPL(B) = {:.4}, 95% paired-bootstrap interval over {} windows [{:.4}, {:.4}] ({} resamples): {what}",
+        verdict.ppl_ratio, a.common.windows, verdict.ci_low, verdict.ci_high, verdict.resamples
+    );
+    let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+    println!("MLP (down input) sparsity by layer, A: {}", fmt(&layers[0]));
+    println!("MLP (down input) sparsity by layer, B: {}", fmt(&layers[1]));
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `sieve eval sweep | ppl-p | ab` on the real model over small windows: dense in the sweep
+//! equals `eval ppl`, the methods diverge from dense, the PPL-p search brackets its budget,
+//! the A/B verdict comes with its interval; bad input is refused with a clear error.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn corpus(dir: &Path) -> String {
+    let p = dir.join("eval.txt");
+    std::fs::write(&p, PASSAGE.repeat(2)).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn json(o: &std::process::Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_str(&stdout(o)).unwrap()
+}
+
+#[test]
+fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = small_profile(dir.path());
+    let (corpus, profile) = (corpus(dir.path()), profile.to_str().unwrap().to_string());
+    let common =
+        ["--corpus", &corpus, "--ctx", "64", "--windows", "3", "--decode-tokens", "4", "--profile", &profile, "--json"];
+    let run = |cmd: &[&str]| {
+        let mut args = vec!["eval"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&common);
+        sieve(&args)
+    };
+
+    let sweep = json(&run(&["sweep", "--methods", "cats,teal", "--sparsities", "0.3,0.6"]));
+    let points = sweep.as_array().unwrap();
+    assert_eq!(points.len(), 5);
+    let dense_ppl = points[0]["perplexity"].as_f64().unwrap();
+    let ppl = json(&sieve(&["eval", "ppl", "--corpus", &corpus, "--ctx", "64", "--windows", "3", "--json"]));
+    assert!((ppl["perplexity"].as_f64().unwrap() - dense_ppl).abs() < 1e-6 * dense_ppl, "{ppl} vs {dense_ppl}");
+    for p in &points[1..] {
+        let f = |k: &str| p[k].as_f64().unwrap();
+        assert!(f("kl_vs_dense") > 0.0 && f("top1_agreement") < 1.0 && f("perplexity") > dense_ppl * 0.9, "{p}");
+        assert!(f("decode_tok_s") > 0.0 && f("speedup") > 0.0, "{p}");
+    }
+    // More sparsity, more divergence (same method).
+    assert!(points[2]["kl_vs_dense"].as_f64() > points[1]["kl_vs_dense"].as_f64(), "{sweep}");
+    // `eval ppl` of a method reports the same KL as the sweep.
+    let cats = json(&sieve(&[
+        "eval",
+        "ppl",
+        "--corpus",
+        &corpus,
+        "--ctx",
+        "64",
+        "--windows",
+        "3",
+        "--method",
+        "cats",
+        "--sparsity",
+        "0.3",
+        "--profile",
+        &profile,
+        "--json",
+    ]));
+    assert!((cats["kl_vs_dense"].as_f64().unwrap() - points[1]["kl_vs_dense"].as_f64().unwrap()).abs() < 1e-9);
+
+    let search = json(&run(&["ppl-p", "--methods", "cats", "--p", "5", "--tolerance", "0.05"]));
+    let row = &search["rows"][0];
+    let budget = row["budget"].as_f64().unwrap();
+    assert!((budget - 1.05 * search["dense_perplexity"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(row["perplexity"].as_f64().unwrap() <= budget, "{row}");
+    if let Some(over) = row["over_perplexity"].as_f64() {
+        assert!(over > budget && row["over_at"].as_f64().unwrap() - row["sparsity"].as_f64().unwrap() <= 0.05 + 1e-6);
+    }
+
+    let ab = json(&run(&["ab", "--a", "cats:0.2", "--b", "cats:0.7", "--resamples", "200"]));
+    let v = &ab["verdict"];
+    assert!(
+        v["ci_low"].as_f64() <= v["ppl_ratio"].as_f64() && v["ppl_ratio"].as_f64() <= v["ci_high"].as_f64(),
+        "{ab}"
+    );
+    assert!(v["ppl_ratio"].as_f64().unwrap() < 1.0, "30% kept should beat 80% kept: {ab}");
+    assert_eq!(ab["down_input_sparsity_by_layer"][0].as_array().unwrap().len(), 30);
+}
+
+#[test]
+fn bad_tradeoff_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let run = |cmd: &[&str]| {
+        let mut args = vec!["eval"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["--corpus", &corpus, "--ctx", "64", "--windows", "2"]);
+        sieve(&args)
+    };
+    assert_fails_with(&run(&["ab", "--a", "bogus:0.5", "--b", "cats:0.5"]), "unknown method 'bogus'");
+    assert_fails_with(&run(&["ab", "--a", "cats:0.5", "--b", "cats:1.5"]), "--b cats:1.5");
+    assert_fails_with(&run(&["sweep", "--sparsities", ""]), "--sparsities");
+    assert_fails_with(&run(&["sweep", "--sparsities", "0"]), "--sparsities");
+    assert_fails_with(&run(&["ppl-p", "--p", "0"]), "--p");
+    assert_fails_with(&run(&["ppl-p", "--p=-5"]), "--p");
+    let mut args = vec!["eval", "sweep", "--corpus", &corpus, "--ctx", "512", "--windows", "500"];
+    args.extend_from_slice(&["--methods", "cats"]);
+    assert_fails_with(&sieve(&args), "500 windows of 512");
+}
