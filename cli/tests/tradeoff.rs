@@ -33,8 +33,13 @@ fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
         sieve(&args)
     };
 
-    let sweep = json(&run(&["sweep", "--methods", "cats,teal", "--sparsities", "0.3,0.6"]));
-    let points = sweep.as_array().unwrap();
+    let plots = dir.path().join("plots");
+    let sweep =
+        json(&run(&["sweep", "--methods", "cats,teal", "--sparsities", "0.3,0.6", "--plot", plots.to_str().unwrap()]));
+    for f in ["ppl_vs_sparsity.svg", "ppl_vs_sparsity.png", "ppl_vs_tok_s.svg", "ppl_vs_tok_s.png"] {
+        assert!(std::fs::metadata(plots.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    let points = sweep["points"].as_array().unwrap();
     assert_eq!(points.len(), 5);
     let dense_ppl = points[0]["perplexity"].as_f64().unwrap();
     let ppl = json(&sieve(&["eval", "ppl", "--corpus", &corpus, "--ctx", "64", "--windows", "3", "--json"]));
@@ -100,6 +105,7 @@ fn bad_tradeoff_requests_are_refused() {
     assert_fails_with(&run(&["sweep", "--sparsities", ""]), "--sparsities");
     assert_fails_with(&run(&["sweep", "--sparsities", "0"]), "--sparsities");
     assert_fails_with(&run(&["ppl-p", "--p", "0"]), "--p");
+    assert_fails_with(&run(&["sweep", "--methods", "cats", "--plot", "/proc/sieve-plots"]), "cannot write plots");
     assert_fails_with(&run(&["ppl-p", "--p=-5"]), "--p");
     let mut args = vec!["eval", "sweep", "--corpus", &corpus, "--ctx", "512", "--windows", "500"];
     args.extend_from_slice(&["--methods", "cats"]);

@@ -17,6 +17,9 @@ pub enum EvalError {
     /// An option is out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    /// A plot could not be drawn or written.
+    #[error("plot {path}: {reason}")]
+    Plot { path: PathBuf, reason: String },
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] sieve_engine::EngineError),

@@ -9,6 +9,7 @@ pub mod corpus;
 pub mod error;
 pub mod masks;
 pub mod perplexity;
+pub mod plot;
 pub mod search;
 pub mod windows;
 

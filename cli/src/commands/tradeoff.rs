@@ -12,6 +12,7 @@ use sieve_eval::ab::{Verdict, paired_bootstrap};
 use sieve_eval::bench::{BenchOptions, bench_decode};
 use sieve_eval::corpus::tokenize_file;
 use sieve_eval::perplexity::{PplOptions, perplexity, plan as window_count};
+use sieve_eval::plot::{Chart, Series, check_dir, line_chart};
 use sieve_eval::search::{PplPPoint, ppl_p};
 use sieve_eval::windows::{MethodScores, score_windows};
 
@@ -36,9 +37,24 @@ pub struct Common {
     /// Predictor set for the predictor methods (default: beside the profile).
     #[arg(long)]
     predictors: Option<PathBuf>,
+    /// Also draw the plots into this directory (SVG and PNG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Lines of `y` against `x`, one per method (dense, a single point, is left out).
+fn series(points: &[Point], x: impl Fn(&Point) -> f64, y: impl Fn(&Point) -> f64) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::new();
+    for p in points.iter().filter(|p| p.method != "dense") {
+        match out.iter_mut().find(|s| s.name == p.method) {
+            Some(s) => s.points.push((x(p), y(p))),
+            None => out.push(Series { name: p.method.clone(), points: vec![(x(p), y(p))] }),
+        }
+    }
+    out
 }
 
 /// Arguments of `sieve eval sweep`.
@@ -99,6 +115,9 @@ struct Setup {
 
 impl Setup {
     fn load(model_path: &Path, c: &Common, methods: &[Method]) -> Result<Self> {
+        if let Some(dir) = &c.plot {
+            check_dir(dir)?;
+        }
         let tok = super::load_tokenizer(model_path)?;
         let tokens = tokenize_file(&tok, &c.corpus)?;
         let opts = PplOptions { ctx: c.ctx, windows: Some(c.windows) };
@@ -209,10 +228,24 @@ pub fn sweep(model_path: &Path, a: SweepArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let mut plots = Vec::new();
+    if let Some(dir) = &a.common.plot {
+        let by_sparsity = series(&points, |p| p.achieved_sparsity, |p| p.perplexity);
+        let title = format!("perplexity vs achieved sparsity (dense {:.2})", points[0].perplexity);
+        let chart = Chart { title: &title, x_label: "achieved sparsity", y_label: "perplexity", series: &by_sparsity };
+        plots.extend(line_chart(dir, "ppl_vs_sparsity", &chart)?);
+        let by_speed = series(&points, |p| p.decode_tok_s, |p| p.perplexity);
+        let title = format!("perplexity vs decode tok/s (dense {:.1} tok/s)", points[0].decode_tok_s);
+        let chart = Chart { title: &title, x_label: "decode tok/s", y_label: "perplexity", series: &by_speed };
+        plots.extend(line_chart(dir, "ppl_vs_tok_s", &chart)?);
+    }
     if a.common.json {
-        return super::print_json(&points);
+        return super::print_json(&serde_json::json!({ "points": points, "plots": plots }));
     }
     print_points(&points);
+    for p in &plots {
+        println!("plot: {}", p.display());
+    }
     Ok(())
 }
 
@@ -250,8 +283,27 @@ pub fn ppl_p_search(model_path: &Path, a: PplPArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let mut plots = Vec::new();
+    if let Some(dir) = &a.common.plot {
+        let mut lines: Vec<Series> = Vec::new();
+        for r in &rows {
+            match lines.iter_mut().find(|s| s.name == r.method) {
+                Some(s) => s.points.push((r.point.p, r.point.sparsity as f64)),
+                None => {
+                    lines.push(Series { name: r.method.clone(), points: vec![(r.point.p, r.point.sparsity as f64)] })
+                }
+            }
+        }
+        let chart = Chart {
+            title: "PPL-p% sparsity",
+            x_label: "p (% perplexity over dense)",
+            y_label: "sparsity",
+            series: &lines,
+        };
+        plots.extend(line_chart(dir, "ppl_p", &chart)?);
+    }
     if a.common.json {
-        return super::print_json(&serde_json::json!({ "dense_perplexity": dense, "rows": rows }));
+        return super::print_json(&serde_json::json!({ "dense_perplexity": dense, "rows": rows, "plots": plots }));
     }
     println!(
         "dense perplexity {dense:.3} ({} windows x {}); bisection to a bracket of {} in sparsity: the budget holds at `sparsity` and fails at `over at`",
