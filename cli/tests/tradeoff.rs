@@ -111,3 +111,48 @@ fn bad_tradeoff_requests_are_refused() {
     args.extend_from_slice(&["--methods", "cats"]);
     assert_fails_with(&sieve(&args), "500 windows of 512");
 }
+
+#[test]
+fn masks_of_several_methods_with_affinity_and_heat_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = small_profile(dir.path());
+    let corpus = corpus(dir.path());
+    let plots = dir.path().join("heat");
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "eval",
+            "masks",
+            "--corpus",
+            &corpus,
+            "--sparsity",
+            "0.5",
+            "--positions",
+            "128",
+            "--ctx",
+            "64",
+            "--timed-steps",
+            "0",
+            "--profile",
+            profile.to_str().unwrap(),
+        ];
+        v.extend_from_slice(extra);
+        sieve(&v)
+    };
+    let v = json(&args(&["--methods", "cats,teal", "--plot", plots.to_str().unwrap(), "--json"]));
+    let cats = &v["reports"][0];
+    assert_eq!(cats["method"], "cats");
+    // The same rule at the same target: equal up to a neuron exactly at the threshold.
+    assert!(cats["overall"]["cats"]["recall"].as_f64().unwrap() > 0.9999);
+    for af in v["affinity"].as_array().unwrap() {
+        let reuse = af["reuse"].as_f64().unwrap();
+        assert!(reuse > 0.0 && reuse <= 1.0, "{af}");
+        let agg: Vec<f64> = af["aggregated"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect();
+        assert!(agg[0] > 0.3 && agg[0] > agg[1] && agg[1] > agg[2], "{af}");
+    }
+    for f in ["recall_vs_teal.svg", "recall_vs_cats.png", "recall_vs_cett.png"] {
+        assert!(std::fs::metadata(plots.join(f)).unwrap().len() > 1000, "{f}");
+    }
+    assert_fails_with(&args(&["--methods", "dense,cats"]), "dense has no mask");
+    assert_fails_with(&args(&["--methods", "cats", "--affinity-k", "0"]), "--affinity-k");
+    assert_fails_with(&args(&["--methods", "cats", "--plot", "/proc/sieve-plots"]), "cannot write plots");
+}

@@ -3,6 +3,7 @@
 //! as text or JSON.
 
 pub mod ab;
+pub mod affinity;
 pub mod batching;
 pub mod bench;
 pub mod corpus;

@@ -115,6 +115,74 @@ pub fn line_chart(dir: &Path, stem: &str, chart: &Chart<'_>) -> Result<Vec<PathB
     Ok(vec![svg, png])
 }
 
+/// A value in [0, 1] as a colour from pale yellow (0) to dark blue (1).
+fn shade(v: f64) -> RGBColor {
+    let v = v.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * v).round() as u8;
+    RGBColor(lerp(255.0, 8.0), lerp(247.0, 48.0), lerp(188.0, 107.0))
+}
+
+fn draw_heatmap<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    rows: &[String],
+    values: &[Vec<f64>],
+) -> Result<(), String> {
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let cols = values.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    // Row names are drawn inside the plot, left of column 0, one per row.
+    let left = -(cols as f64) * 0.2;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FAMILY, 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .build_cartesian_2d(left..cols as f64, 0f64..rows.len().max(1) as f64)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .disable_y_axis()
+        .x_desc("layer")
+        .x_label_formatter(&|x| if *x < 0.0 { String::new() } else { format!("{x:.0}") })
+        .label_style((FAMILY, 14))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(
+            rows.iter()
+                .enumerate()
+                .map(|(r, name)| Text::new(name.clone(), (left * 0.97, r as f64 + 0.6), (FAMILY, 15).into_font())),
+        )
+        .map_err(|e| e.to_string())?;
+    for (r, row) in values.iter().enumerate() {
+        chart
+            .draw_series(row.iter().enumerate().map(|(c, &v)| {
+                Rectangle::new([(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)], shade(v).filled())
+            }))
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Writes a heat map (one row per name, one column per layer, values in [0, 1]) as
+/// `dir/stem.svg` and `dir/stem.png`.
+pub fn heatmap(dir: &Path, stem: &str, title: &str, rows: &[String], values: &[Vec<f64>]) -> Result<Vec<PathBuf>> {
+    register_font()?;
+    let svg = dir.join(format!("{stem}.svg"));
+    let png = dir.join(format!("{stem}.png"));
+    let fail = |p: &Path, reason: String| EvalError::Plot { path: p.to_path_buf(), reason };
+    draw_heatmap(SVGBackend::new(&svg, (900, 120 + 40 * rows.len() as u32)).into_drawing_area(), title, rows, values)
+        .map_err(|r| fail(&svg, r))?;
+    draw_heatmap(
+        BitMapBackend::new(&png, (900, 120 + 40 * rows.len() as u32)).into_drawing_area(),
+        title,
+        rows,
+        values,
+    )
+    .map_err(|r| fail(&png, r))?;
+    Ok(vec![svg, png])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

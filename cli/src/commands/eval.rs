@@ -37,21 +37,32 @@ pub enum EvalCommand {
 pub struct MasksArgs {
     /// Text to audit on (default: a built-in passage).
     #[arg(long)]
-    corpus: Option<PathBuf>,
+    pub corpus: Option<PathBuf>,
     /// Positions audited.
     #[arg(long, default_value_t = 512)]
-    positions: usize,
+    pub positions: usize,
     /// Tokens per window.
     #[arg(long, default_value_t = 256)]
-    ctx: usize,
+    pub ctx: usize,
     /// Decode steps timed per method and round (0: no timing).
     #[arg(long, default_value_t = 32)]
-    timed_steps: usize,
+    pub timed_steps: usize,
     #[command(flatten)]
-    sparsity: super::SparsityArgs,
+    pub sparsity: super::SparsityArgs,
+    /// Audit several methods at --sparsity instead of --method: a summary table, hardware
+    /// affinity (reuse from the previous token, sparsity of the union of the last k tokens)
+    /// and, with --plot, heat maps of recall (layer x method) against each reference.
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Vec<sieve_engine::sparsity::Method>,
+    /// Window sizes k of the aggregated sparsity.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub affinity_k: Vec<usize>,
+    /// Draw the heat maps into this directory (SVG and PNG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Arguments of `sieve eval ppl`.
@@ -100,6 +111,9 @@ fn masks(model_path: &Path, a: MasksArgs) -> Result<()> {
     check_target(a.sparsity.sparsity)?;
     if a.sparsity.sparsity == 0.0 {
         bail!("--sparsity must be above 0: the references are taken at the method's target");
+    }
+    if !a.methods.is_empty() {
+        return super::masks_table::run(model_path, a);
     }
     let (tok, model) = super::load(model_path, Precision::Fast)?;
     let tokens = match &a.corpus {

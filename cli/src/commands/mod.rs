@@ -7,6 +7,7 @@ pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod loadtest;
+pub mod masks_table;
 pub mod serve;
 pub mod tokenize;
 pub mod tradeoff;
