@@ -105,8 +105,14 @@ pub fn sampling(s: Option<&v1::Sampling>) -> Result<SamplingParams, Status> {
     Ok(p)
 }
 
-/// The prompt text: raw, or chat messages rendered with the template.
-fn prompt_text(prompt: Option<&str>, chat: Option<&v1::Chat>) -> Result<String, Status> {
+/// The prompt text (raw, or chat messages rendered with the template) and the name of the
+/// field it came from.
+fn prompt_text(prompt: Option<&str>, chat: Option<&v1::Chat>) -> Result<(String, &'static str), Status> {
+    let field = if chat.is_some() { "chat" } else { "prompt" };
+    prompt_or_chat(prompt, chat).map(|text| (text, field))
+}
+
+fn prompt_or_chat(prompt: Option<&str>, chat: Option<&v1::Chat>) -> Result<String, Status> {
     match (prompt, chat) {
         (Some(""), _) => Err(invalid("prompt", "is empty")),
         (Some(p), _) => Ok(p.to_string()),
@@ -167,8 +173,7 @@ pub fn generate(req: &v1::GenerateRequest, assets: &Assets, limit: usize) -> Res
         Some(Input::Chat(c)) => (None, Some(c)),
         None => (None, None),
     };
-    let field = if chat.is_some() { "chat" } else { "prompt" };
-    let text = prompt_text(prompt, chat)?;
+    let (text, field) = prompt_text(prompt, chat)?;
     let method = sparsity("sparsity", req.sparsity.as_ref(), assets)?;
     let sampling = sampling(req.sampling.as_ref())?;
     let max_tokens = max_tokens(req.max_tokens, limit)?;
@@ -220,8 +225,7 @@ pub fn compare(req: &v1::CompareRequest, assets: &Assets, limit: usize) -> Resul
         Some(Input::Chat(c)) => (None, Some(c)),
         None => (None, None),
     };
-    let field = if chat.is_some() { "chat" } else { "prompt" };
-    let text = prompt_text(prompt, chat)?;
+    let (text, field) = prompt_text(prompt, chat)?;
     let Some(a) = req.a.as_ref() else { return Err(invalid("a", "is unset (give a method and target)")) };
     let Some(b) = req.b.as_ref() else { return Err(invalid("b", "is unset (give a method and target)")) };
     let (a, b) = (sparsity("a", Some(a), assets)?, sparsity("b", Some(b), assets)?);
