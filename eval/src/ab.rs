@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use sieve_engine::divergence::Divergence;
+use sieve_engine::sampling::SplitMix64;
 
 use crate::error::{EvalError, Result};
 
@@ -44,14 +45,8 @@ pub fn paired_bootstrap(a: &[Divergence], b: &[Divergence], resamples: usize, se
     };
     let n = a.len();
     let ppl_ratio = ratio(&mut (0..n));
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = SplitMix64::new(seed);
+    let mut next = move || rng.next_u64();
     let mut samples: Vec<f64> = (0..resamples)
         .map(|_| {
             let picks: Vec<usize> = (0..n).map(|_| (next() % n as u64) as usize).collect();

@@ -63,7 +63,8 @@ impl Shared {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, recovering the data after a panic elsewhere.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update leaves the data whole, so a panic elsewhere does not make it unusable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
