@@ -30,12 +30,7 @@ pub struct MethodScores {
 impl MethodScores {
     /// Sums over every window.
     pub fn total(&self) -> Divergence {
-        self.per_window.iter().fold(Divergence::default(), |a, w| Divergence {
-            nll_sum: a.nll_sum + w.nll_sum,
-            kl_sum: a.kl_sum + w.kl_sum,
-            top1_agree: a.top1_agree + w.top1_agree,
-            positions: a.positions + w.positions,
-        })
+        self.per_window.iter().fold(Divergence::default(), |a, w| a.plus(w))
     }
 }
 
@@ -69,10 +64,11 @@ pub fn score_windows(
         cache.clear();
         let dense_logits = model.forward_with(chunk, &mut cache, Logits::All, &mut Hooks::default())?;
         let dense_logits = &dense_logits[..rows];
-        dense.per_window.push(Divergence::measure(dense_logits, dense_logits, targets, vocab)?);
+        let dense_self = Divergence::measure(dense_logits, dense_logits, targets, vocab)?;
+        dense.per_window.push(dense_self);
         for (m, plan) in methods.iter_mut().zip(plans) {
             let d = match plan {
-                None => Divergence::measure(dense_logits, dense_logits, targets, vocab)?,
+                None => dense_self,
                 Some(p) => {
                     cache.clear();
                     let mut hooks = Hooks { plan: Some(p), stats: Some(&mut m.stats), ..Hooks::default() };

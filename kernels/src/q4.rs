@@ -181,7 +181,7 @@ fn add_min_terms(w: &MatQ4_1, x: &ActsQ8, range: std::ops::Range<usize>, tokens:
 /// scale, and the `m · Σx` term is added afterwards. Remaining tokens (and decode) use the
 /// Q4_1 dot product directly.
 fn products(w: &MatQ4_1, x: &ActsQ8, packed: Option<&Packed<'_>>, row_bytes: usize, out: &mut [f32]) {
-    let (rows, cols, n) = (w.rows, w.cols, x.n());
+    let (rows, n) = (w.rows, x.n());
     let grouped = packed.map_or(0, |p| p.groups * 4);
     let acts =
         |t: usize| inner::ActRow { q: x.row_qs(t), pair_q: x.row_pair_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
