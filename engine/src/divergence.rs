@@ -132,16 +132,13 @@ fn compare_row(p: &[f32], q: &[f32], target: usize, scratch: &mut [f64]) -> RowD
     let zq: f64 = q.iter().map(|&l| (l as f64 - q_max).exp()).sum();
     let (p_lse, q_lse) = (p_max + zp.ln(), q_max + zq.ln());
     let cross: f64 = scratch.iter().zip(p.iter().zip(q)).map(|(&e, (&a, &b))| e * (a as f64 - b as f64)).sum();
-    RowDivergence {
-        nll: q_lse - q[target] as f64,
-        kl: (cross / zp - p_lse + q_lse).max(0.0),
-        same_top: p_top == q_top,
-    }
+    RowDivergence { nll: q_lse - q[target] as f64, kl: (cross / zp - p_lse + q_lse).max(0.0), same_top: p_top == q_top }
 }
 
 /// The largest logit and the first index holding it.
 fn max_and_first_argmax(v: &[f32]) -> (f64, usize) {
-    let (i, m) = v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bm), (i, &x)| if x > bm { (i, x) } else { (bi, bm) });
+    let (i, m) =
+        v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bm), (i, &x)| if x > bm { (i, x) } else { (bi, bm) });
     (m as f64, i)
 }
 

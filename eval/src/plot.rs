@@ -35,6 +35,18 @@ fn register_font() -> Result<()> {
     if ok { Ok(()) } else { Err(EvalError::Plot { path: "fonts/DejaVuSans.ttf".into(), reason: "bad font".into() }) }
 }
 
+/// The image at `path` as a `data:` URI, for markdown that must stand alone.
+pub fn data_uri(path: &Path) -> Result<String> {
+    use base64::Engine as _;
+    let bytes = std::fs::read(path)
+        .map_err(|e| EvalError::Plot { path: path.to_path_buf(), reason: format!("cannot read the plot back: {e}") })?;
+    let mime = match path.extension().and_then(|e| e.to_str()) {
+        Some("svg") => "image/svg+xml",
+        _ => "image/png",
+    };
+    Ok(format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+}
+
 /// Makes `dir` (if needed) and checks a file can be written there, before any slow work.
 pub fn check_dir(dir: &Path) -> Result<()> {
     let err = |e: std::io::Error| EvalError::Plot {

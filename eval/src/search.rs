@@ -95,6 +95,51 @@ pub fn ppl_p(
     Ok(out)
 }
 
+/// A PPL-p% point read off a measured curve instead of searched for.
+#[derive(Debug, Clone, Serialize)]
+pub struct InterpolatedPoint {
+    /// The allowed rise over dense, percent.
+    pub p: f64,
+    /// (1 + p/100) x dense perplexity.
+    pub budget: f64,
+    /// Where the curve crosses the budget, linear in log-perplexity between `below` and
+    /// `above` (`below`'s sparsity when the curve never crosses it).
+    pub sparsity: f32,
+    /// The last measured point within the budget (sparsity, perplexity); dense is (0, dense).
+    pub below: (f32, f64),
+    /// The first measured point over it (`None`: the whole curve is within the budget).
+    pub above: Option<(f32, f64)>,
+}
+
+/// PPL-p% sparsity from perplexities measured at a grid of sparsities (`curve`, any order):
+/// the first crossing of the budget walking up from dense, interpolated linearly in
+/// log-perplexity. The answer is only as fine as the grid: the true point lies in
+/// `[below, above]` if perplexity rises monotonically between them.
+pub fn interpolate_ppl_p(dense_ppl: f64, curve: &[(f32, f64)], p: f64) -> Result<InterpolatedPoint> {
+    if !p.is_finite() || p <= 0.0 {
+        return Err(EvalError::InvalidOption(format!("p must be above 0 (got {p})")));
+    }
+    if !(dense_ppl.is_finite() && dense_ppl > 0.0)
+        || curve.iter().any(|&(s, v)| !(0.0..1.0).contains(&s) || !v.is_finite())
+    {
+        return Err(EvalError::InvalidOption("the curve needs finite perplexities at sparsities in [0, 1)".into()));
+    }
+    let budget = dense_ppl * (1.0 + p / 100.0);
+    let mut points: Vec<(f32, f64)> = curve.to_vec();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut below = (0f32, dense_ppl);
+    for &(s, v) in &points {
+        if v > budget {
+            let (lo, hi) = (below.1.ln(), v.ln());
+            let t = if hi > lo { ((budget.ln() - lo) / (hi - lo)).clamp(0.0, 1.0) } else { 0.0 };
+            let sparsity = below.0 + (s - below.0) * t as f32;
+            return Ok(InterpolatedPoint { p, budget, sparsity, below, above: Some((s, v)) });
+        }
+        below = (s, v);
+    }
+    Ok(InterpolatedPoint { p, budget, sparsity: below.0, below, above: None })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +158,21 @@ mod tests {
             assert!(pt.sparsity <= exact && exact <= pt.over_at.unwrap() && pt.over_at.unwrap() - pt.sparsity <= 0.01);
         }
         assert!(calls < 3 * 8, "{calls} evaluations: the memo did not help");
+    }
+
+    #[test]
+    fn interpolation_finds_the_crossing_between_grid_points() {
+        // log ppl linear in s: ppl = 10 * exp(s); the 20% budget is crossed at ln(1.2).
+        let curve: Vec<(f32, f64)> = [0.4f32, 0.1, 0.25].iter().map(|&s| (s, 10.0 * (s as f64).exp())).collect();
+        let pt = interpolate_ppl_p(10.0, &curve, 20.0).unwrap();
+        assert!((pt.sparsity - 1.2f32.ln()).abs() < 1e-4, "{pt:?}");
+        assert_eq!((pt.below.0, pt.above.map(|a| a.0)), (0.1, Some(0.25)));
+        let first = interpolate_ppl_p(10.0, &curve, 0.5).unwrap();
+        assert_eq!(first.below.0, 0.0, "the crossing before the first grid point starts from dense");
+        let none = interpolate_ppl_p(10.0, &curve, 80.0).unwrap();
+        assert_eq!((none.sparsity, none.above), (0.4, None));
+        assert!(interpolate_ppl_p(10.0, &curve, 0.0).is_err());
+        assert!(interpolate_ppl_p(10.0, &[(1.5, 11.0)], 1.0).is_err());
     }
 
     #[test]

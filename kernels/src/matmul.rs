@@ -221,6 +221,14 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
     let (rows, cols, n) = (w.rows(), w.cols(), x.n());
     check(rows, cols, x.cols(), n * x.cols(), n, out.len())?;
     let nb = cols / QK;
+    if n >= 4 && crate::gemm_vnni::enabled() {
+        crate::gemm_vnni::with_offset_acts(x, |xu| {
+            for_each_row_chunk(rows, cols + 4 * nb, n, out, |range, out| {
+                crate::gemm_vnni::gemm_rows(w, 0, rows, x, xu, range, out)
+            })
+        });
+        return Ok(());
+    }
     with_packed_acts(x, nb, |packed| q8_products(w, x, packed, out));
     Ok(())
 }

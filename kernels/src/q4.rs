@@ -126,10 +126,12 @@ pub fn matmul_q4_1(w: &MatQ4_1, x: &ActsQ8, out: &mut [f32]) -> Result<(), Kerne
         return Err(KernelError::Length { what: "output", expected: n * rows, got: out.len() });
     }
     let row_bytes = cols / QK * Q4_1_BLOCK_BYTES;
-    if n >= 4 {
-        with_packed_acts(x, cols / QK, |packed| products(w, x, Some(packed), row_bytes, out));
+    if n >= 4 && crate::gemm_vnni::enabled() {
+        crate::gemm_vnni::with_offset_acts(x, |xu| products(w, x, Gemm::Vnni(xu), row_bytes, out));
+    } else if n >= 4 {
+        with_packed_acts(x, cols / QK, |packed| products(w, x, Gemm::Avx2(packed), row_bytes, out));
     } else {
-        products(w, x, None, row_bytes, out);
+        products(w, x, Gemm::None, row_bytes, out);
     }
     Ok(())
 }
@@ -139,7 +141,7 @@ pub fn matmul_q4_1(w: &MatQ4_1, x: &ActsQ8, out: &mut [f32]) -> Result<(), Kerne
 const PREFETCH_ROWS_AHEAD: usize = 4;
 
 /// Adds each block minimum's share `Σ_b m[r][b] · Σx[t][b]` to `out` for rows `range` and
-/// tokens `0..tokens` (a multiple of four): a small f32 GEMM of the rows' minimums against the
+/// tokens `0..tokens`: a small f32 GEMM of the rows' minimums against the
 /// tokens' block sums, through the f32 register-tile kernel (a scalar loop here cost a fifth
 /// of a 512-token prefill).
 fn add_min_terms(w: &MatQ4_1, x: &ActsQ8, range: std::ops::Range<usize>, tokens: usize, out: OutPtr) {
@@ -152,7 +154,15 @@ fn add_min_terms(w: &MatQ4_1, x: &ActsQ8, range: std::ops::Range<usize>, tokens:
         }
     }
     let rows = w.rows;
-    for t in (0..tokens).step_by(4) {
+    let quads = tokens / 4 * 4;
+    for t in quads..tokens {
+        for (i, m) in mins.chunks_exact(nb).enumerate() {
+            let v = crate::cpu::dot_f32(m, x.row_sums(t));
+            // SAFETY: t < tokens <= n and row range.start + i belongs to this chunk.
+            unsafe { out.add(t * rows + range.start + i, v) };
+        }
+    }
+    for t in (0..quads).step_by(4) {
         let sums = [x.row_sums(t), x.row_sums(t + 1), x.row_sums(t + 2), x.row_sums(t + 3)];
         let mut i = 0;
         while i < range.len() {
@@ -176,21 +186,40 @@ fn add_min_terms(w: &MatQ4_1, x: &ActsQ8, range: std::ops::Range<usize>, tokens:
     }
 }
 
+/// Which GEMM the tokens of a product go through.
+#[derive(Clone, Copy)]
+enum Gemm<'a> {
+    /// AVX-512 VNNI, every token (its activations offset to unsigned bytes).
+    Vnni(&'a [u8]),
+    /// The AVX2 GEMM for full groups of four tokens (packed activations).
+    Avx2(&'a Packed<'a>),
+    /// Dot products only (decode).
+    None,
+}
+
 /// The row-parallel part of [`matmul_q4_1`]. Full groups of four tokens go through the
 /// int8 GEMM microkernel: a chunk's codes are unpacked to bytes (0..15) with `d` as the block
 /// scale, and the `m · Σx` term is added afterwards. Remaining tokens (and decode) use the
 /// Q4_1 dot product directly.
-fn products(w: &MatQ4_1, x: &ActsQ8, packed: Option<&Packed<'_>>, row_bytes: usize, out: &mut [f32]) {
+fn products(w: &MatQ4_1, x: &ActsQ8, gemm: Gemm<'_>, row_bytes: usize, out: &mut [f32]) {
     let (rows, n) = (w.rows, x.n());
-    let grouped = packed.map_or(0, |p| p.groups * 4);
+    let grouped = match gemm {
+        Gemm::Vnni(_) => n,
+        Gemm::Avx2(packed) => packed.groups * 4,
+        Gemm::None => 0,
+    };
     let acts =
         |t: usize| inner::ActRow { q: x.row_qs(t), pair_q: x.row_pair_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
     for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| {
-        if let Some(packed) = packed.filter(|p| p.groups > 0) {
-            if let Ok(codes) = w.unpack_rows(range.clone()) {
-                q8_gemm_rows(&codes, range.start, rows, packed, 0..range.len(), out);
-                add_min_terms(w, x, range.clone(), grouped, out);
+        if grouped > 0
+            && let Ok(codes) = w.unpack_rows(range.clone())
+        {
+            match gemm {
+                Gemm::Vnni(xu) => crate::gemm_vnni::gemm_rows(&codes, range.start, rows, x, xu, 0..range.len(), out),
+                Gemm::Avx2(packed) => q8_gemm_rows(&codes, range.start, rows, packed, 0..range.len(), out),
+                Gemm::None => {}
             }
+            add_min_terms(w, x, range.clone(), grouped, out);
         }
         let end = range.end;
         for r in range {
@@ -255,9 +284,12 @@ mod tests {
 
     #[test]
     fn matches_f64_on_dequantized_operands() {
-        for (rows, cols, n) in
-            [(1, 32, 1), (7, 64, 1), (13, 96, 5), (33, 576, 9), (4, 32, 4), (70, 1536, 37), (300, 64, 16)]
-        {
+        // Both prefill GEMMs where the CPU has AVX-512 VNNI (the AVX2 one forced on this thread).
+        for (rows, cols, n, avx2_only) in [false, true].into_iter().flat_map(|off| {
+            [(1, 32, 1), (7, 64, 1), (13, 96, 5), (33, 576, 9), (4, 32, 4), (70, 1536, 37), (300, 64, 16), (21, 64, 7)]
+                .map(|(r, c, n)| (r, c, n, off))
+        }) {
+            crate::gemm_vnni::FORCE_OFF.with(|f| f.set(avx2_only));
             let w = MatQ4_1::quantize(rows, cols, &data(rows * cols, 1)).unwrap();
             let x = data(n * cols, 2);
             let mut a = ActsQ8::default();

@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
-use sieve_engine::Precision;
 use sieve_engine::calibrate::{build_profile, calibrate, self_generated};
+use sieve_engine::profile::Profile;
 use sieve_engine::profile::{default_profile_path, file_sha256};
+use sieve_engine::tokenizer::Tokenizer;
+use sieve_engine::{Model, Precision};
 use sieve_eval::corpus::tokenize_file;
 
 /// Arguments of `sieve calibrate`.
@@ -45,6 +47,50 @@ struct Output {
     seconds: f64,
 }
 
+/// What a profile is calibrated on.
+pub struct CalibrationSpec<'a> {
+    /// Calibration text; `None`: text the model generates itself.
+    pub corpus: Option<&'a Path>,
+    pub tokens: usize,
+    pub window: usize,
+    pub greedy_tokens: usize,
+    pub seed: u64,
+}
+
+/// Calibrates a profile of the model at `model_path` (histograms, thresholds, greedy tables),
+/// with progress bars.
+pub fn make_profile(model_path: &Path, tok: &Tokenizer, model: &Model, spec: &CalibrationSpec) -> Result<Profile> {
+    let (sequences, source) = match spec.corpus {
+        Some(path) => {
+            let ids = tokenize_file(tok, path)?;
+            if ids.len() < spec.tokens {
+                bail!(
+                    "corpus too short: {} has {} tokens, --tokens asks for {}",
+                    path.display(),
+                    ids.len(),
+                    spec.tokens
+                );
+            }
+            let seqs: Vec<Vec<u32>> = ids[..spec.tokens].chunks(spec.window).map(<[u32]>::to_vec).collect();
+            (seqs, format!("corpus:{}", path.display()))
+        }
+        None => {
+            let bar = super::progress(spec.tokens as u64, "generating calibration text");
+            let seqs = self_generated(model, tok, spec.tokens, spec.window, spec.seed, |n| bar.inc(n as u64))?;
+            bar.finish_and_clear();
+            (seqs, "self-generated".to_string())
+        }
+    };
+    let tokens: usize = sequences.iter().map(Vec::len).sum();
+    let bar = super::progress(sequences.len() as u64, "calibrating");
+    let observed = calibrate(model, &sequences, spec.greedy_tokens, || bar.inc(1))?;
+    bar.finish_and_clear();
+    let bar = super::progress(model.config().n_layers as u64, "greedy allocation");
+    let profile = build_profile(model, &observed, file_sha256(model_path)?, source, tokens, || bar.inc(1))?;
+    bar.finish_and_clear();
+    Ok(profile)
+}
+
 /// Runs `sieve calibrate`.
 pub fn run(model_path: &Path, a: Args) -> Result<()> {
     if a.tokens == 0 {
@@ -61,29 +107,15 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     if a.window > model.config().context_len {
         bail!("--window {} exceeds the model's context of {}", a.window, model.config().context_len);
     }
-    let (sequences, source) = match &a.corpus {
-        Some(path) => {
-            let ids = tokenize_file(&tok, path)?;
-            if ids.len() < a.tokens {
-                bail!("corpus too short: {} has {} tokens, --tokens asks for {}", path.display(), ids.len(), a.tokens);
-            }
-            let seqs: Vec<Vec<u32>> = ids[..a.tokens].chunks(a.window).map(<[u32]>::to_vec).collect();
-            (seqs, format!("corpus:{}", path.display()))
-        }
-        None => {
-            let bar = super::progress(a.tokens as u64, "generating calibration text");
-            let seqs = self_generated(&model, &tok, a.tokens, a.window, a.seed, |n| bar.inc(n as u64))?;
-            bar.finish_and_clear();
-            (seqs, "self-generated".to_string())
-        }
+    let spec = CalibrationSpec {
+        corpus: a.corpus.as_deref(),
+        tokens: a.tokens,
+        window: a.window,
+        greedy_tokens: a.greedy_tokens,
+        seed: a.seed,
     };
-    let tokens: usize = sequences.iter().map(Vec::len).sum();
-    let bar = super::progress(sequences.len() as u64, "calibrating");
-    let observed = calibrate(&model, &sequences, a.greedy_tokens, || bar.inc(1))?;
-    bar.finish_and_clear();
-    let bar = super::progress(model.config().n_layers as u64, "greedy allocation");
-    let profile = build_profile(&model, &observed, file_sha256(model_path)?, source.clone(), tokens, || bar.inc(1))?;
-    bar.finish_and_clear();
+    let profile = make_profile(model_path, &tok, &model, &spec)?;
+    let (source, tokens) = (profile.source.clone(), profile.tokens);
     let out = a.out.unwrap_or_else(|| default_profile_path(model_path));
     profile.save(&out)?;
     let o = Output { profile: out.display().to_string(), source, tokens, seconds: t0.elapsed().as_secs_f64() };

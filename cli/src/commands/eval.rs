@@ -30,6 +30,10 @@ pub enum EvalCommand {
     PplP(super::tradeoff::PplPArgs),
     /// A/B: two METHOD:SPARSITY settings on the same windows, with a paired bootstrap verdict.
     Ab(super::tradeoff::AbArgs),
+    /// Everything above for the current profile in one self-contained markdown file: sweep,
+    /// PPL-p% sparsity with published figures for context, A/B verdicts, mask audit with
+    /// hardware affinity, calibration robustness.
+    Report(super::report::ReportArgs),
 }
 
 /// Arguments of `sieve eval masks`.
@@ -104,6 +108,7 @@ pub fn run(model_path: &Path, cmd: EvalCommand) -> Result<()> {
         EvalCommand::Sweep(a) => super::tradeoff::sweep(model_path, a),
         EvalCommand::PplP(a) => super::tradeoff::ppl_p_search(model_path, a),
         EvalCommand::Ab(a) => super::tradeoff::ab(model_path, a),
+        EvalCommand::Report(a) => super::report::run(model_path, a),
     }
 }
 

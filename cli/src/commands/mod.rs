@@ -8,6 +8,8 @@ pub mod generate;
 pub mod info;
 pub mod loadtest;
 pub mod masks_table;
+pub mod report;
+pub mod report_md;
 pub mod serve;
 pub mod tokenize;
 pub mod tradeoff;

@@ -46,7 +46,7 @@ pub struct Common {
 }
 
 /// Lines of `y` against `x`, one per method (dense, a single point, is left out).
-fn series(points: &[Point], x: impl Fn(&Point) -> f64, y: impl Fn(&Point) -> f64) -> Vec<Series> {
+pub(crate) fn series(points: &[Point], x: impl Fn(&Point) -> f64, y: impl Fn(&Point) -> f64) -> Vec<Series> {
     let mut out: Vec<Series> = Vec::new();
     for p in points.iter().filter(|p| p.method != "dense") {
         match out.iter_mut().find(|s| s.name == p.method) {
@@ -104,37 +104,68 @@ pub struct AbArgs {
     resamples: usize,
 }
 
+/// Where the trade-off commands read from.
+pub(crate) struct Inputs<'a> {
+    pub corpus: &'a Path,
+    pub ctx: usize,
+    pub windows: usize,
+    pub profile: Option<&'a Path>,
+    pub predictors: Option<&'a Path>,
+    pub plot: Option<&'a Path>,
+}
+
+impl<'a> From<&'a Common> for Inputs<'a> {
+    fn from(c: &'a Common) -> Self {
+        Inputs {
+            corpus: &c.corpus,
+            ctx: c.ctx,
+            windows: c.windows,
+            profile: c.profile.as_deref(),
+            predictors: c.predictors.as_deref(),
+            plot: c.plot.as_deref(),
+        }
+    }
+}
+
 /// Loaded model, tokens and what makes plans.
-struct Setup {
-    model: Model,
-    tokens: Vec<u32>,
-    opts: PplOptions,
-    profile: Option<sieve_engine::profile::Profile>,
-    predictors: Option<Arc<sieve_predictor::PredictorSet>>,
+pub(crate) struct Setup {
+    pub model: Model,
+    pub tokenizer: sieve_engine::tokenizer::Tokenizer,
+    pub tokens: Vec<u32>,
+    pub opts: PplOptions,
+    pub profile: Option<sieve_engine::profile::Profile>,
+    pub predictors: Option<Arc<sieve_predictor::PredictorSet>>,
 }
 
 impl Setup {
     fn load(model_path: &Path, c: &Common, methods: &[Method]) -> Result<Self> {
-        if let Some(dir) = &c.plot {
+        Self::open(model_path, &Inputs::from(c), methods)
+    }
+
+    /// Checks the plot directory and the corpus, then loads the model, the profile (when a
+    /// sparse method is asked for) and the predictors (when a predictor method is).
+    pub fn open(model_path: &Path, c: &Inputs, methods: &[Method]) -> Result<Self> {
+        if let Some(dir) = c.plot {
             check_dir(dir)?;
         }
-        let tok = super::load_tokenizer(model_path)?;
-        let tokens = tokenize_file(&tok, &c.corpus)?;
+        let tokenizer = super::load_tokenizer(model_path)?;
+        let tokens = tokenize_file(&tokenizer, c.corpus)?;
         let opts = PplOptions { ctx: c.ctx, windows: Some(c.windows) };
         window_count(tokens.len(), opts, usize::MAX).with_context(|| format!("corpus {}", c.corpus.display()))?;
         let (_, model) = super::load(model_path, Precision::Fast)?;
         let sparse = methods.iter().any(|&m| m != Method::Dense);
-        let profile = if sparse { Some(super::load_profile(model_path, &model, c.profile.as_deref())?) } else { None };
+        let profile = if sparse { Some(super::load_profile(model_path, &model, c.profile)?) } else { None };
         let predictors = if methods.iter().any(|m| m.needs_predictors()) {
-            let set = super::load_predictors(model_path, &model, c.profile.as_deref(), c.predictors.as_deref())?;
-            Some(Arc::new(set))
+            Some(Arc::new(super::load_predictors(model_path, &model, c.profile, c.predictors)?))
         } else {
             None
         };
-        Ok(Self { model, tokens, opts, profile, predictors })
+        Ok(Self { model, tokenizer, tokens, opts, profile, predictors })
     }
 
-    fn plan(&self, method: Method, s: f32) -> Result<Option<SparsityPlan>> {
+    /// The plan of `method` at `s` from the loaded profile, prepared for the sparse kernels
+    /// (`None`: dense).
+    pub fn plan(&self, method: Method, s: f32) -> Result<Option<SparsityPlan>> {
         check_target(s)?;
         let Some(profile) = self.profile.as_ref().filter(|_| method != Method::Dense) else { return Ok(None) };
         let plan = profile.plan_with_predictors(method, s, self.predictors.clone())?;
@@ -143,7 +174,7 @@ impl Setup {
     }
 
     /// Decode tok/s of the plan and its speedup over dense, taking turns step by step.
-    fn speed(&self, plan: Option<&SparsityPlan>, steps: usize) -> Result<(f64, f64)> {
+    pub fn speed(&self, plan: Option<&SparsityPlan>, steps: usize) -> Result<(f64, f64)> {
         if steps == 0 {
             return Ok((0.0, 0.0));
         }
@@ -156,19 +187,20 @@ impl Setup {
 }
 
 /// One (method, sparsity) point.
-#[derive(Debug, Serialize)]
-struct Point {
-    method: String,
-    sparsity: f32,
-    perplexity: f64,
-    kl_vs_dense: f64,
-    top1_agreement: f64,
-    achieved_sparsity: f64,
-    decode_tok_s: f64,
-    speedup: f64,
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Point {
+    pub method: String,
+    pub sparsity: f32,
+    pub perplexity: f64,
+    pub kl_vs_dense: f64,
+    pub top1_agreement: f64,
+    pub achieved_sparsity: f64,
+    pub decode_tok_s: f64,
+    pub speedup: f64,
 }
 
-fn point(m: &MethodScores, speed: (f64, f64)) -> Point {
+/// A point's quality figures from its scores, with its measured (tok/s, speedup).
+pub(crate) fn point(m: &MethodScores, speed: (f64, f64)) -> Point {
     let t = m.total();
     Point {
         method: m.method.clone(),
@@ -182,12 +214,14 @@ fn point(m: &MethodScores, speed: (f64, f64)) -> Point {
     }
 }
 
-fn print_points(points: &[Point]) {
-    println!("| method | sparsity | perplexity | KL vs dense | top-1 agreement | achieved | decode tok/s | speedup |");
-    println!("|---|---|---|---|---|---|---|---|");
+/// The markdown table of `points`.
+pub(crate) fn points_table(points: &[Point]) -> String {
+    let mut t = String::from(
+        "| method | sparsity | perplexity | KL vs dense | top-1 agreement | achieved | decode tok/s | speedup |\n|---|---|---|---|---|---|---|---|\n",
+    );
     for p in points {
-        println!(
-            "| {} | {:.2} | {:.3} | {:.4} | {:.3} | {:.3} | {:.1} | {:.2}x |",
+        t += &format!(
+            "| {} | {:.2} | {:.3} | {:.4} | {:.3} | {:.3} | {:.1} | {:.2}x |\n",
             p.method,
             p.sparsity,
             p.perplexity,
@@ -198,6 +232,7 @@ fn print_points(points: &[Point]) {
             p.speedup
         );
     }
+    t
 }
 
 /// Runs `sieve eval sweep`.
@@ -242,7 +277,7 @@ pub fn sweep(model_path: &Path, a: SweepArgs) -> Result<()> {
     if a.common.json {
         return super::print_json(&serde_json::json!({ "points": points, "plots": plots }));
     }
-    print_points(&points);
+    print!("{}", points_table(&points));
     for p in &plots {
         println!("plot: {}", p.display());
     }
@@ -354,7 +389,7 @@ pub fn ab(model_path: &Path, a: AbArgs) -> Result<()> {
             "a": points[0], "b": points[1], "verdict": verdict, "down_input_sparsity_by_layer": layers,
         }));
     }
-    print_points(&points);
+    print!("{}", points_table(&points));
     let what = match verdict.better.as_str() {
         "A" => format!("A ({}) has the lower perplexity", a.a),
         "B" => format!("B ({}) has the lower perplexity", a.b),
