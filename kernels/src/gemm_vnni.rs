@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::matmul::OutPtr;
-use crate::{ActsQ8, MatQ8, QK};
+use crate::{ActsQ8, MatQ4_1, MatQ8, QK};
 
 /// Rows per repacked panel.
 const PANEL_ROWS: usize = 16;
@@ -83,52 +83,76 @@ pub(crate) fn with_offset_acts<R>(x: &ActsQ8, f: impl FnOnce(&[u8]) -> R) -> R {
     })
 }
 
-/// Sixteen rows of `w` from `r0` (`nr` of them real, the rest zero) in the microkernel's
-/// layout.
+/// Weights the GEMM reads: int8 blocks, or Q4_1 blocks (codes 0..15, scale and minimum).
+#[derive(Clone, Copy)]
+pub(crate) enum Weights<'a> {
+    Q8(&'a MatQ8),
+    Q4(&'a MatQ4_1),
+}
+
+impl Weights<'_> {
+    fn cols(&self) -> usize {
+        match self {
+            Weights::Q8(w) => w.cols(),
+            Weights::Q4(w) => w.cols(),
+        }
+    }
+}
+
+/// Sixteen weight rows (`nr` of them real, the rest zero) in the microkernel's layout.
 struct PanelBuf {
     w: Vec<i8>,
     bias: Vec<i32>,
     d: Vec<f32>,
+    m: Vec<f32>,
+    has_min: bool,
 }
 
 impl PanelBuf {
     fn new(nb: usize) -> Self {
-        Self { w: vec![0; nb * 8 * 64], bias: vec![0; nb * PANEL_ROWS], d: vec![0.0; nb * PANEL_ROWS] }
+        Self {
+            w: vec![0; nb * 8 * 64],
+            bias: vec![0; nb * PANEL_ROWS],
+            d: vec![0.0; nb * PANEL_ROWS],
+            m: vec![0.0; nb * PANEL_ROWS],
+            has_min: false,
+        }
     }
 
-    fn fill(&mut self, w: &MatQ8, r0: usize, nr: usize) {
-        let (cols, nb) = (w.cols(), w.cols() / QK);
-        let (qs, scales) = (w.rows_qs(r0, nr), w.rows_scales(r0, nr));
+    fn fill(&mut self, w: Weights<'_>, r0: usize, nr: usize) {
+        let nb = w.cols() / QK;
         self.w.fill(0);
         self.bias.fill(0);
         self.d.fill(0.0);
+        self.m.fill(0.0);
+        self.has_min = matches!(w, Weights::Q4(_));
+        let mut block = [0i8; QK];
         for i in 0..nr {
-            let row = &qs[i * cols..(i + 1) * cols];
             for b in 0..nb {
-                let block = &row[b * QK..(b + 1) * QK];
+                let (d, m) = match w {
+                    Weights::Q8(q) => {
+                        block.copy_from_slice(&q.rows_qs(r0 + i, 1)[b * QK..(b + 1) * QK]);
+                        (q.rows_scales(r0 + i, 1)[b], 0.0)
+                    }
+                    Weights::Q4(q) => q.block_codes(r0 + i, b, &mut block),
+                };
                 for g in 0..8 {
                     let at = ((8 * b + g) * PANEL_ROWS + i) * 4;
                     self.w[at..at + 4].copy_from_slice(&block[4 * g..4 * g + 4]);
                 }
                 self.bias[b * PANEL_ROWS + i] = -128 * block.iter().map(|&v| v as i32).sum::<i32>();
-                self.d[b * PANEL_ROWS + i] = scales[i * nb + b];
+                self.d[b * PANEL_ROWS + i] = d;
+                self.m[b * PANEL_ROWS + i] = m;
             }
         }
     }
 }
 
-/// `out[t * rows + row_offset + r] = w[r] · x[t]` for `r` in `range` and every token of `x`
-/// (`xu`: its values from [`with_offset_acts`]). Call only when [`enabled`].
-pub(crate) fn gemm_rows(
-    w: &MatQ8,
-    row_offset: usize,
-    rows: usize,
-    x: &ActsQ8,
-    xu: &[u8],
-    range: Range<usize>,
-    out: OutPtr,
-) {
-    let (cols, nb, n) = (w.cols(), w.cols() / QK, x.n());
+/// `out[t * rows + r] = w[r] · x[t]` for `r` in `range` and every token of `x` (`xu`: its
+/// values from [`with_offset_acts`]). Call only when [`enabled`].
+pub(crate) fn gemm_rows(w: Weights<'_>, rows: usize, x: &ActsQ8, xu: &[u8], range: Range<usize>, out: OutPtr) {
+    let (cols, n) = (w.cols(), x.n());
+    let nb = cols / QK;
     if xu.len() < n * cols || x.cols() != cols {
         return;
     }
@@ -145,11 +169,8 @@ pub(crate) fn gemm_rows(
                 _ => 1,
             };
             let store = |k: usize, vals: &[f32; PANEL_ROWS]| {
-                let base = (t + k) * rows + row_offset + r0;
-                for (i, &v) in vals.iter().take(nr).enumerate() {
-                    // SAFETY: rows r0 .. r0 + nr belong to this chunk (see OutPtr).
-                    unsafe { out.write(base + i, v) };
-                }
+                // SAFETY: rows r0 .. r0 + nr belong to this chunk (see OutPtr).
+                unsafe { out.write_slice((t + k) * rows + r0, &vals[..nr]) };
             };
             match count {
                 TOKEN_TILE => {
@@ -175,15 +196,17 @@ fn tile<const T: usize>(
 ) -> [[f32; PANEL_ROWS]; T] {
     let rows_u: [&[u8]; T] = std::array::from_fn(|k| &xu[(t + k) * cols..(t + k + 1) * cols]);
     let scales: [&[f32]; T] = std::array::from_fn(|k| x.row_scales(t + k));
+    let sums: [&[f32]; T] = std::array::from_fn(|k| x.row_sums(t + k));
     #[cfg(target_arch = "x86_64")]
     {
-        let p = crate::cpu::avx512::Panel { w: &panel.w, bias: &panel.bias, d: &panel.d };
+        let m = panel.has_min.then_some(&panel.m[..]);
+        let p = crate::cpu::avx512::Panel { w: &panel.w, bias: &panel.bias, d: &panel.d, m };
         // SAFETY: `enabled()` (the caller's precondition) saw avx512f, avx512bw and avx512vnni.
-        unsafe { crate::cpu::avx512::gemm_panel::<T>(&p, nb, rows_u, scales) }
+        unsafe { crate::cpu::avx512::gemm_panel::<T>(&p, nb, rows_u, scales, sums) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (panel, nb, rows_u, scales);
+        let _ = (panel, nb, rows_u, scales, sums);
         [[0.0; PANEL_ROWS]; T]
     }
 }

@@ -95,6 +95,18 @@ impl OutPtr {
         unsafe { *self.ptr.add(i) = v };
     }
 
+    /// Writes `v` at indices `i .. i + v.len()`.
+    ///
+    /// # Safety
+    /// As for [`OutPtr::write`], for every entry written.
+    #[inline(always)]
+    pub(crate) unsafe fn write_slice(self, i: usize, v: &[f32]) {
+        assert!(i + v.len() <= self.len, "output index out of range");
+        // SAFETY: the run lies inside the live output slice; the caller guarantees exclusive
+        // access to it, so it does not overlap `v`.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) };
+    }
+
     /// Adds `v` to entry `i`.
     ///
     /// # Safety
@@ -224,7 +236,7 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
     if n >= 4 && crate::gemm_vnni::enabled() {
         crate::gemm_vnni::with_offset_acts(x, |xu| {
             for_each_row_chunk(rows, cols + 4 * nb, n, out, |range, out| {
-                crate::gemm_vnni::gemm_rows(w, 0, rows, x, xu, range, out)
+                crate::gemm_vnni::gemm_rows(crate::gemm_vnni::Weights::Q8(w), rows, x, xu, range, out)
             })
         });
         return Ok(());

@@ -102,6 +102,16 @@ impl MatQ4_1 {
             m: &self.m[r * nb..(r + 1) * nb],
         }
     }
+    /// Block `b` of row `r`: its 32 codes (0..15) in order into `codes`, and (d, m).
+    pub(crate) fn block_codes(&self, r: usize, b: usize, codes: &mut [i8; QK]) -> (f32, f32) {
+        let row = self.row(r);
+        let c = &row.codes[b * 16..(b + 1) * 16];
+        for (j, &v) in c.iter().enumerate() {
+            codes[j] = (v & 0x0f) as i8;
+            codes[j + 16] = (v >> 4) as i8;
+        }
+        (f16::from_bits(row.d[b]).to_f32(), f16::from_bits(row.m[b]).to_f32())
+    }
     /// Row `r` in f32.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let row = self.row(r);
@@ -211,15 +221,18 @@ fn products(w: &MatQ4_1, x: &ActsQ8, gemm: Gemm<'_>, row_bytes: usize, out: &mut
     let acts =
         |t: usize| inner::ActRow { q: x.row_qs(t), pair_q: x.row_pair_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
     for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| {
-        if grouped > 0
-            && let Ok(codes) = w.unpack_rows(range.clone())
-        {
-            match gemm {
-                Gemm::Vnni(xu) => crate::gemm_vnni::gemm_rows(&codes, range.start, rows, x, xu, 0..range.len(), out),
-                Gemm::Avx2(packed) => q8_gemm_rows(&codes, range.start, rows, packed, 0..range.len(), out),
-                Gemm::None => {}
+        match gemm {
+            // The minimums are folded into the VNNI kernel.
+            Gemm::Vnni(xu) => {
+                crate::gemm_vnni::gemm_rows(crate::gemm_vnni::Weights::Q4(w), rows, x, xu, range.clone(), out)
             }
-            add_min_terms(w, x, range.clone(), grouped, out);
+            Gemm::Avx2(packed) if grouped > 0 => {
+                if let Ok(codes) = w.unpack_rows(range.clone()) {
+                    q8_gemm_rows(&codes, range.start, rows, packed, 0..range.len(), out);
+                    add_min_terms(w, x, range.clone(), grouped, out);
+                }
+            }
+            _ => {}
         }
         let end = range.end;
         for r in range {
