@@ -37,8 +37,13 @@ mod tests {
 
     #[test]
     fn avx2_matches_scalar() {
+        for len in [1, 3, 4, 37, 300] {
+            avx2_matches_scalar_at(len);
+        }
+    }
+
+    fn avx2_matches_scalar_at(len: usize) {
         let hd = 64;
-        let len = 37;
         let stride = 3 * hd;
         let keys: Vec<f32> = (0..len * stride).map(|i| ((i * 29 % 97) as f32 - 48.0) / 40.0).collect();
         let values: Vec<f32> = (0..len * stride).map(|i| ((i * 13 % 89) as f32 - 44.0) / 30.0).collect();
