@@ -420,16 +420,19 @@ fn project_each(
     for (proj, w, out) in jobs.iter_mut() {
         let t = hooks.input_threshold(layer, *proj);
         if ready != Some(t) {
-            zeroed = 0;
-            if let Some(t) = t {
-                masked.clear();
-                masked.extend_from_slice(input);
-                zeroed = zero_below(masked, t);
-            }
-            if prec == Precision::Fast {
-                let src = if t.is_some() { &masked[..] } else { input };
-                qa.quantize_from(src, n, src.len() / n)?;
-            }
+            zeroed = match (prec, t) {
+                (Precision::Fast, Some(t)) => qa.quantize_masked_from(input, n, input.len() / n, t)?,
+                (Precision::Fast, None) => {
+                    qa.quantize_from(input, n, input.len() / n)?;
+                    0
+                }
+                (Precision::F32, Some(t)) => {
+                    masked.clear();
+                    masked.extend_from_slice(input);
+                    zero_below(masked, t)
+                }
+                (Precision::F32, None) => 0,
+            };
             ready = Some(t);
         }
         // The MLP methods count gate's and up's skipped rows where they drop neurons.

@@ -1,7 +1,8 @@
 //! Run-time choice of the instruction set the kernels use.
 //!
 //! Detected once per process. `SIEVE_ISA=scalar` forces the portable fallback, which the tests
-//! use to check the SIMD paths against it.
+//! use to check the SIMD paths against it; `SIEVE_ISA=avx2` keeps the AVX2 prefill GEMM where
+//! AVX-512 VNNI is present.
 
 use std::sync::OnceLock;
 
@@ -45,4 +46,14 @@ pub fn active() -> Isa {
         Ok("scalar") => Isa::Scalar,
         _ => detect(),
     })
+}
+
+/// The instruction sets in use, for reports: [`active`]'s name, plus the prefill GEMM's
+/// AVX-512 VNNI where it runs.
+pub fn describe() -> String {
+    if crate::gemm_vnni::enabled() {
+        format!("{} (prefill GEMM: avx512-vnni)", active().name())
+    } else {
+        active().name().to_string()
+    }
 }

@@ -145,6 +145,17 @@ pub struct ActsQ8 {
 impl ActsQ8 {
     /// Quantizes `n` rows of `cols` values (`x.len() == n * cols`), reusing this buffer.
     pub fn quantize_from(&mut self, x: &[f32], n: usize, cols: usize) -> Result<(), KernelError> {
+        self.quantize_with(x, n, cols, None).map(|_| ())
+    }
+
+    /// [`ActsQ8::quantize_from`] of `x` with every value of magnitude at most `t` zeroed
+    /// first (TEAL's mask), returning how many were zeroed: the same result as masking a copy
+    /// and quantizing it, without the copy and spread over the pool.
+    pub fn quantize_masked_from(&mut self, x: &[f32], n: usize, cols: usize, t: f32) -> Result<usize, KernelError> {
+        self.quantize_with(x, n, cols, Some(t))
+    }
+
+    fn quantize_with(&mut self, x: &[f32], n: usize, cols: usize, t: Option<f32>) -> Result<usize, KernelError> {
         check_block("ActsQ8", cols)?;
         check_len("ActsQ8 source", product("ActsQ8", n, cols)?, x.len())?;
         self.n = n;
@@ -163,11 +174,13 @@ impl ActsQ8 {
             .zip(self.pair_qs.chunks_mut(rows_per_task * cols))
             .map(|(((qs, scales), sums), pair_qs)| std::sync::Mutex::new(RowsOut { qs, scales, sums, pair_qs }))
             .collect();
+        let zeroed = std::sync::atomic::AtomicUsize::new(0);
         let task = |i: usize| {
             if let Ok(mut part) = parts[i].lock() {
                 let start = i * rows_per_task * cols;
                 let len = part.qs.len();
-                quantize_rows(&x[start..start + len], cols, &mut part);
+                let z = quantize_rows(&x[start..start + len], cols, t, &mut part);
+                zeroed.fetch_add(z, std::sync::atomic::Ordering::Relaxed);
             }
         };
         if parts.len() > 1 {
@@ -175,7 +188,7 @@ impl ActsQ8 {
         } else if !parts.is_empty() {
             task(0);
         }
-        Ok(())
+        Ok(zeroed.into_inner())
     }
     /// Number of rows (tokens).
     pub fn n(&self) -> usize {
@@ -234,9 +247,29 @@ struct RowsOut<'a> {
     pair_qs: &'a mut [i8],
 }
 
-/// Quantizes whole rows of `cols` values: blocks, their sums, and the pair order.
-fn quantize_rows(x: &[f32], cols: usize, out: &mut RowsOut<'_>) {
-    quantize_blocks(x, out.qs, out.scales);
+/// Quantizes whole rows of `cols` values (those of magnitude at most `t` as zeros): blocks,
+/// their sums, and the pair order. Returns how many values `t` zeroed.
+fn quantize_rows(x: &[f32], cols: usize, t: Option<f32>, out: &mut RowsOut<'_>) -> usize {
+    let zeroed = match t {
+        None => {
+            quantize_blocks(x, out.qs, out.scales);
+            0
+        }
+        Some(t) => {
+            let mut block = [0f32; QK];
+            let mut zeroed = 0;
+            for ((xb, qb), s) in x.chunks_exact(QK).zip(out.qs.chunks_exact_mut(QK)).zip(out.scales.chunks_exact_mut(1))
+            {
+                for (m, &v) in block.iter_mut().zip(xb) {
+                    let keep = v.abs() > t;
+                    zeroed += usize::from(!keep);
+                    *m = if keep { v } else { 0.0 };
+                }
+                quantize_blocks(&block, qb, s);
+            }
+            zeroed
+        }
+    };
     for ((q, s), sum) in out.qs.chunks_exact(QK).zip(out.scales.iter()).zip(out.sums.iter_mut()) {
         *sum = q.iter().map(|&v| v as i32).sum::<i32>() as f32 * s;
     }
@@ -252,6 +285,7 @@ fn quantize_rows(x: &[f32], cols: usize, out: &mut RowsOut<'_>) {
         }
         outs.into_remainder().copy_from_slice(pairs.remainder());
     }
+    zeroed
 }
 
 fn quantize_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
@@ -269,6 +303,24 @@ fn quantize_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_quantization_equals_quantizing_a_masked_copy() {
+        // 40 rows x 1536: several parallel tasks; t cuts about a third of the values.
+        let (n, cols, t) = (40, 1536, 0.33);
+        let x = crate::testdata::values(n * cols, 9);
+        let mut copy = x.clone();
+        let want_zeroed = copy.iter_mut().filter(|v| v.abs() <= t).map(|v| *v = 0.0).count();
+        let (mut a, mut b) = (ActsQ8::default(), ActsQ8::default());
+        a.quantize_from(&copy, n, cols).unwrap();
+        assert_eq!(b.quantize_masked_from(&x, n, cols, t).unwrap(), want_zeroed);
+        for r in 0..n {
+            assert_eq!(a.row_qs(r), b.row_qs(r));
+            assert_eq!(a.row_scales(r), b.row_scales(r));
+            assert_eq!(a.row_sums(r), b.row_sums(r));
+            assert_eq!(a.row_pair_qs(r), b.row_pair_qs(r));
+        }
+    }
 
     #[test]
     fn round_away_matches_round() {

@@ -70,7 +70,7 @@ pub fn info(shared: &Shared) -> v1::InfoResponse {
         hardware: Some(v1::Hardware {
             cpu: cpu_name(),
             threads: sieve_kernels::pool::global().threads() as u32,
-            simd: vec![sieve_kernels::isa::active().name().to_string()],
+            simd: vec![sieve_kernels::isa::describe()],
         }),
         limits: Some(v1::Limits { max_queue: shared.max_queue as u32, max_tokens: shared.max_tokens_limit as u32 }),
         dense_reference: Some(shared.dense().to_wire()),

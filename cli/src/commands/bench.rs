@@ -68,7 +68,7 @@ struct DecodeOutput<'a> {
     report: &'a BenchReport,
     precision: Precision,
     threads: usize,
-    isa: &'static str,
+    isa: String,
 }
 
 /// Runs a bench subcommand.
@@ -126,7 +126,7 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
         report: &report,
         precision: a.precision,
         threads: sieve_kernels::pool::global().threads(),
-        isa: sieve_kernels::isa::active().name(),
+        isa: sieve_kernels::isa::describe(),
     };
     if a.json {
         super::print_json(&out)

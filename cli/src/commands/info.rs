@@ -23,7 +23,7 @@ struct Info {
     config: Config,
     block_params: usize,
     tokenizer: String,
-    isa: &'static str,
+    isa: String,
     threads: usize,
     sieve_version: &'static str,
 }
@@ -43,7 +43,7 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
             gguf.get_str("tokenizer.ggml.pre").unwrap_or("?")
         ),
         config,
-        isa: sieve_kernels::isa::active().name(),
+        isa: sieve_kernels::isa::describe(),
         threads: sieve_kernels::pool::global().threads(),
         sieve_version: env!("CARGO_PKG_VERSION"),
     };

@@ -66,9 +66,10 @@ pub struct ReportArgs {
     /// Tokens of each fresh calibration.
     #[arg(long, default_value_t = 8192)]
     pub calibration_tokens: usize,
-    /// Windows (the first of the sweep's) scored per profile for robustness; 0 skips it.
-    #[arg(long, default_value_t = 10)]
-    pub robustness_windows: usize,
+    /// Windows (the first of the sweep's) scored per profile for robustness; 0 skips it
+    /// [default: 10, or --windows if fewer].
+    #[arg(long)]
+    pub robustness_windows: Option<usize>,
     /// Calibration profile (default: the one `sieve calibrate` wrote for this model).
     #[arg(long)]
     pub profile: Option<PathBuf>,
@@ -173,15 +174,20 @@ fn validate(a: &ReportArgs) -> Result<()> {
     if a.affinity_k.is_empty() || a.affinity_k.contains(&0) {
         bail!("--affinity-k: window sizes must be at least 1");
     }
-    if a.windows == 0 || a.robustness_windows > a.windows {
+    if a.windows == 0 || a.robustness_windows.is_some_and(|r| r > a.windows) {
         bail!("--windows must be at least 1 and --robustness-windows at most --windows");
     }
-    if a.robustness_windows > 0 && a.calibration_tokens < 16 {
+    if robustness_windows(a) > 0 && a.calibration_tokens < 16 {
         bail!("--calibration-tokens must be at least 16");
     }
     let dir = a.out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     sieve_eval::plot::check_dir(dir).with_context(|| format!("--out {}", a.out.display()))?;
     Ok(())
+}
+
+/// Windows of the robustness section.
+fn robustness_windows(a: &ReportArgs) -> usize {
+    a.robustness_windows.unwrap_or(a.windows.min(10))
 }
 
 /// Runs `sieve eval report`.
@@ -265,8 +271,7 @@ pub fn run(model_path: &Path, a: ReportArgs) -> Result<()> {
     seconds.insert("masks", section.elapsed().as_secs_f64());
 
     let section = Instant::now();
-    let robustness =
-        if a.robustness_windows > 0 { Some(robustness(model_path, &setup, profile, &profile_path, &a)?) } else { None };
+    let robustness = if robustness_windows(&a) > 0 { Some(robustness(model_path, &setup, profile, &a)?) } else { None };
     seconds.insert("robustness", section.elapsed().as_secs_f64());
 
     let data = ReportData {
@@ -340,13 +345,7 @@ fn ab_rows(scores: &[MethodScores], methods: &[Method]) -> Result<Vec<AbRow>> {
 
 /// TEAL and CATS at the audit sparsity under the report's profile and fresh profiles
 /// calibrated on self-generated text (and on `--calibration-corpus`), on the first windows.
-fn robustness(
-    model_path: &Path,
-    setup: &Setup,
-    profile: &Profile,
-    profile_path: &Path,
-    a: &ReportArgs,
-) -> Result<Robustness> {
+fn robustness(model_path: &Path, setup: &Setup, profile: &Profile, a: &ReportArgs) -> Result<Robustness> {
     fn spec<'a>(corpus: Option<&'a Path>, a: &ReportArgs, context_len: usize) -> CalibrationSpec<'a> {
         CalibrationSpec {
             corpus,
@@ -375,12 +374,13 @@ fn robustness(
         }
     }
     let refs: Vec<Option<&SparsityPlan>> = plans.iter().map(Some).collect();
-    let opts = PplOptions { ctx: a.ctx, windows: Some(a.robustness_windows) };
-    let bar = super::progress(a.robustness_windows as u64, "report: calibration robustness");
+    let windows = robustness_windows(a);
+    let opts = PplOptions { ctx: a.ctx, windows: Some(windows) };
+    let bar = super::progress(windows as u64, "report: calibration robustness");
     let (dense, scores) = score_windows(&setup.model, &setup.tokens, opts, &refs, || bar.inc(1))?;
     bar.finish_and_clear();
-    let names = std::iter::once((format!("this report's ({})", profile_path.display()), profile))
-        .chain(profiles.iter().map(|(n, p)| (n.clone(), p)));
+    let names =
+        std::iter::once(("this report's".to_string(), profile)).chain(profiles.iter().map(|(n, p)| (n.clone(), p)));
     let mut rows = Vec::new();
     for ((name, p), chunk) in names.zip(scores.chunks(methods.len())) {
         for s in chunk {
@@ -396,10 +396,5 @@ fn robustness(
             });
         }
     }
-    Ok(Robustness {
-        windows: a.robustness_windows,
-        sparsity: a.audit_sparsity,
-        dense_perplexity: dense.total().perplexity(),
-        rows,
-    })
+    Ok(Robustness { windows, sparsity: a.audit_sparsity, dense_perplexity: dense.total().perplexity(), rows })
 }
