@@ -151,7 +151,7 @@ pub fn matmul_q4_1(w: &MatQ4_1, x: &ActsQ8, out: &mut [f32]) -> Result<(), Kerne
 const PREFETCH_ROWS_AHEAD: usize = 4;
 
 /// Adds each block minimum's share `Σ_b m[r][b] · Σx[t][b]` to `out` for rows `range` and
-/// tokens `0..tokens`: a small f32 GEMM of the rows' minimums against the
+/// tokens `0..tokens` (the AVX2 GEMM's groups of four): a small f32 GEMM of the rows' minimums against the
 /// tokens' block sums, through the f32 register-tile kernel (a scalar loop here cost a fifth
 /// of a 512-token prefill).
 fn add_min_terms(w: &MatQ4_1, x: &ActsQ8, range: std::ops::Range<usize>, tokens: usize, out: OutPtr) {
@@ -164,15 +164,7 @@ fn add_min_terms(w: &MatQ4_1, x: &ActsQ8, range: std::ops::Range<usize>, tokens:
         }
     }
     let rows = w.rows;
-    let quads = tokens / 4 * 4;
-    for t in quads..tokens {
-        for (i, m) in mins.chunks_exact(nb).enumerate() {
-            let v = crate::cpu::dot_f32(m, x.row_sums(t));
-            // SAFETY: t < tokens <= n and row range.start + i belongs to this chunk.
-            unsafe { out.add(t * rows + range.start + i, v) };
-        }
-    }
-    for t in (0..quads).step_by(4) {
+    for t in (0..tokens / 4 * 4).step_by(4) {
         let sums = [x.row_sums(t), x.row_sums(t + 1), x.row_sums(t + 2), x.row_sums(t + 3)];
         let mut i = 0;
         while i < range.len() {
