@@ -42,8 +42,28 @@ fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
     let points = sweep["points"].as_array().unwrap();
     assert_eq!(points.len(), 5);
     let dense_ppl = points[0]["perplexity"].as_f64().unwrap();
-    let ppl = json(&sieve(&["eval", "ppl", "--corpus", &corpus, "--ctx", "64", "--windows", "3", "--json"]));
+    let ppl_plot = dir.path().join("ppl");
+    let ppl_plot_s = ppl_plot.to_str().unwrap();
+    let ppl = json(&sieve(&[
+        "eval",
+        "ppl",
+        "--corpus",
+        &corpus,
+        "--ctx",
+        "64",
+        "--windows",
+        "3",
+        "--plot",
+        ppl_plot_s,
+        "--json",
+    ]));
     assert!((ppl["perplexity"].as_f64().unwrap() - dense_ppl).abs() < 1e-6 * dense_ppl, "{ppl} vs {dense_ppl}");
+    let per_window: Vec<f64> =
+        ppl["per_window_perplexity"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(per_window.len(), 3);
+    let mean_nll = per_window.iter().map(|p| p.ln()).sum::<f64>() / 3.0;
+    assert!((mean_nll.exp() - dense_ppl).abs() < 1e-6 * dense_ppl, "equal windows: the geometric mean is the whole");
+    assert!(std::fs::metadata(ppl_plot.join("ppl_per_window.png")).unwrap().len() > 1000);
     for p in &points[1..] {
         let f = |k: &str| p[k].as_f64().unwrap();
         assert!(f("kl_vs_dense") > 0.0 && f("top1_agreement") < 1.0 && f("perplexity") > dense_ppl * 0.9, "{p}");
@@ -80,7 +100,21 @@ fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
         assert!(over > budget && row["over_at"].as_f64().unwrap() - row["sparsity"].as_f64().unwrap() <= 0.05 + 1e-6);
     }
 
-    let ab = json(&run(&["ab", "--a", "cats:0.2", "--b", "cats:0.7", "--resamples", "200"]));
+    let ab_plots = dir.path().join("ab");
+    let ab = json(&run(&[
+        "ab",
+        "--a",
+        "cats:0.2",
+        "--b",
+        "cats:0.7",
+        "--resamples",
+        "200",
+        "--plot",
+        ab_plots.to_str().unwrap(),
+    ]));
+    for f in ["ab_sparsity_by_layer.png", "ab_ppl_per_window.svg"] {
+        assert!(std::fs::metadata(ab_plots.join(f)).unwrap().len() > 1000, "{f}");
+    }
     let v = &ab["verdict"];
     assert!(
         v["ci_low"].as_f64() <= v["ppl_ratio"].as_f64() && v["ppl_ratio"].as_f64() <= v["ci_high"].as_f64(),

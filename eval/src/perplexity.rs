@@ -44,6 +44,8 @@ pub struct PplReport {
     /// The method's achieved sparsity: for TEAL the fraction of block weights not read
     /// (projections weighted by size), for CATS and CETT the fraction of MLP neurons skipped.
     pub achieved_sparsity: f64,
+    /// Perplexity of each window, in order.
+    pub per_window_perplexity: Vec<f64>,
     /// Fraction of each projection's inputs dropped (q, k, v, o, gate, up, down).
     pub achieved_by_projection: BTreeMap<&'static str, f64>,
     /// Mean KL(dense || method) per scored token, nats (0 for dense).
@@ -96,15 +98,19 @@ pub fn perplexity(
     let mut scored = 0usize;
     let mut cache = model.new_cache();
     let mut stats = SparsityStats::new(model.config().n_layers);
+    let mut per_window_perplexity = Vec::with_capacity(windows);
     for w in 0..windows {
         let chunk = &tokens[w * opts.ctx..(w + 1) * opts.ctx];
         cache.clear();
         let mut hooks = Hooks { plan: sparsity, stats: Some(&mut stats), ..Hooks::default() };
         let logits = model.forward_with(chunk, &mut cache, Logits::All, &mut hooks)?;
+        let mut window_nll = 0f64;
         for (i, &next) in chunk.iter().enumerate().skip(1) {
-            nll -= log_softmax_at(&logits[(i - 1) * vocab..i * vocab], next as usize);
-            scored += 1;
+            window_nll -= log_softmax_at(&logits[(i - 1) * vocab..i * vocab], next as usize);
         }
+        nll += window_nll;
+        scored += chunk.len() - 1;
+        per_window_perplexity.push((window_nll / (chunk.len() - 1) as f64).exp());
         on_window();
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -120,6 +126,7 @@ pub fn perplexity(
         method: sparsity.map_or("dense", |p| p.method.name()).into(),
         sparsity: sparsity.map_or(0.0, |p| p.target),
         achieved_sparsity: sparsity.map_or(0.0, |p| stats.achieved(p.method, &model.config().proj_params())),
+        per_window_perplexity,
         achieved_by_projection: by_projection(&stats),
         kl_vs_dense: 0.0,
         top1_agreement: 1.0,
@@ -152,6 +159,7 @@ pub fn perplexity_vs_dense(
         method: sparsity.method.name().into(),
         sparsity: sparsity.target,
         achieved_sparsity: m.achieved_sparsity,
+        per_window_perplexity: m.per_window.iter().map(|w| w.perplexity()).collect(),
         achieved_by_projection: by_projection(&m.stats),
         kl_vs_dense: t.mean_kl(),
         top1_agreement: t.agreement(),

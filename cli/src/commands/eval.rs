@@ -10,6 +10,7 @@ use sieve_engine::sparsity::check_target;
 use sieve_eval::corpus::{BUILTIN_BENCH_TEXT, tokenize_file};
 use sieve_eval::masks::{MaskOptions, Metrics, audit_masks};
 use sieve_eval::perplexity::{PplOptions, PplReport, perplexity, perplexity_vs_dense, plan};
+use sieve_eval::plot::{Chart, Series, check_dir, line_chart};
 
 /// `sieve eval` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -86,6 +87,9 @@ pub struct PplArgs {
     precision: Precision,
     #[command(flatten)]
     sparsity: super::SparsityArgs,
+    /// Also draw perplexity per window into this directory (SVG and PNG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -98,6 +102,7 @@ struct PplOutput<'a> {
     precision: Precision,
     corpus: String,
     model: String,
+    plots: Vec<PathBuf>,
 }
 
 /// Runs an eval subcommand.
@@ -192,6 +197,9 @@ fn masks(model_path: &Path, a: MasksArgs) -> Result<()> {
 }
 
 fn ppl(model_path: &Path, a: PplArgs) -> Result<()> {
+    if let Some(dir) = &a.plot {
+        check_dir(dir)?;
+    }
     let tok = super::load_tokenizer(model_path)?;
     let tokens = tokenize_file(&tok, &a.corpus)?;
     let opts = PplOptions { ctx: a.ctx, windows: a.windows };
@@ -206,30 +214,46 @@ fn ppl(model_path: &Path, a: PplArgs) -> Result<()> {
         None => perplexity(&model, &tokens, opts, None, || bar.inc(1))?,
     };
     bar.finish_and_clear();
+    let mut plots = Vec::new();
+    if let Some(dir) = &a.plot {
+        let line = Series {
+            name: format!("{} {}", report.method, report.sparsity),
+            points: report.per_window_perplexity.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect(),
+        };
+        let title = format!("perplexity per window of {} tokens (all windows {:.3})", report.ctx, report.perplexity);
+        let chart = Chart { title: &title, x_label: "window", y_label: "perplexity", series: &[line] };
+        plots.extend(line_chart(dir, "ppl_per_window", &chart)?);
+    }
     if a.json {
-        super::print_json(&PplOutput {
+        return super::print_json(&PplOutput {
             report: &report,
             precision: a.precision,
             corpus: a.corpus.display().to_string(),
             model: model_path.display().to_string(),
-        })
-    } else {
-        println!(
-            "perplexity {:.4} over {} scored tokens ({} windows x {}, precision {:?}) in {:.1} s ({:.0} tok/s)",
-            report.perplexity,
-            report.scored_tokens,
-            report.windows,
-            report.ctx,
-            a.precision,
-            report.seconds,
-            report.tok_s
-        );
-        if plan.is_some() {
-            println!(
-                "{} at {}: achieved sparsity {:.3}; KL(dense || method) {:.4} nats/token; top-1 agreement with dense {:.3}",
-                report.method, report.sparsity, report.achieved_sparsity, report.kl_vs_dense, report.top1_agreement
-            );
-        }
-        Ok(())
+            plots,
+        });
     }
+    println!(
+        "| method | sparsity | perplexity | KL vs dense | top-1 agreement | achieved | scored tokens | windows | precision | seconds | tok/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {:.4} | {:.4} | {:.3} | {:.3} | {} | {} x {} | {:?} | {:.1} | {:.0} |",
+        report.method,
+        report.sparsity,
+        report.perplexity,
+        report.kl_vs_dense,
+        report.top1_agreement,
+        report.achieved_sparsity,
+        report.scored_tokens,
+        report.windows,
+        report.ctx,
+        a.precision,
+        report.seconds,
+        report.tok_s
+    );
+    for p in &plots {
+        println!("plot: {}", p.display());
+    }
+    Ok(())
 }

@@ -384,9 +384,42 @@ pub fn ab(model_path: &Path, a: AbArgs) -> Result<()> {
         .iter()
         .map(|m| (0..m.stats.layers()).map(|l| m.stats.layer(l, sieve_engine::sparsity::Proj::Down)).collect())
         .collect();
+    let mut plots = Vec::new();
+    if let Some(dir) = &a.common.plot {
+        let names = [format!("A {}", a.a), format!("B {}", a.b)];
+        let by_layer: Vec<Series> = names
+            .iter()
+            .zip(&layers)
+            .map(|(n, l)| Series {
+                name: n.clone(),
+                points: l.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect(),
+            })
+            .collect();
+        let chart = Chart {
+            title: "MLP (down input) sparsity by layer",
+            x_label: "layer",
+            y_label: "sparsity",
+            series: &by_layer,
+        };
+        plots.extend(line_chart(dir, "ab_sparsity_by_layer", &chart)?);
+        let by_window: Vec<Series> = names
+            .iter()
+            .zip(&scores)
+            .map(|(n, m)| Series {
+                name: n.clone(),
+                points: m.per_window.iter().enumerate().map(|(i, w)| (i as f64, w.perplexity())).collect(),
+            })
+            .collect();
+        let title = format!(
+            "perplexity per window: PPL(A)/PPL(B) = {:.4} [{:.4}, {:.4}]",
+            verdict.ppl_ratio, verdict.ci_low, verdict.ci_high
+        );
+        let chart = Chart { title: &title, x_label: "window", y_label: "perplexity", series: &by_window };
+        plots.extend(line_chart(dir, "ab_ppl_per_window", &chart)?);
+    }
     if a.common.json {
         return super::print_json(&serde_json::json!({
-            "a": points[0], "b": points[1], "verdict": verdict, "down_input_sparsity_by_layer": layers,
+            "a": points[0], "b": points[1], "verdict": verdict, "down_input_sparsity_by_layer": layers, "plots": plots,
         }));
     }
     print!("{}", points_table(&points));
@@ -402,5 +435,8 @@ pub fn ab(model_path: &Path, a: AbArgs) -> Result<()> {
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
     println!("MLP (down input) sparsity by layer, A: {}", fmt(&layers[0]));
     println!("MLP (down input) sparsity by layer, B: {}", fmt(&layers[1]));
+    for p in &plots {
+        println!("plot: {}", p.display());
+    }
     Ok(())
 }
