@@ -20,6 +20,20 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+impl Series {
+    /// Lines from named points, in the order names first appear.
+    pub fn group(points: impl IntoIterator<Item = (String, (f64, f64))>) -> Vec<Series> {
+        let mut out: Vec<Series> = Vec::new();
+        for (name, xy) in points {
+            match out.iter_mut().find(|s| s.name == name) {
+                Some(s) => s.points.push(xy),
+                None => out.push(Series { name, points: vec![xy] }),
+            }
+        }
+        out
+    }
+}
+
 /// What a chart shows.
 #[derive(Debug, Clone)]
 pub struct Chart<'a> {

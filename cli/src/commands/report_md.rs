@@ -181,14 +181,7 @@ fn sweep(md: &mut String, d: &ReportData, plots: &PlotDir) -> Result<()> {
     let chart =
         Chart { title: "KL(dense || method) per token", x_label: "target sparsity", y_label: "nats", series: &kl };
     md.push_str(&plots.embed("KL vs sparsity", &line_chart(&plots.dir, "kl_vs_sparsity", &chart)?)?);
-    let mut lines: Vec<Series> = Vec::new();
-    for r in &d.ppl_p {
-        let xy = (r.point.p, r.point.sparsity as f64);
-        match lines.iter_mut().find(|s| s.name == r.method) {
-            Some(s) => s.points.push(xy),
-            None => lines.push(Series { name: r.method.clone(), points: vec![xy] }),
-        }
-    }
+    let lines = Series::group(d.ppl_p.iter().map(|r| (r.method.clone(), (r.point.p, r.point.sparsity as f64))));
     let chart = Chart { title: "PPL-p% sparsity", x_label: "p (% over dense)", y_label: "sparsity", series: &lines };
     md.push_str(&plots.embed("PPL-p% sparsity", &line_chart(&plots.dir, "ppl_p", &chart)?)?);
     Ok(())

@@ -47,14 +47,7 @@ pub struct Common {
 
 /// Lines of `y` against `x`, one per method (dense, a single point, is left out).
 pub(crate) fn series(points: &[Point], x: impl Fn(&Point) -> f64, y: impl Fn(&Point) -> f64) -> Vec<Series> {
-    let mut out: Vec<Series> = Vec::new();
-    for p in points.iter().filter(|p| p.method != "dense") {
-        match out.iter_mut().find(|s| s.name == p.method) {
-            Some(s) => s.points.push((x(p), y(p))),
-            None => out.push(Series { name: p.method.clone(), points: vec![(x(p), y(p))] }),
-        }
-    }
-    out
+    Series::group(points.iter().filter(|p| p.method != "dense").map(|p| (p.method.clone(), (x(p), y(p)))))
 }
 
 /// Arguments of `sieve eval sweep`.
@@ -320,15 +313,7 @@ pub fn ppl_p_search(model_path: &Path, a: PplPArgs) -> Result<()> {
     bar.finish_and_clear();
     let mut plots = Vec::new();
     if let Some(dir) = &a.common.plot {
-        let mut lines: Vec<Series> = Vec::new();
-        for r in &rows {
-            match lines.iter_mut().find(|s| s.name == r.method) {
-                Some(s) => s.points.push((r.point.p, r.point.sparsity as f64)),
-                None => {
-                    lines.push(Series { name: r.method.clone(), points: vec![(r.point.p, r.point.sparsity as f64)] })
-                }
-            }
-        }
+        let lines = Series::group(rows.iter().map(|r| (r.method.clone(), (r.point.p, r.point.sparsity as f64))));
         let chart = Chart {
             title: "PPL-p% sparsity",
             x_label: "p (% perplexity over dense)",
