@@ -43,6 +43,9 @@ enum Command {
     Loadtest(commands::loadtest::Args),
     /// Trace the model, train a neuron predictor per layer and write them beside the profile.
     TrainPredictors(commands::train::Args),
+    /// GPU kernels: correctness against an f64 reference and timings against cuBLAS
+    /// (needs a build with `--features cuda` and an NVIDIA GPU).
+    GpuBench(commands::gpu_bench::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,5 +79,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => commands::serve::run(&model, a),
         Command::Client(a) => commands::client::run(a),
         Command::Loadtest(a) => commands::loadtest::run(a),
+        Command::GpuBench(a) => commands::gpu_bench::run(a),
     }
 }

@@ -12,6 +12,7 @@ pub mod attention;
 mod cpu;
 pub mod error;
 pub mod gemm_vnni;
+pub mod gpu;
 pub mod isa;
 pub mod matmul;
 pub mod ops;

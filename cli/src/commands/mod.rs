@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod client;
 pub mod eval;
 pub mod generate;
+pub mod gpu_bench;
 pub mod info;
 pub mod loadtest;
 pub mod masks_table;

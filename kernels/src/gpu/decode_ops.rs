@@ -1,0 +1,217 @@
+//! Launchers of the decode glue: RMSNorm, embedding lookup, RoPE with the KV-cache append,
+//! attention over the cache, SwiGLU's elementwise product, conversions and synthetic fills.
+//! The token and position of a step live on the device ([`StepArgs`]), so one captured graph
+//! serves every step.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::device::DevPtr;
+use super::{Gpu, GpuError};
+
+/// Largest context the attention kernel's shared-memory scores allow (48 KiB of f32).
+pub const MAX_ATTENTION_LEN: usize = 12 * 1024;
+
+/// The device-side step arguments: `[token, position]` as two i32.
+pub struct StepArgs<'a>(pub DevPtr<'a, i32>);
+
+/// Attention geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (divides `n_heads`).
+    pub n_kv_heads: usize,
+    /// Values per head (even).
+    pub head_dim: usize,
+    /// Rotated pairs per head (RoPE on the leading `2 * rot_pairs` values).
+    pub rot_pairs: usize,
+    /// RoPE base.
+    pub theta: f32,
+    /// Positions the cache holds.
+    pub max_len: usize,
+}
+
+impl AttentionShape {
+    fn check(&self) -> Result<(), GpuError> {
+        let ok = self.n_heads > 0
+            && self.n_kv_heads > 0
+            && self.n_heads % self.n_kv_heads == 0
+            && self.head_dim > 0
+            && self.head_dim % 2 == 0
+            && 2 * self.rot_pairs <= self.head_dim
+            && self.max_len > 0
+            && self.max_len <= MAX_ATTENTION_LEN;
+        if ok {
+            Ok(())
+        } else {
+            Err(GpuError::Unsupported(format!(
+                "attention shape {self:?} (heads divisible by kv heads, even head size, context 1..={MAX_ATTENTION_LEN})"
+            )))
+        }
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+fn grid_for(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn same_len(what: &str, expected: usize, got: usize) -> Result<(), GpuError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(GpuError::Unsupported(format!("{what}: {got} values where {expected} are needed")))
+    }
+}
+
+impl Gpu {
+    /// `out = x / rms(x) * weight`, and zeroes `clear` (buffers the next GEMVs accumulate into).
+    pub fn rms_norm(
+        &self,
+        x: DevPtr<'_, f32>,
+        weight: DevPtr<'_, f32>,
+        out: DevPtr<'_, f32>,
+        eps: f32,
+        clear: Option<DevPtr<'_, f32>>,
+    ) -> Result<(), GpuError> {
+        same_len("RMSNorm weight", x.len(), weight.len())?;
+        same_len("RMSNorm output", x.len(), out.len())?;
+        let (x_a, w_a, o_a) = (x.addr(), weight.addr(), out.addr());
+        let (c_a, c_n) = (clear.map_or(0u64, |c| c.addr()), clear.map_or(0i32, |c| c.len() as i32));
+        let d = x.len() as i32;
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream().launch_builder(&self.kernels.rms_norm);
+        b.arg(&x_a).arg(&w_a).arg(&o_a).arg(&d).arg(&eps).arg(&c_a).arg(&c_n);
+        // SAFETY: x, weight and out hold d values, clear its own length (checked above).
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("rms_norm", e))?;
+        Ok(())
+    }
+
+    /// `x = table[token]` for the token in `step` (fp16 table of `vocab` rows of `x.len()`).
+    /// The token must be below `vocab`: callers check it before writing `step`.
+    pub fn embed(&self, table: DevPtr<'_, u16>, step: &StepArgs<'_>, x: DevPtr<'_, f32>) -> Result<(), GpuError> {
+        same_len("step arguments", 2, step.0.len())?;
+        if x.is_empty() || table.len() % x.len() != 0 {
+            return Err(GpuError::Unsupported(format!("embedding table of {} for width {}", table.len(), x.len())));
+        }
+        let (t_a, s_a, x_a, d) = (table.addr(), step.0.addr(), x.addr(), x.len() as i32);
+        let mut b = self.stream().launch_builder(&self.kernels.embed_f16);
+        b.arg(&t_a).arg(&s_a).arg(&x_a).arg(&d);
+        // SAFETY: x holds d values; the row read is token * d..(token + 1) * d, inside the
+        // table for any token below the vocabulary size, which the caller guarantees.
+        unsafe { b.launch(grid_for(x.len())) }.map_err(|e| GpuError::driver("embed", e))?;
+        Ok(())
+    }
+
+    /// RoPE on `q` (in place) and `k` at the step's position, then `k` and `v` stored (fp16)
+    /// in the caches' row of that position. Callers keep the position below `max_len`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_append(
+        &self,
+        shape: &AttentionShape,
+        q: DevPtr<'_, f32>,
+        k: DevPtr<'_, f32>,
+        v: DevPtr<'_, f32>,
+        k_cache: DevPtr<'_, u16>,
+        v_cache: DevPtr<'_, u16>,
+        step: &StepArgs<'_>,
+    ) -> Result<(), GpuError> {
+        shape.check()?;
+        same_len("query", shape.n_heads * shape.head_dim, q.len())?;
+        same_len("key", shape.kv_dim(), k.len())?;
+        same_len("value", shape.kv_dim(), v.len())?;
+        same_len("key cache", shape.kv_dim() * shape.max_len, k_cache.len())?;
+        same_len("value cache", shape.kv_dim() * shape.max_len, v_cache.len())?;
+        same_len("step arguments", 2, step.0.len())?;
+        let a = [q.addr(), k.addr(), v.addr(), k_cache.addr(), v_cache.addr(), step.0.addr()];
+        let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32, shape.rot_pairs as i32];
+        let pairs = (shape.n_heads + shape.n_kv_heads) * shape.head_dim / 2;
+        let mut b = self.stream().launch_builder(&self.kernels.rope_append);
+        for p in &a {
+            b.arg(p);
+        }
+        for d in &dims {
+            b.arg(d);
+        }
+        b.arg(&shape.theta);
+        // SAFETY: q, k, v and the caches have the sizes the shape implies (checked above);
+        // the position the kernel reads is kept below max_len by the caller.
+        unsafe { b.launch(grid_for(pairs)) }.map_err(|e| GpuError::driver("rope_append", e))?;
+        Ok(())
+    }
+
+    /// One block per query head: `out = softmax(K q / sqrt(head_dim)) V` over positions
+    /// `0..=position` of the caches.
+    pub fn attention(
+        &self,
+        shape: &AttentionShape,
+        q: DevPtr<'_, f32>,
+        k_cache: DevPtr<'_, u16>,
+        v_cache: DevPtr<'_, u16>,
+        out: DevPtr<'_, f32>,
+        step: &StepArgs<'_>,
+    ) -> Result<(), GpuError> {
+        shape.check()?;
+        same_len("query", shape.n_heads * shape.head_dim, q.len())?;
+        same_len("attention output", shape.n_heads * shape.head_dim, out.len())?;
+        same_len("key cache", shape.kv_dim() * shape.max_len, k_cache.len())?;
+        same_len("value cache", shape.kv_dim() * shape.max_len, v_cache.len())?;
+        let a = [q.addr(), k_cache.addr(), v_cache.addr(), out.addr(), step.0.addr()];
+        let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32];
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let cfg = LaunchConfig {
+            grid_dim: (shape.n_heads as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: (shape.max_len * 4) as u32,
+        };
+        let mut b = self.stream().launch_builder(&self.kernels.attention);
+        for p in &a {
+            b.arg(p);
+        }
+        for d in &dims {
+            b.arg(d);
+        }
+        b.arg(&scale);
+        // SAFETY: sizes checked above; scores for up to max_len positions fit the dynamic
+        // shared memory requested.
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("attention", e))?;
+        Ok(())
+    }
+
+    /// `y = silu(g) * u`.
+    pub fn silu_mul(&self, g: DevPtr<'_, f32>, u: DevPtr<'_, f32>, y: DevPtr<'_, f32>) -> Result<(), GpuError> {
+        same_len("up", g.len(), u.len())?;
+        same_len("SwiGLU output", g.len(), y.len())?;
+        let (g_a, u_a, y_a, n) = (g.addr(), u.addr(), y.addr(), g.len() as i32);
+        let mut b = self.stream().launch_builder(&self.kernels.silu_mul);
+        b.arg(&g_a).arg(&u_a).arg(&y_a).arg(&n);
+        // SAFETY: all three hold n values.
+        unsafe { b.launch(grid_for(g.len())) }.map_err(|e| GpuError::driver("silu_mul", e))?;
+        Ok(())
+    }
+
+    /// fp16 copy of f32 values.
+    pub fn to_f16(&self, x: DevPtr<'_, f32>, out: DevPtr<'_, u16>) -> Result<(), GpuError> {
+        same_len("fp16 output", x.len(), out.len())?;
+        let (x_a, o_a, n) = (x.addr(), out.addr(), x.len() as i32);
+        let mut b = self.stream().launch_builder(&self.kernels.to_f16);
+        b.arg(&x_a).arg(&o_a).arg(&n);
+        // SAFETY: both hold n values.
+        unsafe { b.launch(grid_for(x.len())) }.map_err(|e| GpuError::driver("to_f16", e))?;
+        Ok(())
+    }
+
+    /// Fills fp16 weights with reproducible pseudo-random values, uniform in [-scale, scale).
+    pub fn fill_uniform_f16(&self, w: DevPtr<'_, u16>, seed: u64, scale: f32) -> Result<(), GpuError> {
+        let (w_a, n) = (w.addr(), w.len());
+        let cfg = LaunchConfig { grid_dim: (4096, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream().launch_builder(&self.kernels.fill_uniform_f16);
+        b.arg(&w_a).arg(&n).arg(&seed).arg(&scale);
+        // SAFETY: writes w[0..n] only.
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("fill_uniform_f16", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,324 @@
+//! Launchers of the GEMV kernels: input-sparse over input-major weights (several outputs
+//! sharing one input, each with its own threshold), output-sparse over row-major weights
+//! (listed rows, fused SwiGLU, CATS's gated up projection). Shapes are checked here so the
+//! kernels can index freely.
+
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::device::DevPtr;
+use super::{Gpu, GpuError, WeightType};
+
+/// Outputs per warp unit of the input-sparse kernel (`SG_TILE` in kernels.cu).
+const TILE: usize = 256;
+/// Threads per block of the input-sparse kernel (4 independent warps).
+const THREADS: usize = 128;
+/// Warps per block of the row kernels.
+const ROW_WARPS: u32 = 8;
+
+/// How split-K partial sums become the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// Each block adds its partial sums into the output with atomics (fastest; the order of
+    /// additions, so the last bits, can vary run to run).
+    Atomic,
+    /// Each block stores its partial sums; a second kernel adds them in a fixed order, so
+    /// results are bit-identical run to run.
+    Deterministic,
+}
+
+/// One output of an input-sparse GEMV: `out[j] (+)= sum over i with |x_i| > threshold of
+/// x_i * W^T[i][j]`.
+pub struct GemvOut<'a> {
+    /// Input-major weights, `k * n` values (row `i` = input `i`'s weights).
+    pub weights: DevPtr<'a, u16>,
+    /// The `n` outputs.
+    pub out: DevPtr<'a, f32>,
+    /// Inputs with `|x| <= threshold` are skipped (their weight rows are never read); a
+    /// negative threshold keeps every input (dense).
+    pub threshold: f32,
+}
+
+/// How the input dimension is split across blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitPlan {
+    /// Most inputs one block handles.
+    pub chunk: usize,
+    /// Blocks along the input.
+    pub splits: usize,
+}
+
+impl SplitPlan {
+    /// About `units_per_sm` (default 12) warp units per SM: inputs cut in chunks of a multiple
+    /// of 32, small enough that the units spread evenly, large enough that each warp keeps
+    /// loads in flight.
+    pub fn new(k: usize, tiles: usize, sm_count: usize, units_per_sm: Option<usize>) -> SplitPlan {
+        let units = units_per_sm.unwrap_or(12).max(1) * sm_count.max(1);
+        let chunk = (k * tiles).div_ceil(units).next_multiple_of(32).clamp(32, 1 << 16);
+        SplitPlan { chunk, splits: k.div_ceil(chunk).max(1) }
+    }
+}
+
+/// Kernel-side segment descriptor (`Seg` in kernels.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Seg {
+    w: u64,
+    y: u64,
+    n: i32,
+    thr: f32,
+    tiles: i32,
+    pad: i32,
+}
+
+/// Kernel-side list of up to three segments (`Segs` in kernels.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Segs {
+    s: [Seg; 3],
+    count: i32,
+}
+
+// SAFETY: plain-old-data with the same #[repr(C)] layout as the CUDA structs (8-byte
+// pointers, 4-byte ints/floats, explicit padding), passed by value as a kernel parameter.
+unsafe impl DeviceRepr for Segs {}
+
+fn to_i32(v: usize, what: &str) -> Result<i32, GpuError> {
+    i32::try_from(v).map_err(|_| GpuError::Unsupported(format!("{what} = {v} exceeds the kernels' 32-bit indices")))
+}
+
+/// A configured input-sparse GEMV: weight type, reduction, split plan.
+#[derive(Debug, Clone, Copy)]
+pub struct SparseGemv {
+    /// Storage type of the weights.
+    pub weight_type: WeightType,
+    /// How partial sums are combined.
+    pub reduction: Reduction,
+    /// Warp units per SM to aim for (None: 12).
+    pub units_per_sm: Option<usize>,
+}
+
+impl SparseGemv {
+    /// The split plan this GEMV uses for `k` inputs and the given outputs' widths.
+    pub fn plan(&self, gpu: &Gpu, k: usize, widths: &[usize]) -> SplitPlan {
+        SplitPlan::new(k, self.tiles(widths), gpu.info().sm_count, self.units_per_sm)
+    }
+
+    /// f32 values of scratch the deterministic reduction needs for these widths.
+    pub fn scratch_len(&self, gpu: &Gpu, k: usize, widths: &[usize]) -> usize {
+        match self.reduction {
+            Reduction::Atomic => 0,
+            Reduction::Deterministic => self.plan(gpu, k, widths).splits * self.tiles(widths) * TILE,
+        }
+    }
+
+    /// 256-output tiles over all outputs.
+    fn tiles(&self, widths: &[usize]) -> usize {
+        widths.iter().map(|n| n.div_ceil(TILE)).sum()
+    }
+
+    /// Launches `outs[j] (+)= W_j^T-masked x` for one to three outputs sharing input `x`
+    /// (`k` values). With `gated_by = Some(u)`, the input is `silu(x) * u` (SwiGLU's down
+    /// projection reads the gate and up outputs directly). With `accumulate`, results are
+    /// added to the outputs' current values, otherwise they replace them. `scratch` must hold
+    /// [`SparseGemv::scratch_len`] values for the deterministic reduction.
+    pub fn launch(
+        &self,
+        gpu: &Gpu,
+        x: DevPtr<'_, f32>,
+        gated_by: Option<DevPtr<'_, f32>>,
+        outs: &[GemvOut<'_>],
+        accumulate: bool,
+        scratch: Option<&CudaSlice<f32>>,
+    ) -> Result<(), GpuError> {
+        let k = x.len();
+        if outs.is_empty() || outs.len() > 3 {
+            return Err(GpuError::Unsupported(format!("{} outputs in one GEMV (1 to 3)", outs.len())));
+        }
+        if k == 0 {
+            return Err(GpuError::Unsupported("a GEMV over zero inputs".into()));
+        }
+        if let Some(u) = gated_by
+            && u.len() != k
+        {
+            return Err(GpuError::Unsupported(format!("gate has {k} values, up {}", u.len())));
+        }
+        let mut segs = Segs { count: outs.len() as i32, ..Default::default() };
+        let mut total_tiles = 0usize;
+        for (seg, o) in segs.s.iter_mut().zip(outs) {
+            let n = o.out.len();
+            if n == 0 || n % 8 != 0 {
+                return Err(GpuError::Unsupported(format!("{n} outputs (the GEMV needs a positive multiple of 8)")));
+            }
+            if o.weights.len() != k * n {
+                return Err(GpuError::Unsupported(format!(
+                    "weights of {} values for {k} inputs x {n} outputs",
+                    o.weights.len()
+                )));
+            }
+            let tiles = n.div_ceil(TILE);
+            total_tiles += tiles;
+            *seg = Seg {
+                w: o.weights.addr(),
+                y: o.out.addr(),
+                n: to_i32(n, "outputs")?,
+                thr: o.threshold,
+                tiles: tiles as i32,
+                pad: 0,
+            };
+        }
+        to_i32(k * outs.iter().map(|o| o.out.len()).max().unwrap_or(0), "weights")?;
+        let widths: Vec<usize> = outs.iter().map(|o| o.out.len()).collect();
+        let plan = self.plan(gpu, k, &widths);
+        let stream = gpu.stream();
+        let partial_addr = match self.reduction {
+            Reduction::Atomic => {
+                if !accumulate {
+                    for o in outs {
+                        // SAFETY: `out` is a live device range of `len` f32 values.
+                        unsafe {
+                            cudarc::driver::result::memset_d8_async(
+                                o.out.addr(),
+                                0,
+                                o.out.len() * 4,
+                                stream.cu_stream(),
+                            )
+                        }
+                        .map_err(|e| GpuError::driver("memset", e))?;
+                    }
+                }
+                0u64
+            }
+            Reduction::Deterministic => {
+                let need = plan.splits * total_tiles * TILE;
+                let s = scratch.filter(|s| s.len() >= need).ok_or_else(|| {
+                    GpuError::Unsupported(format!("the deterministic reduction needs {need} values of scratch"))
+                })?;
+                gpu.view(s).addr()
+            }
+        };
+        let (x_addr, x2_addr) = (x.addr(), gated_by.map_or(0u64, |u| u.addr()));
+        let (k_i, tiles_i) = (to_i32(k, "inputs")?, total_tiles as i32);
+        let (chunk_i, splits_i) = (plan.chunk as i32, plan.splits as i32);
+        let units = total_tiles * plan.splits;
+        let cfg = LaunchConfig {
+            grid_dim: (units.div_ceil(THREADS / 32) as u32, 1, 1),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = stream.launch_builder(&gpu.typed(self.weight_type).sparse_gemv);
+        b.arg(&segs).arg(&x_addr).arg(&x2_addr).arg(&k_i).arg(&chunk_i).arg(&splits_i).arg(&partial_addr).arg(&tiles_i);
+        // SAFETY: every segment's weights hold k * n values and its output n (checked above);
+        // the kernel reads x[0..k] (and the gate's twin), writes out[0..n] and, when
+        // deterministic, partial[0..splits * tiles * 256] (scratch checked above).
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("sparse_gemv", e))?;
+        if self.reduction == Reduction::Deterministic {
+            let (width_i, acc_i) = (TILE as i32, accumulate as i32);
+            let cfg = LaunchConfig { grid_dim: (total_tiles as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let mut b = stream.launch_builder(&gpu.kernels.reduce_splits);
+            b.arg(&segs).arg(&partial_addr).arg(&splits_i).arg(&tiles_i).arg(&width_i).arg(&acc_i);
+            // SAFETY: reads the partial sums the launch above wrote, writes each segment's n outputs.
+            unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("reduce_splits", e))?;
+        }
+        Ok(())
+    }
+}
+
+fn row_config(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.div_ceil(ROW_WARPS as usize).max(1) as u32, 1, 1),
+        block_dim: (32 * ROW_WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn check_rows(what: &str, w: usize, n: usize, k: usize) -> Result<(), GpuError> {
+    if k == 0 || k % 8 != 0 {
+        return Err(GpuError::Unsupported(format!("{what}: {k} inputs (a positive multiple of 8 is needed)")));
+    }
+    if w != n * k {
+        return Err(GpuError::Unsupported(format!("{what}: weights of {w} values for {n} rows x {k} inputs")));
+    }
+    to_i32(n * k, "weights")?;
+    Ok(())
+}
+
+impl Gpu {
+    /// `y[r] = W[r] . x` for the listed rows of row-major `W` (`y.len()` rows of `x.len()`),
+    /// or for every row when `rows` is None. Outputs of unlisted rows are left untouched;
+    /// listed rows outside `0..n` are skipped.
+    pub fn rows_gemv(
+        &self,
+        wt: WeightType,
+        w: DevPtr<'_, u16>,
+        x: DevPtr<'_, f32>,
+        y: DevPtr<'_, f32>,
+        rows: Option<DevPtr<'_, i32>>,
+    ) -> Result<(), GpuError> {
+        let (n, k) = (y.len(), x.len());
+        check_rows("rows GEMV", w.len(), n, k)?;
+        let count = rows.map_or(n, |r| r.len());
+        let (w_a, x_a, y_a, r_a) = (w.addr(), x.addr(), y.addr(), rows.map_or(0u64, |r| r.addr()));
+        let (n_i, k_i, c_i) = (n as i32, k as i32, to_i32(count, "rows")?);
+        if count == 0 {
+            return Ok(());
+        }
+        let mut b = self.stream().launch_builder(&self.typed(wt).rows_gemv);
+        b.arg(&w_a).arg(&x_a).arg(&y_a).arg(&n_i).arg(&k_i).arg(&r_a).arg(&c_i);
+        // SAFETY: w holds n * k values, x k, y n; listed rows are bounds-checked in the kernel.
+        unsafe { b.launch(row_config(count)) }.map_err(|e| GpuError::driver("rows_gemv", e))?;
+        Ok(())
+    }
+
+    /// Fused SwiGLU rows: `h[j] = silu(Wg[j] . x) * (Wu[j] . x)` where `keep[j] != 0` (every
+    /// neuron when `keep` is None), 0 elsewhere; row-major gate and up weights.
+    pub fn swiglu_rows(
+        &self,
+        wt: WeightType,
+        w_gate: DevPtr<'_, u16>,
+        w_up: DevPtr<'_, u16>,
+        x: DevPtr<'_, f32>,
+        h: DevPtr<'_, f32>,
+        keep: Option<DevPtr<'_, u8>>,
+    ) -> Result<(), GpuError> {
+        let (f, k) = (h.len(), x.len());
+        check_rows("SwiGLU gate", w_gate.len(), f, k)?;
+        check_rows("SwiGLU up", w_up.len(), f, k)?;
+        if let Some(m) = keep
+            && m.len() != f
+        {
+            return Err(GpuError::Unsupported(format!("mask of {} for {f} neurons", m.len())));
+        }
+        let (g_a, u_a, x_a, h_a, m_a) = (w_gate.addr(), w_up.addr(), x.addr(), h.addr(), keep.map_or(0u64, |m| m.addr()));
+        let (f_i, k_i) = (f as i32, k as i32);
+        let mut b = self.stream().launch_builder(&self.typed(wt).swiglu_rows);
+        b.arg(&g_a).arg(&u_a).arg(&x_a).arg(&h_a).arg(&f_i).arg(&k_i).arg(&m_a);
+        // SAFETY: gate and up hold f * k values, x k, h and the mask f (checked above).
+        unsafe { b.launch(row_config(f)) }.map_err(|e| GpuError::driver("swiglu_rows", e))?;
+        Ok(())
+    }
+
+    /// CATS's up projection: `h[j] = silu(g[j]) * (Wu[j] . x)` where `|silu(g[j])| > threshold`,
+    /// else 0 without reading the up row.
+    pub fn up_gated(
+        &self,
+        wt: WeightType,
+        w_up: DevPtr<'_, u16>,
+        x: DevPtr<'_, f32>,
+        gate: DevPtr<'_, f32>,
+        threshold: f32,
+        h: DevPtr<'_, f32>,
+    ) -> Result<(), GpuError> {
+        let (f, k) = (h.len(), x.len());
+        check_rows("gated up", w_up.len(), f, k)?;
+        if gate.len() != f {
+            return Err(GpuError::Unsupported(format!("gate of {} for {f} neurons", gate.len())));
+        }
+        let (u_a, x_a, g_a, h_a) = (w_up.addr(), x.addr(), gate.addr(), h.addr());
+        let (f_i, k_i) = (f as i32, k as i32);
+        let mut b = self.stream().launch_builder(&self.typed(wt).up_gated);
+        b.arg(&u_a).arg(&x_a).arg(&g_a).arg(&threshold).arg(&h_a).arg(&f_i).arg(&k_i);
+        // SAFETY: up holds f * k values, x k, gate and h f (checked above).
+        unsafe { b.launch(row_config(f)) }.map_err(|e| GpuError::driver("up_gated", e))?;
+        Ok(())
+    }
+}

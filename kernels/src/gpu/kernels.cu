@@ -1,0 +1,450 @@
+// sieve's GPU kernels, compiled at run time by NVRTC (see gpu/module.rs).
+//
+// Weights are 16-bit (fp16 or bf16, stored as unsigned short so no CUDA header is needed),
+// activations and accumulation are fp32. Two layouts:
+//   input-major  W^T[k][n]: row i holds input i's weights for every output; an input-sparse
+//                GEMV reads only the rows of active inputs (TEAL).
+//   row-major    W[n][k]:   one row per output; an output-sparse GEMV reads only selected rows
+//                (CATS, predictors).
+
+typedef unsigned short u16;
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Streaming 16-byte load: weights are read once per token, so keep them out of L1.
+__device__ __forceinline__ uint4 load_stream(const u16* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+template <bool BF16>
+__device__ __forceinline__ float lo16(unsigned w) {
+    return BF16 ? bf16_to_f32((u16)(w & 0xffffu)) : f16_to_f32((u16)(w & 0xffffu));
+}
+template <bool BF16>
+__device__ __forceinline__ float hi16(unsigned w) {
+    return BF16 ? bf16_to_f32((u16)(w >> 16)) : f16_to_f32((u16)(w >> 16));
+}
+
+// acc[0..8] += a * w[0..8]
+template <bool BF16>
+__device__ __forceinline__ void fma8(float* acc, float a, uint4 w) {
+    acc[0] += a * lo16<BF16>(w.x);
+    acc[1] += a * hi16<BF16>(w.x);
+    acc[2] += a * lo16<BF16>(w.y);
+    acc[3] += a * hi16<BF16>(w.y);
+    acc[4] += a * lo16<BF16>(w.z);
+    acc[5] += a * hi16<BF16>(w.z);
+    acc[6] += a * lo16<BF16>(w.w);
+    acc[7] += a * hi16<BF16>(w.w);
+}
+
+// sum_j w[j] * x[j] over 8 weights and 8 activations.
+template <bool BF16>
+__device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
+    return lo16<BF16>(w.x) * a.x + hi16<BF16>(w.x) * a.y + lo16<BF16>(w.y) * a.z + hi16<BF16>(w.y) * a.w +
+           lo16<BF16>(w.z) * b.x + hi16<BF16>(w.z) * b.y + lo16<BF16>(w.w) * b.z + hi16<BF16>(w.w) * b.w;
+}
+
+__device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// ---------------------------------------------------------------------------------------
+// Input-sparse GEMV over input-major weights, up to three outputs sharing one input
+// (q/k/v, or gate/up), each with its own threshold.
+// ---------------------------------------------------------------------------------------
+
+#define SG_TILE 256
+#define BATCH 8
+
+struct Seg {
+    const u16* w;  // W^T, k rows of n
+    float* y;      // n outputs
+    int n;         // outputs (multiple of 8)
+    float thr;     // input kept where |x| > thr; negative keeps every input
+    int tiles;     // ceil(n / SG_TILE)
+    int pad;
+};
+
+struct Segs {
+    Seg s[3];
+    int count;
+};
+
+// Each warp owns one unit: a tile of 256 outputs (each lane 8, so a row read is 512 contiguous
+// bytes) times a chunk of `rows` inputs. No block barrier, so many small units balance any
+// mask. Per group of 32 inputs a ballot finds the active ones (the next group's x is loaded
+// meanwhile); weight rows are read eight at a time (predicated loads all in flight), and the
+// warp's sums leave with 16-byte vector atomics (sm_90) or go to the deterministic reduction.
+// Units run split-major, so neighbouring warps share x.
+__device__ __forceinline__ float gemv_input(const float* __restrict__ x, const float* __restrict__ x2, int i) {
+    const float v = __ldg(x + i);
+    return x2 == nullptr ? v : silu(v) * __ldg(x2 + i);
+}
+
+template <bool BF16>
+__device__ __forceinline__ void sparse_gemv_warp_body(const Segs& segs, const float* __restrict__ x,
+                                                      const float* __restrict__ x2, int k, int rows, int splits,
+                                                      float* __restrict__ partial, int total_tiles) {
+    const unsigned FULL = 0xffffffffu;
+    const int lane = threadIdx.x & 31;
+    const int unit = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int split = unit / total_tiles;
+    if (split >= splits) return;
+    int tile = unit - split * total_tiles;
+    const int global_tile = tile;
+    int seg = 0;
+    while (seg + 1 < segs.count && tile >= segs.s[seg].tiles) {
+        tile -= segs.s[seg].tiles;
+        seg++;
+    }
+    const Seg S = segs.s[seg];
+    const int col = tile * SG_TILE + lane * 8;
+    const bool has_col = col < S.n;
+    const u16* base = S.w + (has_col ? col : 0);
+    const size_t n = (size_t)S.n;
+    const int r0 = split * rows, r1 = min(r0 + rows, k);
+
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    bool any = false;
+    float next = r0 + lane < r1 ? gemv_input(x, x2, r0 + lane) : 0.0f;
+    for (int g = r0; g < r1; g += 32) {
+        const float cur = next;
+        next = g + 32 + lane < r1 ? gemv_input(x, x2, g + 32 + lane) : 0.0f;
+        unsigned mask = __ballot_sync(FULL, g + lane < r1 && fabsf(cur) > S.thr);
+        any |= mask != 0;
+        while (mask) {
+            int row[BATCH];
+            float xv[BATCH];
+#pragma unroll
+            for (int u = 0; u < BATCH; u++) {
+                const int b = mask ? __ffs(mask) - 1 : 0;
+                row[u] = mask ? g + b : -1;
+                xv[u] = __shfl_sync(FULL, cur, b);
+                mask &= mask - 1;
+            }
+            uint4 w[BATCH];
+#pragma unroll
+            for (int u = 0; u < BATCH; u++)
+                w[u] = (row[u] >= 0 && has_col) ? load_stream(base + (size_t)row[u] * n) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int u = 0; u < BATCH; u++)
+                if (row[u] >= 0) fma8<BF16>(acc, xv[u], w[u]);
+        }
+    }
+    if (!has_col) return;
+    if (partial == nullptr) {
+        if (!any) return;
+        float* y = S.y + col;
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(y), "f"(acc[0]), "f"(acc[1]), "f"(acc[2]),
+                     "f"(acc[3])
+                     : "memory");
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(y + 4), "f"(acc[4]), "f"(acc[5]),
+                     "f"(acc[6]), "f"(acc[7])
+                     : "memory");
+    } else {
+        float* p = partial + ((size_t)split * total_tiles + global_tile) * SG_TILE + lane * 8;
+        reinterpret_cast<float4*>(p)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        reinterpret_cast<float4*>(p)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+    }
+}
+
+extern "C" __global__ void sparse_gemv_f16(Segs segs, const float* x, const float* x2, int k, int rows, int splits,
+                                                float* partial, int total_tiles) {
+    sparse_gemv_warp_body<false>(segs, x, x2, k, rows, splits, partial, total_tiles);
+}
+
+extern "C" __global__ void sparse_gemv_bf16(Segs segs, const float* x, const float* x2, int k, int rows, int splits,
+                                                 float* partial, int total_tiles) {
+    sparse_gemv_warp_body<true>(segs, x, x2, k, rows, splits, partial, total_tiles);
+}
+
+// Deterministic reduction of the split partial sums: y = (accumulate ? y : 0) + sum over splits,
+// always in split order. One block per tile of `tile_width` outputs.
+extern "C" __global__ void reduce_splits(Segs segs, const float* partial, int splits, int total_tiles, int tile_width,
+                                         int accumulate) {
+    int tile = blockIdx.x;
+    int seg = 0;
+    while (seg + 1 < segs.count && tile >= segs.s[seg].tiles) {
+        tile -= segs.s[seg].tiles;
+        seg++;
+    }
+    const Seg S = segs.s[seg];
+    for (int c = threadIdx.x; c < tile_width; c += blockDim.x) {
+        const int col = tile * tile_width + c;
+        if (col >= S.n) break;
+        float sum = 0.0f;
+        for (int s = 0; s < splits; s++) sum += partial[((size_t)s * total_tiles + blockIdx.x) * tile_width + c];
+        S.y[col] = accumulate ? S.y[col] + sum : sum;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output-sparse GEMVs over row-major weights: one warp per output row, each lane 8 inputs
+// at a time (k a multiple of 8), four 16-byte loads in flight.
+// ---------------------------------------------------------------------------------------
+
+template <bool BF16>
+__device__ __forceinline__ float row_dot(const u16* __restrict__ row, const float* __restrict__ x, int k, int lane) {
+    float sum = 0.0f;
+    int c = lane * 8;
+    for (; c + 3 * 256 < k; c += 4 * 256) {
+        uint4 w[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) w[u] = load_stream(row + c + u * 256);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float4* xv = reinterpret_cast<const float4*>(x + c + u * 256);
+            sum += dot8<BF16>(w[u], __ldg(xv), __ldg(xv + 1));
+        }
+    }
+    for (; c < k; c += 256) {
+        const float4* xv = reinterpret_cast<const float4*>(x + c);
+        sum += dot8<BF16>(load_stream(row + c), __ldg(xv), __ldg(xv + 1));
+    }
+    return warp_sum(sum);
+}
+
+// y[r] = W[r] . x for the listed rows (all rows 0..n when rows is null); other outputs untouched.
+template <bool BF16>
+__device__ __forceinline__ void rows_gemv_body(const u16* w, const float* x, float* y, int n, int k, const int* rows,
+                                               int count) {
+    const int item = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (item >= count) return;
+    const int r = rows ? rows[item] : item;
+    if (r < 0 || r >= n) return;
+    const float s = row_dot<BF16>(w + (size_t)r * k, x, k, lane);
+    if (lane == 0) y[r] = s;
+}
+
+extern "C" __global__ void rows_gemv_f16(const u16* w, const float* x, float* y, int n, int k, const int* rows, int count) {
+    rows_gemv_body<false>(w, x, y, n, k, rows, count);
+}
+
+extern "C" __global__ void rows_gemv_bf16(const u16* w, const float* x, float* y, int n, int k, const int* rows, int count) {
+    rows_gemv_body<true>(w, x, y, n, k, rows, count);
+}
+
+// Fused SwiGLU over selected neurons: h[j] = silu(Wg[j] . x) * (Wu[j] . x) where keep[j] != 0
+// (every j when keep is null), h[j] = 0 elsewhere. Gate and up rows of dropped neurons are
+// never read.
+template <bool BF16>
+__device__ __forceinline__ void swiglu_rows_body(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
+                                                 const unsigned char* keep) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (j >= f) return;
+    if (keep != nullptr && keep[j] == 0) {
+        if (lane == 0) h[j] = 0.0f;
+        return;
+    }
+    const float g = row_dot<BF16>(wg + (size_t)j * k, x, k, lane);
+    const float u = row_dot<BF16>(wu + (size_t)j * k, x, k, lane);
+    if (lane == 0) h[j] = silu(g) * u;
+}
+
+extern "C" __global__ void swiglu_rows_f16(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
+                                           const unsigned char* keep) {
+    swiglu_rows_body<false>(wg, wu, x, h, f, k, keep);
+}
+
+extern "C" __global__ void swiglu_rows_bf16(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
+                                            const unsigned char* keep) {
+    swiglu_rows_body<true>(wg, wu, x, h, f, k, keep);
+}
+
+// CATS: given the dense gate g, h[j] = silu(g[j]) * (Wu[j] . x) where |silu(g[j])| > thr,
+// else 0 (the up row is not read).
+template <bool BF16>
+__device__ __forceinline__ void up_gated_body(const u16* wu, const float* x, const float* g, float thr, float* h,
+                                              int f, int k) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (j >= f) return;
+    const float a = silu(g[j]);
+    if (!(fabsf(a) > thr)) {
+        if (lane == 0) h[j] = 0.0f;
+        return;
+    }
+    const float u = row_dot<BF16>(wu + (size_t)j * k, x, k, lane);
+    if (lane == 0) h[j] = a * u;
+}
+
+extern "C" __global__ void up_gated_f16(const u16* wu, const float* x, const float* g, float thr, float* h, int f, int k) {
+    up_gated_body<false>(wu, x, g, thr, h, f, k);
+}
+
+extern "C" __global__ void up_gated_bf16(const u16* wu, const float* x, const float* g, float thr, float* h, int f, int k) {
+    up_gated_body<true>(wu, x, g, thr, h, f, k);
+}
+
+// ---------------------------------------------------------------------------------------
+// Decode glue.
+// ---------------------------------------------------------------------------------------
+
+// out = x / rms(x) * weight (one block), and zero `clear` (the next GEMVs accumulate into it).
+extern "C" __global__ void rms_norm(const float* x, const float* weight, float* out, int d, float eps, float* clear,
+                                    int clear_len) {
+    __shared__ float partial[32];
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += x[i] * x[i];
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.0f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) partial[0] = v;
+    }
+    __syncthreads();
+    const float scale = rsqrtf(partial[0] / (float)d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) out[i] = x[i] * scale * weight[i];
+    for (int i = threadIdx.x; i < clear_len; i += blockDim.x) clear[i] = 0.0f;
+}
+
+// x[i] = embedding[token][i]; the token id lives on the device (step[0]) so a captured graph
+// replays for any token.
+extern "C" __global__ void embed_f16(const u16* table, const int* step, float* x, int d) {
+    const size_t row = (size_t)step[0] * d;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x)
+        x[i] = f16_to_f32(table[row + i]);
+}
+
+// GGML "normal" RoPE on adjacent pairs for position step[1], applied to q (in place) and k,
+// then k and v stored as fp16 in the cache row of that position. One thread per pair.
+extern "C" __global__ void rope_append(float* q, const float* k, const float* v, u16* k_cache, u16* v_cache,
+                                       const int* step, int n_heads, int n_kv_heads, int head_dim, int rot_pairs,
+                                       float theta) {
+    const int pos = step[1];
+    const int half_dim = head_dim / 2;
+    const int kv_dim = n_kv_heads * head_dim;
+    const int total = (n_heads + n_kv_heads) * half_dim;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+        const int head = t / half_dim, i = t % half_dim;
+        float a, b;
+        const bool is_q = head < n_heads;
+        const int off = (is_q ? head : head - n_heads) * head_dim + 2 * i;
+        if (is_q) {
+            a = q[off];
+            b = q[off + 1];
+        } else {
+            a = k[off];
+            b = k[off + 1];
+        }
+        if (i < rot_pairs) {
+            const double angle = (double)pos * pow((double)theta, -2.0 * i / (2.0 * rot_pairs));
+            double s, c;
+            sincos(angle, &s, &c);
+            const float cf = (float)c, sf = (float)s;
+            const float ra = a * cf - b * sf, rb = a * sf + b * cf;
+            a = ra;
+            b = rb;
+        }
+        if (is_q) {
+            q[off] = a;
+            q[off + 1] = b;
+        } else {
+            const size_t row = (size_t)pos * kv_dim;
+            k_cache[row + off] = f32_to_f16(a);
+            k_cache[row + off + 1] = f32_to_f16(b);
+            v_cache[row + off] = f32_to_f16(v[off]);
+            v_cache[row + off + 1] = f32_to_f16(v[off + 1]);
+        }
+    }
+}
+
+// One query head per block over positions 0..=step[1] of the fp16 KV cache:
+// out = softmax(scale * K q) V. Scores live in dynamic shared memory (max_len floats).
+extern "C" __global__ void attention(const float* q, const u16* k_cache, const u16* v_cache, float* out,
+                                     const int* step, int n_heads, int n_kv_heads, int head_dim, float scale) {
+    extern __shared__ float scores[];
+    __shared__ float red[32];
+    const int head = blockIdx.x;
+    const int len = step[1] + 1;
+    const int kv_dim = n_kv_heads * head_dim;
+    const int off = (head / (n_heads / n_kv_heads)) * head_dim;
+    const float* qh = q + head * head_dim;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+
+    for (int p = warp; p < len; p += warps) {
+        const u16* kr = k_cache + (size_t)p * kv_dim + off;
+        float s = 0.0f;
+        for (int d = lane; d < head_dim; d += 32) s += qh[d] * f16_to_f32(kr[d]);
+        s = warp_sum(s);
+        if (lane == 0) scores[p] = s * scale;
+    }
+    __syncthreads();
+    float m = __int_as_float(0xff800000);
+    for (int p = threadIdx.x; p < len; p += blockDim.x) m = fmaxf(m, scores[p]);
+    m = warp_max(m);
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
+    m = __int_as_float(0xff800000);
+    for (int w = 0; w < warps; w++) m = fmaxf(m, red[w]);
+    __syncthreads();
+    float z = 0.0f;
+    for (int p = threadIdx.x; p < len; p += blockDim.x) {
+        const float e = __expf(scores[p] - m);
+        scores[p] = e;
+        z += e;
+    }
+    z = warp_sum(z);
+    if (lane == 0) red[warp] = z;
+    __syncthreads();
+    z = 0.0f;
+    for (int w = 0; w < warps; w++) z += red[w];
+    const float inv = 1.0f / z;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        const u16* vc = v_cache + off + d;
+        for (int p = 0; p < len; p++) acc += scores[p] * f16_to_f32(vc[(size_t)p * kv_dim]);
+        out[head * head_dim + d] = acc * inv;
+    }
+}
+
+// y = silu(g) * u, elementwise.
+extern "C" __global__ void silu_mul(const float* g, const float* u, float* y, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] = silu(g[i]) * u[i];
+}
+
+// out = f32 -> fp16 conversion (inputs of the cuBLAS baseline).
+extern "C" __global__ void to_f16(const float* x, u16* out, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = f32_to_f16(x[i]);
+}
+
+// Fills w with a reproducible pseudo-random pattern, uniform in [-scale, scale) (synthetic models).
+extern "C" __global__ void fill_uniform_f16(u16* w, size_t n, unsigned long long seed, float scale) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned long long z = seed + i * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        const float r = (float)(z >> 40) * (1.0f / 16777216.0f);
+        w[i] = f32_to_f16((2.0f * r - 1.0f) * scale);
+    }
+}

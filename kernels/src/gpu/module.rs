@@ -1,0 +1,54 @@
+//! The kernel source and its run-time compilation by NVRTC.
+
+use super::GpuError;
+use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
+
+/// CUDA C++ source of every sieve GPU kernel.
+pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
+
+/// Compiles [`KERNEL_SOURCE`] to PTX for a virtual architecture such as `compute_90`; the
+/// driver JIT-compiles the PTX for the GPU it runs on.
+pub fn compile_ptx(arch: &str) -> Result<Ptx, GpuError> {
+    // SAFETY: probes whether the shared library can be opened; loads nothing else.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(GpuError::MissingLibrary("libnvrtc (NVRTC)"));
+    }
+    if !arch.starts_with("compute_") || !arch[8..].chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(GpuError::Unsupported(format!("GPU architecture name {arch:?}")));
+    }
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        fmad: Some(true),
+        name: Some("sieve_kernels.cu".into()),
+        ..Default::default()
+    };
+    compile_ptx_with_opts(KERNEL_SOURCE, opts).map_err(|e| GpuError::Compile(format!("{e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compiles the real kernels wherever NVRTC is installed (no GPU needed); scripts/test.sh
+    /// installs it from PyPI when it can.
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        match compile_ptx("compute_90") {
+            Ok(ptx) => {
+                let text = ptx.to_src();
+                for name in ["sparse_gemv_f16", "sparse_gemv_bf16", "reduce_splits", "swiglu_rows_f16", "attention"] {
+                    assert!(text.contains(name), "{name} missing from the PTX");
+                }
+            }
+            Err(GpuError::MissingLibrary(lib)) => eprintln!("skipped: {lib} not installed"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn bad_architecture_names_are_refused() {
+        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            assert!(matches!(compile_ptx("sm_90; rm"), Err(GpuError::Unsupported(_))));
+        }
+    }
+}
