@@ -38,6 +38,9 @@ pub enum EngineError {
     /// A kernel refused its operands (a bug in the caller if it happens).
     #[error(transparent)]
     Kernel(#[from] sieve_kernels::KernelError),
+    /// The GPU path failed or is not available.
+    #[error(transparent)]
+    Gpu(#[from] sieve_kernels::gpu::GpuError),
     /// A predictor set or trace was refused, or a predictor failed.
     #[error(transparent)]
     Predictor(#[from] sieve_predictor::PredictorError),

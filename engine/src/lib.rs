@@ -11,6 +11,8 @@ pub mod chat;
 pub mod divergence;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod greedy;
 pub mod paths;
 pub mod profile;

@@ -16,6 +16,9 @@ pub enum BenchCommand {
     /// Serving several streams: the sparsity a batched step's union of masks loses, against
     /// round-robin (what `sieve serve` does) and the dense batching gain.
     Batching(BatchingArgs),
+    /// A random model at a real shape (Llama-3-8B) on the GPU: dense against the bandwidth
+    /// roofline, TEAL and CATS calibrated on its own activations (needs `--features cuda`).
+    GpuSynthetic(super::gpu_decode::SyntheticArgs),
 }
 
 /// Arguments of `sieve bench batching`.
@@ -29,12 +32,12 @@ pub struct BatchingArgs {
     steps: usize,
     /// Prompt tokens per stream (each stream starts at a different place of the built-in passage).
     #[arg(long, default_value_t = 32)]
-    prompt_tokens: usize,
+    pub(crate) prompt_tokens: usize,
     #[command(flatten)]
-    sparsity: super::SparsityArgs,
+    pub(crate) sparsity: super::SparsityArgs,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// Arguments of `sieve bench decode`.
@@ -42,31 +45,35 @@ pub struct BatchingArgs {
 pub struct DecodeArgs {
     /// Text whose first tokens form the prompt (default: a built-in passage).
     #[arg(long)]
-    corpus: Option<PathBuf>,
+    pub(crate) corpus: Option<PathBuf>,
     /// Prompt tokens.
     #[arg(long, default_value_t = 256)]
-    prompt_tokens: usize,
+    pub(crate) prompt_tokens: usize,
     /// New tokens per run.
     #[arg(long, default_value_t = 128)]
-    new_tokens: usize,
+    pub(crate) new_tokens: usize,
     /// Runs (the median is reported).
     #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub(crate) runs: usize,
     /// Weight precision: f32 (reference) or fast (int8).
     #[arg(long, default_value = "fast")]
-    precision: Precision,
+    pub(crate) precision: Precision,
     #[command(flatten)]
-    sparsity: super::SparsityArgs,
+    pub(crate) sparsity: super::SparsityArgs,
+    /// Where to run: cpu, or cuda (the model on an NVIDIA GPU, logits checked against the CPU
+    /// f32 path first; needs a build with `--features cuda`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub(crate) device: super::gpu_decode::Device,
     /// Print JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Serialize)]
 struct DecodeOutput<'a> {
     #[serde(flatten)]
     report: &'a BenchReport,
-    precision: Precision,
+    pub(crate) precision: Precision,
     threads: usize,
     isa: String,
 }
@@ -76,6 +83,7 @@ pub fn run(model_path: &Path, cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Decode(a) => decode(model_path, a),
         BenchCommand::Batching(a) => batching(model_path, a),
+        BenchCommand::GpuSynthetic(a) => super::gpu_decode::synthetic(a),
     }
 }
 
@@ -112,6 +120,9 @@ fn batching(model_path: &Path, a: BatchingArgs) -> Result<()> {
 }
 
 fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
+    if a.device == super::gpu_decode::Device::Cuda {
+        return super::gpu_decode::bench(model_path, &a);
+    }
     let (tok, model) = super::load(model_path, a.precision)?;
     let tokens = match &a.corpus {
         Some(p) => tokenize_file(&tok, p)?,

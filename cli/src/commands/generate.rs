@@ -17,37 +17,40 @@ use sieve_engine::tokenizer::StreamDecoder;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The prompt.
-    prompt: String,
+    pub(crate) prompt: String,
     /// Wrap the prompt in the model's chat template (ChatML) as a user message.
     #[arg(long)]
-    chat: bool,
+    pub(crate) chat: bool,
     /// Most new tokens.
     #[arg(long, default_value_t = 128)]
-    max_tokens: usize,
+    pub(crate) max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
+    pub(crate) temperature: f32,
     /// Keep only the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    pub(crate) top_k: usize,
     /// Nucleus sampling mass (1: all).
     #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
+    pub(crate) top_p: f32,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Weight precision: f32 (reference) or fast (int8).
     #[arg(long, default_value = "fast")]
-    precision: Precision,
+    pub(crate) precision: Precision,
     #[command(flatten)]
-    sparsity: super::SparsityArgs,
+    pub(crate) sparsity: super::SparsityArgs,
     /// Audit every Nth decode step's MLP masks against TEAL, CATS and CETT at the method's
     /// target (off the timed path); the summary goes to stderr. 0: off.
     #[arg(long, default_value_t = 0)]
-    audit_every: usize,
+    pub(crate) audit_every: usize,
     /// Print timing and memory to stderr after the text.
     #[arg(long)]
-    stats: bool,
+    pub(crate) stats: bool,
+    /// Where to run: cpu, or cuda (an NVIDIA GPU; needs a build with `--features cuda`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub(crate) device: super::gpu_decode::Device,
 }
 
 /// Runs `sieve generate`.
@@ -61,6 +64,12 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
         bail!("--max-tokens must be at least 1");
     }
     check_target(a.sparsity.sparsity)?;
+    if a.device == super::gpu_decode::Device::Cuda {
+        if a.audit_every > 0 {
+            bail!("--audit-every runs on the CPU only");
+        }
+        return super::gpu_decode::generate(model_path, &a);
+    }
     let (tok, model) = super::load(model_path, a.precision)?;
     let sparsity = a.sparsity.plan(model_path, &model)?;
     if let Some(plan) = &sparsity {

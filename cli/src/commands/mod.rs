@@ -6,6 +6,7 @@ pub mod client;
 pub mod eval;
 pub mod generate;
 pub mod gpu_bench;
+pub mod gpu_decode;
 pub mod info;
 pub mod loadtest;
 pub mod masks_table;

@@ -205,11 +205,26 @@ impl Gpu {
     }
 
     /// Fills fp16 weights with reproducible pseudo-random values, uniform in [-scale, scale).
-    pub fn fill_uniform_f16(&self, w: DevPtr<'_, u16>, seed: u64, scale: f32) -> Result<(), GpuError> {
+    /// With `transpose_of = Some((rows, cols))`, `w` (rows * cols values) receives the transpose
+    /// of the rows x cols matrix the same seed fills without it: an input-major copy of the
+    /// same random matrix.
+    pub fn fill_uniform_f16(
+        &self,
+        w: DevPtr<'_, u16>,
+        seed: u64,
+        scale: f32,
+        transpose_of: Option<(usize, usize)>,
+    ) -> Result<(), GpuError> {
         let (w_a, n) = (w.addr(), w.len());
+        let (rows, cols) = transpose_of.unwrap_or((0, 0));
+        if transpose_of.is_some() && rows * cols != n {
+            return Err(GpuError::Unsupported(format!("transpose of {rows} x {cols} into {n} values")));
+        }
+        // Element i of the transpose (cols x rows) is element (i % rows, i / rows) of the matrix.
+        let (t_rows, t_cols) = (rows, cols);
         let cfg = LaunchConfig { grid_dim: (4096, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let mut b = self.stream().launch_builder(&self.kernels.fill_uniform_f16);
-        b.arg(&w_a).arg(&n).arg(&seed).arg(&scale);
+        b.arg(&w_a).arg(&n).arg(&seed).arg(&scale).arg(&t_rows).arg(&t_cols);
         // SAFETY: writes w[0..n] only.
         unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("fill_uniform_f16", e))?;
         Ok(())

@@ -205,6 +205,23 @@ impl Gpu {
         self.stream.memcpy_dtod(src, dst).map_err(|e| GpuError::driver("device copy", e))
     }
 
+    /// Copies one device range into another of the same length (asynchronously).
+    pub fn copy_view<T>(&self, src: DevPtr<'_, T>, dst: DevPtr<'_, T>) -> Result<(), GpuError> {
+        if src.len() != dst.len() {
+            return Err(GpuError::Unsupported(format!("device copy of {} values into {}", src.len(), dst.len())));
+        }
+        // SAFETY: both ranges are live device memory of len values (DevPtr borrows their buffers).
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                dst.addr(),
+                src.addr(),
+                src.len() * std::mem::size_of::<T>(),
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| GpuError::driver("device copy", e))
+    }
+
     /// Waits for every launch so far.
     pub fn sync(&self) -> Result<(), GpuError> {
         self.stream.synchronize().map_err(|e| GpuError::driver("synchronize", e))

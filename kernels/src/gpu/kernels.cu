@@ -438,9 +438,13 @@ extern "C" __global__ void to_f16(const float* x, u16* out, int n) {
 }
 
 // Fills w with a reproducible pseudo-random pattern, uniform in [-scale, scale) (synthetic models).
-extern "C" __global__ void fill_uniform_f16(u16* w, size_t n, unsigned long long seed, float scale) {
+// With cols > 0, w is the transpose of the (rows x cols) matrix the same seed fills with cols = 0:
+// element i of w stands for element (i % rows, i / rows) of that matrix.
+extern "C" __global__ void fill_uniform_f16(u16* w, size_t n, unsigned long long seed, float scale, size_t rows,
+                                            size_t cols) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        unsigned long long z = seed + i * 0x9E3779B97F4A7C15ull;
+        const size_t logical = cols > 0 ? (i % rows) * cols + i / rows : i;
+        unsigned long long z = seed + logical * 0x9E3779B97F4A7C15ull;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
         z ^= z >> 31;

@@ -29,7 +29,9 @@ mod module;
 #[cfg(feature = "cuda")]
 pub use blas::CublasGemv;
 #[cfg(feature = "cuda")]
-pub use decode_ops::{AttentionShape, StepArgs};
+pub use cudarc::driver::{CudaGraph, CudaSlice};
+#[cfg(feature = "cuda")]
+pub use decode_ops::{AttentionShape, MAX_ATTENTION_LEN, StepArgs};
 #[cfg(feature = "cuda")]
 pub use device::{DevPtr, Gpu, GpuInfo};
 #[cfg(feature = "cuda")]

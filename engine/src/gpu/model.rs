@@ -1,0 +1,308 @@
+//! The model on the GPU: fp16 weights in the layouts the kernels read (input-major for the
+//! input-sparse GEMVs, a row-major copy of the up projection for CATS, a row-major LM head),
+//! the fp16 KV cache and the step's activation buffers.
+
+use sieve_kernels::gpu::{AttentionShape, CudaSlice, Gpu, GpuError, Reduction, SparseGemv, WeightType};
+
+use crate::config::Config;
+use crate::error::{EngineError, Result};
+use crate::model::Model;
+use crate::weights::Linear;
+
+/// Shape of the model on the GPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuShape {
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Hidden size.
+    pub d_model: usize,
+    /// MLP width.
+    pub d_ff: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Values per head.
+    pub head_dim: usize,
+    /// Leading dims of each head that RoPE rotates.
+    pub rope_dim: usize,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+}
+
+impl GpuShape {
+    /// The shape of a loaded model.
+    pub fn of(cfg: &Config) -> GpuShape {
+        GpuShape {
+            n_layers: cfg.n_layers,
+            d_model: cfg.d_model,
+            d_ff: cfg.d_ff,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            rope_dim: cfg.rope_dim,
+            rope_theta: cfg.rope_theta,
+            rms_eps: cfg.rms_eps,
+            vocab_size: cfg.vocab_size,
+        }
+    }
+
+    /// Llama-3-8B: 32 layers, d 4096, f 14336, GQA 32/8, vocab 128256.
+    pub fn llama3_8b() -> GpuShape {
+        GpuShape {
+            n_layers: 32,
+            d_model: 4096,
+            d_ff: 14336,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            rope_dim: 128,
+            rope_theta: 500_000.0,
+            rms_eps: 1e-5,
+            vocab_size: 128_256,
+        }
+    }
+
+    /// Key/value width.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Bytes of fp16 weights one decode step reads with nothing skipped: every layer's seven
+    /// projections and the LM head (one embedding row is negligible).
+    pub fn step_weight_bytes(&self) -> usize {
+        let (d, f, kv) = (self.d_model, self.d_ff, self.kv_dim());
+        let layer = d * (d + 2 * kv) + d * d + 3 * d * f;
+        2 * (self.n_layers * layer + self.vocab_size * d)
+    }
+
+    pub(crate) fn attention(&self, max_len: usize) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            rot_pairs: self.rope_dim.min(self.head_dim) / 2,
+            theta: self.rope_theta,
+            max_len,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let s = self;
+        let ok = s.n_layers > 0
+            && s.d_model % 8 == 0
+            && s.d_ff % 8 == 0
+            && s.kv_dim() % 8 == 0
+            && s.n_heads * s.head_dim == s.d_model
+            && s.n_kv_heads > 0
+            && s.n_heads % s.n_kv_heads == 0
+            && s.vocab_size > 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(GpuError::Unsupported(format!(
+                "model shape {s:?}: the GPU path needs widths that are multiples of 8 and heads * head_dim = d_model"
+            ))
+            .into())
+        }
+    }
+}
+
+/// One layer's weights on the device.
+pub(crate) struct GpuLayer {
+    pub attn_norm: CudaSlice<f32>,
+    pub ffn_norm: CudaSlice<f32>,
+    /// Input-major (W^T) copies of q, k, v, o, gate, up, down.
+    pub proj: [CudaSlice<u16>; 7],
+    /// Row-major up projection (CATS reads the rows of kept neurons).
+    pub up_rows: CudaSlice<u16>,
+}
+
+/// The step's activations.
+pub(crate) struct Activations {
+    pub x: CudaSlice<f32>,
+    pub normed: CudaSlice<f32>,
+    /// q, k, v back to back (one buffer, cleared by one norm).
+    pub qkv: CudaSlice<f32>,
+    pub attn: CudaSlice<f32>,
+    /// gate, up back to back.
+    pub gate_up: CudaSlice<f32>,
+    pub h: CudaSlice<f32>,
+    pub logits: CudaSlice<f32>,
+    /// `[token, position]` of the step.
+    pub step: CudaSlice<i32>,
+}
+
+/// A model resident on the GPU, ready to decode.
+pub struct GpuModel {
+    pub(crate) gpu: Gpu,
+    pub(crate) shape: GpuShape,
+    pub(crate) max_len: usize,
+    pub(crate) embed: CudaSlice<u16>,
+    /// Row-major LM head; `None` when tied to the embedding.
+    pub(crate) head: Option<CudaSlice<u16>>,
+    pub(crate) out_norm: CudaSlice<f32>,
+    pub(crate) layers: Vec<GpuLayer>,
+    pub(crate) caches: Vec<(CudaSlice<u16>, CudaSlice<u16>)>,
+    pub(crate) act: Activations,
+    pub(crate) gemv: SparseGemv,
+    pub(crate) graph: Option<(super::GpuPlan, sieve_kernels::gpu::CudaGraph)>,
+    pub(crate) pos: usize,
+}
+
+/// Row-major (rows x cols) values to input-major fp16.
+fn input_major_f16(m: &[f32], rows: usize, cols: usize) -> Vec<u16> {
+    let mut t = vec![0f32; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    WeightType::F16.encode(&t)
+}
+
+impl GpuModel {
+    fn alloc(gpu: Gpu, shape: GpuShape, max_len: usize, layers: Vec<GpuLayer>, embed: CudaSlice<u16>, head: Option<CudaSlice<u16>>, out_norm: CudaSlice<f32>) -> Result<GpuModel> {
+        let s = &shape;
+        let max_len = max_len.clamp(1, sieve_kernels::gpu::MAX_ATTENTION_LEN);
+        let caches = (0..s.n_layers)
+            .map(|_| Ok((gpu.zeros::<u16>(max_len * s.kv_dim())?, gpu.zeros::<u16>(max_len * s.kv_dim())?)))
+            .collect::<std::result::Result<Vec<_>, GpuError>>()?;
+        let act = Activations {
+            x: gpu.zeros(s.d_model)?,
+            normed: gpu.zeros(s.d_model)?,
+            qkv: gpu.zeros(s.d_model + 2 * s.kv_dim())?,
+            attn: gpu.zeros(s.d_model)?,
+            gate_up: gpu.zeros(2 * s.d_ff)?,
+            h: gpu.zeros(s.d_ff)?,
+            logits: gpu.zeros(s.vocab_size)?,
+            step: gpu.zeros(2)?,
+        };
+        let gemv = SparseGemv { weight_type: WeightType::F16, reduction: Reduction::Atomic, units_per_sm: None };
+        Ok(GpuModel { gpu, shape, max_len, embed, head, out_norm, layers, caches, act, gemv, graph: None, pos: 0 })
+    }
+
+    /// Uploads a loaded model's weights (dequantized to fp16) to GPU `gpu`, with a KV cache
+    /// of `max_len` positions.
+    pub fn from_model(model: &Model, gpu: Gpu, max_len: usize) -> Result<GpuModel> {
+        let cfg = model.config();
+        let shape = GpuShape::of(cfg);
+        shape.check()?;
+        let w = model.weights();
+        let upload_t = |lin: &Linear| -> Result<CudaSlice<u16>> {
+            Ok(gpu.upload(&input_major_f16(&lin.to_f32(), lin.rows(), lin.cols()))?)
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for lw in &w.layers {
+            let proj = [
+                upload_t(&lw.wq)?,
+                upload_t(&lw.wk)?,
+                upload_t(&lw.wv)?,
+                upload_t(&lw.wo)?,
+                upload_t(&lw.w_gate)?,
+                upload_t(&lw.w_up)?,
+                upload_t(&lw.w_down)?,
+            ];
+            layers.push(GpuLayer {
+                attn_norm: gpu.upload(&lw.attn_norm)?,
+                ffn_norm: gpu.upload(&lw.ffn_norm)?,
+                up_rows: gpu.upload(&WeightType::F16.encode(&lw.w_up.to_f32()))?,
+                proj,
+            });
+        }
+        let embed = gpu.upload(&WeightType::F16.encode(&w.token_embd.to_f32()))?;
+        let head = match &w.output {
+            Some(out) => Some(gpu.upload(&WeightType::F16.encode(&out.to_f32()))?),
+            None => None,
+        };
+        let out_norm = gpu.upload(&w.output_norm)?;
+        let max_len = max_len.min(cfg.context_len.max(1));
+        GpuModel::alloc(gpu, shape, max_len, layers, embed, head, out_norm)
+    }
+
+    /// A model of `shape` with reproducible random fp16 weights (uniform, scaled by
+    /// 1/sqrt(inputs)), filled on the device: a real architecture at real scale without
+    /// moving its weights.
+    pub fn synthetic(gpu: Gpu, shape: GpuShape, max_len: usize, seed: u64) -> Result<GpuModel> {
+        shape.check()?;
+        let s = &shape;
+        let (d, f, kv) = (s.d_model, s.d_ff, s.kv_dim());
+        // A rows x cols matrix (outputs x inputs) of seed `id`, input-major or row-major;
+        // uniform with variance 1/cols.
+        let fill = |id: u64, rows: usize, cols: usize, input_major: bool| -> Result<CudaSlice<u16>> {
+            let w = gpu.zeros::<u16>(rows * cols)?;
+            let scale = (3.0 / cols as f32).sqrt();
+            let seed = seed.wrapping_add(id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            gpu.fill_uniform_f16(gpu.view(&w), seed, scale, input_major.then_some((rows, cols)))?;
+            Ok(w)
+        };
+        let mut layers = Vec::with_capacity(s.n_layers);
+        for l in 0..s.n_layers as u64 {
+            let id = |p: u64| 1 + 8 * l + p;
+            let wq = fill(id(0), d, d, true)?;
+            let wk = fill(id(1), kv, d, true)?;
+            let wv = fill(id(2), kv, d, true)?;
+            let wo = fill(id(3), d, d, true)?;
+            let gate = fill(id(4), f, d, true)?;
+            // The up projection in both layouts, from one seed.
+            let up = fill(id(5), f, d, true)?;
+            let up_rows = fill(id(5), f, d, false)?;
+            let down = fill(id(6), d, f, true)?;
+            layers.push(GpuLayer {
+                attn_norm: gpu.upload(&vec![1.0f32; d])?,
+                ffn_norm: gpu.upload(&vec![1.0f32; d])?,
+                proj: [wq, wk, wv, wo, gate, up, down],
+                up_rows,
+            });
+        }
+        // Embedding rows of unit scale (like a trained model's normed inputs), head scaled.
+        let embed = gpu.zeros::<u16>(s.vocab_size * d)?;
+        gpu.fill_uniform_f16(gpu.view(&embed), seed ^ 0xe, 1.0, None)?;
+        let head = fill(0, s.vocab_size, d, false)?;
+        let out_norm = gpu.upload(&vec![1.0f32; d])?;
+        gpu.sync()?;
+        GpuModel::alloc(gpu, shape, max_len, layers, embed, Some(head), out_norm)
+    }
+
+    /// The model's shape.
+    pub fn shape(&self) -> &GpuShape {
+        &self.shape
+    }
+
+    /// The GPU it lives on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Positions the KV cache holds.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Positions decoded since the last [`GpuModel::reset`].
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Starts a new sequence (the cache is overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    pub(crate) fn check_token(&self, token: u32) -> Result<()> {
+        if token as usize >= self.shape.vocab_size {
+            return Err(EngineError::InvalidInput(format!(
+                "token id {token} is outside the vocabulary ({})",
+                self.shape.vocab_size
+            )));
+        }
+        if self.pos >= self.max_len {
+            return Err(EngineError::ContextOverflow { needed: self.pos + 1, max: self.max_len });
+        }
+        Ok(())
+    }
+}

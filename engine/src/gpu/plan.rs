@@ -1,0 +1,160 @@
+//! What a GPU decode step drops: per layer, the input threshold of each projection and
+//! CATS's gate threshold, from a CPU sparsity plan or calibrated on the GPU model itself.
+
+use crate::error::{EngineError, Result};
+use crate::sparsity::{Method, Proj, SparsityPlan};
+
+/// One layer's thresholds. Inputs with `|x| > proj[p]` are kept (a negative threshold keeps
+/// every input); with CATS, neurons with `|silu(g)| > gate_act` are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GpuLayerPlan {
+    /// Input thresholds of q, k, v, o, gate, up, down.
+    pub proj: [f32; 7],
+    /// CATS gate threshold (negative: not CATS).
+    pub gate_act: f32,
+}
+
+impl GpuLayerPlan {
+    /// Keeps everything.
+    pub const DENSE: GpuLayerPlan = GpuLayerPlan { proj: [-1.0; 7], gate_act: -1.0 };
+}
+
+/// A method's thresholds for every layer, as the GPU step applies them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuPlan {
+    /// The method (dense, teal, teal-uniform or cats).
+    pub method: Method,
+    /// Per layer.
+    pub layers: Vec<GpuLayerPlan>,
+}
+
+impl GpuPlan {
+    /// The dense plan.
+    pub fn dense(layers: usize) -> GpuPlan {
+        GpuPlan { method: Method::Dense, layers: vec![GpuLayerPlan::DENSE; layers] }
+    }
+
+    /// Whether the MLP runs CATS's gated up projection.
+    pub fn is_cats(&self) -> bool {
+        self.method == Method::Cats
+    }
+
+    /// The GPU form of a CPU plan (dense, teal, teal-uniform, cats; other methods are not on
+    /// the GPU yet).
+    pub fn from_plan(plan: &SparsityPlan) -> Result<GpuPlan> {
+        let keep_all = |t: f32| if t > 0.0 { t } else { -1.0 };
+        let layers = match plan.method {
+            Method::Dense => return Ok(GpuPlan::dense(plan.layers.len())),
+            Method::Teal | Method::TealUniform => plan
+                .layers
+                .iter()
+                .map(|lp| GpuLayerPlan { proj: lp.proj.map(keep_all), gate_act: -1.0 })
+                .collect(),
+            Method::Cats => plan
+                .layers
+                .iter()
+                .map(|lp| {
+                    let mut proj = [-1.0; 7];
+                    // Dropped neurons have h = 0 exactly; the down GEMV skips them.
+                    proj[Proj::Down.index()] = 0.0;
+                    GpuLayerPlan { proj, gate_act: keep_all(lp.gate_act) }
+                })
+                .collect(),
+            m => {
+                return Err(EngineError::InvalidInput(format!(
+                    "method {} does not run on the GPU yet (dense, teal, teal-uniform and cats do)",
+                    m.name()
+                )));
+            }
+        };
+        Ok(GpuPlan { method: plan.method, layers })
+    }
+}
+
+/// Activations of one decode step of one layer, as calibration sees them.
+#[derive(Debug, Clone, Default)]
+pub struct LayerSample {
+    /// Attention input (normed), attention output, MLP input (normed).
+    pub attn_in: Vec<f32>,
+    pub attn_out: Vec<f32>,
+    pub mlp_in: Vec<f32>,
+    /// Gate and up projections.
+    pub gate: Vec<f32>,
+    pub up: Vec<f32>,
+}
+
+/// The value below which a fraction `s` of `|values|` lies (negative for s = 0).
+fn quantile_abs(values: &mut [f32], s: f32) -> f32 {
+    let drop = ((s as f64) * values.len() as f64).round() as usize;
+    if drop == 0 || values.is_empty() {
+        return -1.0;
+    }
+    values.iter_mut().for_each(|v| *v = v.abs());
+    let i = drop.min(values.len()) - 1;
+    values.select_nth_unstable_by(i, f32::total_cmp);
+    values[i]
+}
+
+/// Uniform TEAL (every projection at sparsity `s`) or CATS (gate at `s`) thresholds per layer,
+/// from activations the model produced itself (`samples[layer]` gathered over decode steps).
+pub fn calibrate_uniform(method: Method, s: f32, samples: &[Vec<LayerSample>]) -> Result<GpuPlan> {
+    crate::sparsity::check_target(s)?;
+    let mut layers = Vec::with_capacity(samples.len());
+    for steps in samples {
+        let cat = |f: fn(&LayerSample) -> &Vec<f32>| steps.iter().flat_map(|x| f(x).iter().copied()).collect::<Vec<_>>();
+        let silu = |g: f32| g / (1.0 + (-g).exp());
+        let lp = match method {
+            Method::TealUniform | Method::Teal => {
+                let t_attn = quantile_abs(&mut cat(|x| &x.attn_in), s);
+                let t_o = quantile_abs(&mut cat(|x| &x.attn_out), s);
+                let t_mlp = quantile_abs(&mut cat(|x| &x.mlp_in), s);
+                let mut h: Vec<f32> = steps
+                    .iter()
+                    .flat_map(|x| x.gate.iter().zip(&x.up).map(|(&g, &u)| silu(g) * u))
+                    .collect();
+                let t_down = quantile_abs(&mut h, s);
+                GpuLayerPlan { proj: [t_attn, t_attn, t_attn, t_o, t_mlp, t_mlp, t_down], gate_act: -1.0 }
+            }
+            Method::Cats => {
+                let mut a: Vec<f32> = steps.iter().flat_map(|x| x.gate.iter().map(|&g| silu(g))).collect();
+                let mut proj = [-1.0; 7];
+                proj[Proj::Down.index()] = 0.0;
+                GpuLayerPlan { proj, gate_act: quantile_abs(&mut a, s) }
+            }
+            Method::Dense => GpuLayerPlan::DENSE,
+            m => return Err(EngineError::InvalidInput(format!("calibration of {} on the GPU", m.name()))),
+        };
+        layers.push(lp);
+    }
+    Ok(GpuPlan { method: if method == Method::Teal { Method::TealUniform } else { method }, layers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_drop_the_asked_share() {
+        let mut v: Vec<f32> = (0..100).map(|i| i as f32 - 50.0).collect();
+        let t = quantile_abs(&mut v.clone(), 0.5);
+        assert_eq!(v.iter().filter(|x| x.abs() <= t).count(), 50);
+        assert!(quantile_abs(&mut v, 0.0) < 0.0);
+    }
+
+    #[test]
+    fn cats_calibration_thresholds_the_gate_activation() {
+        let sample = LayerSample {
+            attn_in: vec![1.0; 4],
+            attn_out: vec![1.0; 4],
+            mlp_in: vec![1.0; 4],
+            gate: vec![-3.0, -1.0, 0.5, 2.0],
+            up: vec![1.0; 4],
+        };
+        let plan = calibrate_uniform(Method::Cats, 0.5, &[vec![sample]]).unwrap();
+        let t = plan.layers[0].gate_act;
+        let silu = |g: f32| g / (1.0 + (-g).exp());
+        let kept = [-3.0f32, -1.0, 0.5, 2.0].iter().filter(|&&g| silu(g).abs() > t).count();
+        assert_eq!(kept, 2);
+        assert!(calibrate_uniform(Method::Cats, 1.5, &[]).is_err());
+    }
+}

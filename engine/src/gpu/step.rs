@@ -1,0 +1,178 @@
+//! One decode step on the GPU: the launches of a whole step, captured into a CUDA graph per
+//! plan and replayed for every token; the token and position are written to the device
+//! before each replay, so the graph never changes between steps.
+
+use sieve_kernels::gpu::{DevPtr, GemvOut, GpuError, StepArgs, WeightType};
+
+use super::model::GpuModel;
+use super::plan::{GpuPlan, LayerSample};
+use crate::error::{EngineError, Result};
+use crate::sparsity::Proj;
+
+/// GPU time of decode steps, measured with CUDA events around the graph replays.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTiming {
+    /// Steps timed.
+    pub steps: usize,
+    /// Mean microseconds per step.
+    pub us_per_step: f64,
+}
+
+impl StepTiming {
+    /// Steps per second.
+    pub fn tok_s(&self) -> f64 {
+        1e6 / self.us_per_step
+    }
+}
+
+/// Where calibration wants each layer's activations copied (device buffers per layer).
+struct Taps<'a> {
+    attn_in: &'a [sieve_kernels::gpu::CudaSlice<f32>],
+    attn_out: &'a [sieve_kernels::gpu::CudaSlice<f32>],
+    mlp_in: &'a [sieve_kernels::gpu::CudaSlice<f32>],
+    gate_up: &'a [sieve_kernels::gpu::CudaSlice<f32>],
+}
+
+impl GpuModel {
+    /// Launches one whole decode step (into the graph being captured, or directly).
+    fn record(&self, plan: &GpuPlan, taps: Option<&Taps<'_>>) -> std::result::Result<(), GpuError> {
+        let (g, a, s) = (&self.gpu, &self.act, &self.shape);
+        let (d, f, kv) = (s.d_model, s.d_ff, s.kv_dim());
+        let bad = || GpuError::Unsupported("activation buffer sizes".into());
+        let step = StepArgs(g.view(&a.step));
+        let attn_shape = s.attention(self.max_len);
+        let (x, normed, attn, h) = (g.view(&a.x), g.view(&a.normed), g.view(&a.attn), g.view(&a.h));
+        let qkv = g.view(&a.qkv);
+        let (q, k, v) = (qkv.sub(0, d).ok_or_else(bad)?, qkv.sub(d, kv).ok_or_else(bad)?, qkv.sub(d + kv, kv).ok_or_else(bad)?);
+        let gate_up = g.view(&a.gate_up);
+        let (gate, up) = (gate_up.sub(0, f).ok_or_else(bad)?, gate_up.sub(f, f).ok_or_else(bad)?);
+        let tap = |dst: Option<&sieve_kernels::gpu::CudaSlice<f32>>, src: DevPtr<'_, f32>| -> std::result::Result<(), GpuError> {
+            match dst {
+                Some(dst) => g.copy_view(src, g.view(dst)),
+                None => Ok(()),
+            }
+        };
+
+        g.embed(g.view(&self.embed), &step, x)?;
+        for (l, (w, lp)) in self.layers.iter().zip(&plan.layers).enumerate() {
+            let (kc, vc) = (&self.caches[l].0, &self.caches[l].1);
+            let wv = |p: Proj| g.view(&w.proj[p.index()]);
+            g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, Some(qkv))?;
+            tap(taps.map(|t| &t.attn_in[l]), normed)?;
+            let outs = [(Proj::Q, q), (Proj::K, k), (Proj::V, v)]
+                .map(|(p, y)| GemvOut { weights: wv(p), out: y, threshold: lp.proj[p.index()] });
+            self.gemv.launch(g, normed, None, &outs, true, None)?;
+            g.rope_append(&attn_shape, q, k, v, g.view(kc), g.view(vc), &step)?;
+            g.attention(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
+            tap(taps.map(|t| &t.attn_out[l]), attn)?;
+            let o = GemvOut { weights: wv(Proj::O), out: x, threshold: lp.proj[Proj::O.index()] };
+            self.gemv.launch(g, attn, None, &[o], true, None)?;
+            g.rms_norm(x, g.view(&w.ffn_norm), normed, s.rms_eps, Some(gate_up))?;
+            tap(taps.map(|t| &t.mlp_in[l]), normed)?;
+            let down_t = lp.proj[Proj::Down.index()];
+            if plan.is_cats() {
+                let og = GemvOut { weights: wv(Proj::Gate), out: gate, threshold: -1.0 };
+                self.gemv.launch(g, normed, None, &[og], true, None)?;
+                tap(taps.map(|t| &t.gate_up[l]), gate_up)?;
+                g.up_gated(WeightType::F16, g.view(&w.up_rows), normed, gate, lp.gate_act, h)?;
+                self.gemv.launch(g, h, None, &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }], true, None)?;
+            } else {
+                let og = GemvOut { weights: wv(Proj::Gate), out: gate, threshold: lp.proj[Proj::Gate.index()] };
+                let ou = GemvOut { weights: wv(Proj::Up), out: up, threshold: lp.proj[Proj::Up.index()] };
+                self.gemv.launch(g, normed, None, &[og, ou], true, None)?;
+                tap(taps.map(|t| &t.gate_up[l]), gate_up)?;
+                let od = GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t };
+                self.gemv.launch(g, gate, Some(up), &[od], true, None)?;
+            }
+        }
+        g.rms_norm(x, g.view(&self.out_norm), normed, s.rms_eps, None)?;
+        let head = g.view(self.head.as_ref().unwrap_or(&self.embed));
+        g.rows_gemv(WeightType::F16, head, normed, g.view(&a.logits), None)
+    }
+
+    fn check_plan(&self, plan: &GpuPlan) -> Result<()> {
+        if plan.layers.len() != self.shape.n_layers {
+            return Err(EngineError::InvalidInput(format!(
+                "the GPU plan has {} layers, the model {}",
+                plan.layers.len(),
+                self.shape.n_layers
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes sure the captured graph is the one of `plan`.
+    fn ensure_graph(&mut self, plan: &GpuPlan) -> Result<()> {
+        self.check_plan(plan)?;
+        if self.graph.as_ref().is_some_and(|(p, _)| p == plan) {
+            return Ok(());
+        }
+        self.graph = None;
+        let graph = self.gpu.capture(|| self.record(plan, None))?;
+        self.graph = Some((plan.clone(), graph));
+        Ok(())
+    }
+
+    fn launch_step(&mut self, token: u32, plan: &GpuPlan) -> Result<()> {
+        self.check_token(token)?;
+        self.ensure_graph(plan)?;
+        let args = [token as i32, self.pos as i32];
+        self.gpu.write(&args, &mut self.act.step)?;
+        let Some((_, graph)) = self.graph.as_ref() else {
+            return Err(EngineError::InvalidInput("no captured decode graph".into()));
+        };
+        self.gpu.replay(graph)?;
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// Decodes one token at the next position under `plan` and returns the logits.
+    pub fn step(&mut self, token: u32, plan: &GpuPlan) -> Result<Vec<f32>> {
+        self.launch_step(token, plan)?;
+        Ok(self.gpu.download(&self.act.logits)?)
+    }
+
+    /// GPU time of `tokens.len()` decode steps under `plan` (CUDA events around the graph
+    /// replays; logits stay on the device).
+    pub fn time_steps(&mut self, tokens: &[u32], plan: &GpuPlan) -> Result<StepTiming> {
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidInput("no steps to time".into()));
+        }
+        self.ensure_graph(plan)?;
+        let t0 = self.gpu.event()?;
+        for &t in tokens {
+            self.launch_step(t, plan)?;
+        }
+        let t1 = self.gpu.event()?;
+        let ms = self.gpu.elapsed_ms(&t0, &t1)?;
+        Ok(StepTiming { steps: tokens.len(), us_per_step: ms * 1e3 / tokens.len() as f64 })
+    }
+
+    /// Runs dense steps over `tokens` and returns every layer's activations at each step
+    /// (for calibrating thresholds on the model's own activations).
+    pub fn sample_activations(&mut self, tokens: &[u32]) -> Result<Vec<Vec<LayerSample>>> {
+        let (n, d, f) = (self.shape.n_layers, self.shape.d_model, self.shape.d_ff);
+        let bufs = |len: usize| -> std::result::Result<Vec<_>, GpuError> { (0..n).map(|_| self.gpu.zeros::<f32>(len)).collect() };
+        let (attn_in, attn_out, mlp_in, gate_up) = (bufs(d)?, bufs(d)?, bufs(d)?, bufs(2 * f)?);
+        let taps = Taps { attn_in: &attn_in, attn_out: &attn_out, mlp_in: &mlp_in, gate_up: &gate_up };
+        let plan = GpuPlan::dense(n);
+        let mut samples = vec![Vec::with_capacity(tokens.len()); n];
+        for &t in tokens {
+            self.check_token(t)?;
+            self.gpu.write(&[t as i32, self.pos as i32], &mut self.act.step)?;
+            self.record(&plan, Some(&taps))?;
+            self.pos += 1;
+            for (l, layer) in samples.iter_mut().enumerate() {
+                let gu = self.gpu.download(&gate_up[l])?;
+                layer.push(LayerSample {
+                    attn_in: self.gpu.download(&attn_in[l])?,
+                    attn_out: self.gpu.download(&attn_out[l])?,
+                    mlp_in: self.gpu.download(&mlp_in[l])?,
+                    gate: gu[..f].to_vec(),
+                    up: gu[f..].to_vec(),
+                });
+            }
+        }
+        Ok(samples)
+    }
+}
