@@ -306,3 +306,22 @@ impl GpuModel {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_shapes_are_checked_before_any_upload() {
+        assert!(GpuShape::llama3_8b().check().is_ok());
+        let mut odd = GpuShape::llama3_8b();
+        odd.d_ff = 14_337;
+        let err = odd.check().unwrap_err().to_string();
+        assert!(err.contains("multiples of 8"), "{err}");
+        let mut heads = GpuShape::llama3_8b();
+        heads.n_kv_heads = 5;
+        assert!(heads.check().is_err());
+        // 8B at fp16: 15.0 GB read per step (layers + LM head).
+        assert_eq!(GpuShape::llama3_8b().step_weight_bytes(), 2 * (32 * 218_103_808 + 128_256 * 4096));
+    }
+}

@@ -8,8 +8,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use super::device::DevPtr;
 use super::{Gpu, GpuError};
 
-/// Largest context the attention kernel's shared-memory scores allow (48 KiB of f32).
-pub const MAX_ATTENTION_LEN: usize = 12 * 1024;
+/// Largest context the attention kernel's shared-memory scores allow (32 KiB of f32, beside 8 KiB of partial sums).
+pub const MAX_ATTENTION_LEN: usize = 8 * 1024;
 
 /// The device-side step arguments: `[token, position]` as two i32.
 pub struct StepArgs<'a>(pub DevPtr<'a, i32>);
@@ -37,7 +37,8 @@ impl AttentionShape {
             && self.n_kv_heads > 0
             && self.n_heads % self.n_kv_heads == 0
             && self.head_dim > 0
-            && self.head_dim % 2 == 0
+            && self.head_dim % 32 == 0
+            && self.head_dim <= 256
             && 2 * self.rot_pairs <= self.head_dim
             && self.max_len > 0
             && self.max_len <= MAX_ATTENTION_LEN;
@@ -45,7 +46,7 @@ impl AttentionShape {
             Ok(())
         } else {
             Err(GpuError::Unsupported(format!(
-                "attention shape {self:?} (heads divisible by kv heads, even head size, context 1..={MAX_ATTENTION_LEN})"
+                "attention shape {self:?} (heads divisible by kv heads, head size a multiple of 32 up to 256, context 1..={MAX_ATTENTION_LEN})"
             )))
         }
     }
@@ -164,7 +165,7 @@ impl Gpu {
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let cfg = LaunchConfig {
             grid_dim: (shape.n_heads as u32, 1, 1),
-            block_dim: (128, 1, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: (shape.max_len * 4) as u32,
         };
         let mut b = self.stream().launch_builder(&self.kernels.attention);

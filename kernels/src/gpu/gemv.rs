@@ -322,3 +322,21 @@ impl Gpu {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_plans_cover_the_input_in_whole_groups_of_32() {
+        for (k, tiles) in [(4096, 56), (14336, 16), (576, 6), (100, 1)] {
+            let p = SplitPlan::new(k, tiles, 132, None);
+            assert_eq!(p.chunk % 32, 0);
+            assert!(p.chunk * p.splits >= k && p.chunk * (p.splits - 1) < k, "{k}: {p:?}");
+        }
+        // About 12 warp units per SM at Llama-3-8B's MLP shape.
+        let p = SplitPlan::new(4096, 56, 132, None);
+        let units = p.splits * 56;
+        assert!((1000..2200).contains(&units), "{units}");
+    }
+}

@@ -379,22 +379,32 @@ extern "C" __global__ void rope_append(float* q, const float* k, const float* v,
 }
 
 // One query head per block over positions 0..=step[1] of the fp16 KV cache:
-// out = softmax(scale * K q) V. Scores live in dynamic shared memory (max_len floats).
+// out = softmax(scale * K q) V. Warps take positions round-robin (lanes split the head), scores
+// live in dynamic shared memory (max_len floats); each warp sums its positions' values, then
+// the warps' partial outputs are added in shared memory. head_dim <= 256.
+#define ATT_MAX_WARPS 8
 extern "C" __global__ void attention(const float* q, const u16* k_cache, const u16* v_cache, float* out,
                                      const int* step, int n_heads, int n_kv_heads, int head_dim, float scale) {
     extern __shared__ float scores[];
     __shared__ float red[32];
+    __shared__ float partial[ATT_MAX_WARPS][256];
     const int head = blockIdx.x;
     const int len = step[1] + 1;
     const int kv_dim = n_kv_heads * head_dim;
     const int off = (head / (n_heads / n_kv_heads)) * head_dim;
     const float* qh = q + head * head_dim;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int per_lane = head_dim / 32;  // head_dim is a multiple of 32 here
 
+    float qv[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) qv[j] = j < per_lane ? qh[lane + 32 * j] : 0.0f;
     for (int p = warp; p < len; p += warps) {
         const u16* kr = k_cache + (size_t)p * kv_dim + off;
         float s = 0.0f;
-        for (int d = lane; d < head_dim; d += 32) s += qh[d] * f16_to_f32(kr[d]);
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (j < per_lane) s += qv[j] * f16_to_f32(kr[lane + 32 * j]);
         s = warp_sum(s);
         if (lane == 0) scores[p] = s * scale;
     }
@@ -418,12 +428,24 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
     __syncthreads();
     z = 0.0f;
     for (int w = 0; w < warps; w++) z += red[w];
+
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int p = warp; p < len; p += warps) {
+        const u16* vr = v_cache + (size_t)p * kv_dim + off;
+        const float e = scores[p];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (j < per_lane) acc[j] += e * f16_to_f32(vr[lane + 32 * j]);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (j < per_lane) partial[warp][lane + 32 * j] = acc[j];
+    __syncthreads();
     const float inv = 1.0f / z;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.0f;
-        const u16* vc = v_cache + off + d;
-        for (int p = 0; p < len; p++) acc += scores[p] * f16_to_f32(vc[(size_t)p * kv_dim]);
-        out[head * head_dim + d] = acc * inv;
+        float sum = 0.0f;
+        for (int w = 0; w < warps; w++) sum += partial[w][d];
+        out[head * head_dim + d] = sum * inv;
     }
 }
 
