@@ -27,11 +27,13 @@ say "kernels: correctness and timings"
 say "model on the GPU: $MODEL"
 PROFILE="$OUT/profile.json"
 "$BIN" --model "$MODEL" calibrate --tokens "${SIEVE_GPU_CALIBRATION_TOKENS:-4096}" --out "$PROFILE" >&2
-for spec in dense:0 teal:0.25 teal:0.5 teal-uniform:0.5 cats:0.25 cats:0.5; do
+"$BIN" --model "$MODEL" train-predictors --profile "$PROFILE" --tokens "${SIEVE_GPU_PREDICTOR_TOKENS:-4096}" \
+  --rank 64 --out "$OUT/predictors" >&2
+for spec in dense:0 teal:0.25 teal:0.5 teal-uniform:0.5 cats:0.25 cats:0.5 predictor:0.5; do
   method="${spec%%:*}"; s="${spec##*:}"
   say "bench decode --device cuda --method $method --sparsity $s"
   "$BIN" --model "$MODEL" bench decode --device cuda --method "$method" --sparsity "$s" --profile "$PROFILE" \
-    --prompt-tokens 64 --new-tokens 192 --runs 5 --json > "$OUT/decode-$method-$s.json"
+    --predictors "$OUT/predictors" --prompt-tokens 64 --new-tokens 192 --runs 5 --json > "$OUT/decode-$method-$s.json"
   python3 - "$OUT/decode-$method-$s.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

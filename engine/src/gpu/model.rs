@@ -118,8 +118,23 @@ pub(crate) struct GpuLayer {
     pub ffn_norm: CudaSlice<f32>,
     /// Input-major (W^T) copies of q, k, v, o, gate, up, down.
     pub proj: [CudaSlice<u16>; 7],
-    /// Row-major up projection (CATS reads the rows of kept neurons).
+    /// Row-major gate and up projections (CATS and the predictor read the rows of kept neurons).
+    pub gate_rows: CudaSlice<u16>,
     pub up_rows: CudaSlice<u16>,
+}
+
+/// One layer's low-rank predictor on the device.
+pub(crate) struct GpuPredictor {
+    /// First factor, rank x d (row-major fp16).
+    pub w1: CudaSlice<u16>,
+    /// Second factor, f x rank (row-major fp16), and its bias.
+    pub w2: CudaSlice<u16>,
+    pub b2: CudaSlice<f32>,
+    pub scale: Option<CudaSlice<f32>>,
+    pub relu: bool,
+    pub gate_output: bool,
+    /// `W1 x`, rank values.
+    pub hidden: CudaSlice<f32>,
 }
 
 /// The step's activations.
@@ -151,6 +166,8 @@ pub struct GpuModel {
     pub(crate) act: Activations,
     pub(crate) gemv: SparseGemv,
     pub(crate) graph: Option<(super::GpuPlan, sieve_kernels::gpu::CudaGraph)>,
+    /// The uploaded predictor set (keyed by the plan's shared set) and its layers.
+    pub(crate) predictors: Option<(crate::sparsity::Predictors, Vec<GpuPredictor>)>,
     pub(crate) pos: usize,
 }
 
@@ -183,7 +200,21 @@ impl GpuModel {
             step: gpu.zeros(2)?,
         };
         let gemv = SparseGemv { weight_type: WeightType::F16, reduction: Reduction::Atomic, units_per_sm: None };
-        Ok(GpuModel { gpu, shape, max_len, embed, head, out_norm, layers, caches, act, gemv, graph: None, pos: 0 })
+        Ok(GpuModel {
+            gpu,
+            shape,
+            max_len,
+            embed,
+            head,
+            out_norm,
+            layers,
+            caches,
+            act,
+            gemv,
+            graph: None,
+            predictors: None,
+            pos: 0,
+        })
     }
 
     /// Uploads a loaded model's weights (dequantized to fp16) to GPU `gpu`, with a KV cache
@@ -210,6 +241,7 @@ impl GpuModel {
             layers.push(GpuLayer {
                 attn_norm: gpu.upload(&lw.attn_norm)?,
                 ffn_norm: gpu.upload(&lw.ffn_norm)?,
+                gate_rows: gpu.upload(&WeightType::F16.encode(&lw.w_gate.to_f32()))?,
                 up_rows: gpu.upload(&WeightType::F16.encode(&lw.w_up.to_f32()))?,
                 proj,
             });
@@ -248,6 +280,7 @@ impl GpuModel {
             let wv = fill(id(2), kv, d, true)?;
             let wo = fill(id(3), d, d, true)?;
             let gate = fill(id(4), f, d, true)?;
+            let gate_rows = fill(id(4), f, d, false)?;
             // The up projection in both layouts, from one seed.
             let up = fill(id(5), f, d, true)?;
             let up_rows = fill(id(5), f, d, false)?;
@@ -256,6 +289,7 @@ impl GpuModel {
                 attn_norm: gpu.upload(&vec![1.0f32; d])?,
                 ffn_norm: gpu.upload(&vec![1.0f32; d])?,
                 proj: [wq, wk, wv, wo, gate, up, down],
+                gate_rows,
                 up_rows,
             });
         }
@@ -291,6 +325,44 @@ impl GpuModel {
     /// Starts a new sequence (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Uploads the plan's predictor set unless it is the one already on the device.
+    pub(crate) fn ensure_predictors(&mut self, set: &crate::sparsity::Predictors) -> Result<()> {
+        use sieve_predictor::model::Body;
+        if self.predictors.as_ref().is_some_and(|(s, _)| s == set) {
+            return Ok(());
+        }
+        let (d, f) = (self.shape.d_model, self.shape.d_ff);
+        if set.0.layers.len() != self.shape.n_layers {
+            return Err(EngineError::InvalidInput(format!(
+                "the predictor set has {} layers, the model {}",
+                set.0.layers.len(),
+                self.shape.n_layers
+            )));
+        }
+        let mut layers = Vec::with_capacity(set.0.layers.len());
+        for p in &set.0.layers {
+            let Body::LowRank { rank, relu, w1, w2, b2 } = &p.body else {
+                return Err(EngineError::InvalidInput("the GPU runs low-rank predictors only".into()));
+            };
+            let rank = *rank;
+            if w1.len() != rank * d || w2.len() != f * rank || b2.len() != f || p.d() != d || p.f() != f {
+                return Err(EngineError::InvalidInput(format!("predictor of rank {rank} does not fit the model ({d} -> {f})")));
+            }
+            let scale = (p.neuron_scale.len() == f).then(|| self.gpu.upload(&p.neuron_scale)).transpose()?;
+            layers.push(GpuPredictor {
+                w1: self.gpu.upload(&WeightType::F16.encode(w1))?,
+                w2: self.gpu.upload(&WeightType::F16.encode(w2))?,
+                b2: self.gpu.upload(b2)?,
+                scale,
+                relu: *relu,
+                gate_output: super::plan::gate_output(p.output),
+                hidden: self.gpu.zeros(rank)?,
+            });
+        }
+        self.predictors = Some((set.clone(), layers));
+        Ok(())
     }
 
     pub(crate) fn check_token(&self, token: u32) -> Result<()> {

@@ -1,8 +1,11 @@
 //! What a GPU decode step drops: per layer, the input threshold of each projection and
 //! CATS's gate threshold, from a CPU sparsity plan or calibrated on the GPU model itself.
 
+use sieve_predictor::model::{Body, Output};
+use sieve_predictor::store::Tap as PredictorTap;
+
 use crate::error::{EngineError, Result};
-use crate::sparsity::{Method, Proj, SparsityPlan};
+use crate::sparsity::{Method, Predictors, Proj, SparsityPlan};
 
 /// One layer's thresholds. Inputs with `|x| > proj[p]` are kept (a negative threshold keeps
 /// every input); with CATS, neurons with `|silu(g)| > gate_act` are kept.
@@ -12,11 +15,13 @@ pub struct GpuLayerPlan {
     pub proj: [f32; 7],
     /// CATS gate threshold (negative: not CATS).
     pub gate_act: f32,
+    /// Predictor: neurons scoring above this are kept.
+    pub predict: f32,
 }
 
 impl GpuLayerPlan {
     /// Keeps everything.
-    pub const DENSE: GpuLayerPlan = GpuLayerPlan { proj: [-1.0; 7], gate_act: -1.0 };
+    pub const DENSE: GpuLayerPlan = GpuLayerPlan { proj: [-1.0; 7], gate_act: -1.0, predict: 0.0 };
 }
 
 /// A method's thresholds for every layer, as the GPU step applies them.
@@ -26,12 +31,14 @@ pub struct GpuPlan {
     pub method: Method,
     /// Per layer.
     pub layers: Vec<GpuLayerPlan>,
+    /// The predictor set of the predictor method.
+    pub predictors: Option<Predictors>,
 }
 
 impl GpuPlan {
     /// The dense plan.
     pub fn dense(layers: usize) -> GpuPlan {
-        GpuPlan { method: Method::Dense, layers: vec![GpuLayerPlan::DENSE; layers] }
+        GpuPlan { method: Method::Dense, layers: vec![GpuLayerPlan::DENSE; layers], predictors: None }
     }
 
     /// Whether the MLP runs CATS's gated up projection.
@@ -39,8 +46,8 @@ impl GpuPlan {
         self.method == Method::Cats
     }
 
-    /// The GPU form of a CPU plan (dense, teal, teal-uniform, cats; other methods are not on
-    /// the GPU yet).
+    /// The GPU form of a CPU plan (dense, teal, teal-uniform, cats, and predictor with
+    /// low-rank predictors of this layer's MLP input; other methods are not on the GPU yet).
     pub fn from_plan(plan: &SparsityPlan) -> Result<GpuPlan> {
         let keep_all = |t: f32| if t > 0.0 { t } else { -1.0 };
         let layers = match plan.method {
@@ -48,7 +55,7 @@ impl GpuPlan {
             Method::Teal | Method::TealUniform => plan
                 .layers
                 .iter()
-                .map(|lp| GpuLayerPlan { proj: lp.proj.map(keep_all), gate_act: -1.0 })
+                .map(|lp| GpuLayerPlan { proj: lp.proj.map(keep_all), ..GpuLayerPlan::DENSE })
                 .collect(),
             Method::Cats => plan
                 .layers
@@ -57,9 +64,32 @@ impl GpuPlan {
                     let mut proj = [-1.0; 7];
                     // Dropped neurons have h = 0 exactly; the down GEMV skips them.
                     proj[Proj::Down.index()] = 0.0;
-                    GpuLayerPlan { proj, gate_act: keep_all(lp.gate_act) }
+                    GpuLayerPlan { proj, gate_act: keep_all(lp.gate_act), ..GpuLayerPlan::DENSE }
                 })
                 .collect(),
+            Method::Predictor => {
+                let Some(set) = plan.predictors.as_ref() else {
+                    return Err(EngineError::InvalidInput("the predictor plan has no predictor set".into()));
+                };
+                if set.0.manifest.tap != PredictorTap::MlpInput {
+                    return Err(EngineError::InvalidInput(
+                        "lookahead predictors do not run on the GPU yet (train with --tap mlp-input)".into(),
+                    ));
+                }
+                if set.0.layers.iter().any(|p| !matches!(p.body, Body::LowRank { .. })) {
+                    return Err(EngineError::InvalidInput(
+                        "the GPU runs low-rank predictors only (lowrank, lowrank-g), not lowbit".into(),
+                    ));
+                }
+                plan.layers
+                    .iter()
+                    .map(|lp| {
+                        let mut proj = [-1.0; 7];
+                        proj[Proj::Down.index()] = 0.0;
+                        GpuLayerPlan { proj, predict: lp.predict_threshold, ..GpuLayerPlan::DENSE }
+                    })
+                    .collect()
+            }
             m => {
                 return Err(EngineError::InvalidInput(format!(
                     "method {} does not run on the GPU yet (dense, teal, teal-uniform and cats do)",
@@ -67,8 +97,13 @@ impl GpuPlan {
                 )));
             }
         };
-        Ok(GpuPlan { method: plan.method, layers })
+        Ok(GpuPlan { method: plan.method, layers, predictors: plan.predictors.clone() })
     }
+}
+
+/// Whether a predictor's raw output estimates the gate (scored `|silu(z)|`).
+pub(crate) fn gate_output(o: Output) -> bool {
+    o == Output::Gate
 }
 
 /// Activations of one decode step of one layer, as calibration sees them.
@@ -113,20 +148,20 @@ pub fn calibrate_uniform(method: Method, s: f32, samples: &[Vec<LayerSample>]) -
                     .flat_map(|x| x.gate.iter().zip(&x.up).map(|(&g, &u)| silu(g) * u))
                     .collect();
                 let t_down = quantile_abs(&mut h, s);
-                GpuLayerPlan { proj: [t_attn, t_attn, t_attn, t_o, t_mlp, t_mlp, t_down], gate_act: -1.0 }
+                GpuLayerPlan { proj: [t_attn, t_attn, t_attn, t_o, t_mlp, t_mlp, t_down], ..GpuLayerPlan::DENSE }
             }
             Method::Cats => {
                 let mut a: Vec<f32> = steps.iter().flat_map(|x| x.gate.iter().map(|&g| silu(g))).collect();
                 let mut proj = [-1.0; 7];
                 proj[Proj::Down.index()] = 0.0;
-                GpuLayerPlan { proj, gate_act: quantile_abs(&mut a, s) }
+                GpuLayerPlan { proj, gate_act: quantile_abs(&mut a, s), ..GpuLayerPlan::DENSE }
             }
             Method::Dense => GpuLayerPlan::DENSE,
             m => return Err(EngineError::InvalidInput(format!("calibration of {} on the GPU", m.name()))),
         };
         layers.push(lp);
     }
-    Ok(GpuPlan { method: if method == Method::Teal { Method::TealUniform } else { method }, layers })
+    Ok(GpuPlan { method: if method == Method::Teal { Method::TealUniform } else { method }, layers, predictors: None })
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! plan and replayed for every token; the token and position are written to the device
 //! before each replay, so the graph never changes between steps.
 
-use sieve_kernels::gpu::{DevPtr, GemvOut, GpuError, StepArgs, WeightType};
+use sieve_kernels::gpu::{DevPtr, GemvOut, GpuError, LowRankPredictor, StepArgs, WeightType};
 
 use super::model::GpuModel;
 use super::plan::{GpuPlan, LayerSample};
@@ -70,7 +70,24 @@ impl GpuModel {
             g.rms_norm(x, g.view(&w.ffn_norm), normed, s.rms_eps, Some(gate_up))?;
             tap(taps.map(|t| &t.mlp_in[l]), normed)?;
             let down_t = lp.proj[Proj::Down.index()];
-            if plan.is_cats() {
+            let predictor = match (&plan.predictors, &self.predictors) {
+                (Some(_), Some((_, layers))) => Some(layers.get(l).ok_or_else(bad)?),
+                (Some(_), None) => return Err(GpuError::Unsupported("the predictor set is not on the device".into())),
+                _ => None,
+            };
+            if let Some(p) = predictor {
+                let hidden = g.view(&p.hidden);
+                g.rows_gemv(WeightType::F16, g.view(&p.w1), normed, hidden, None)?;
+                let lr = LowRankPredictor {
+                    w2: g.view(&p.w2),
+                    b2: g.view(&p.b2),
+                    scale: p.scale.as_ref().map(|s| g.view(s)),
+                    relu: p.relu,
+                    gate_output: p.gate_output,
+                };
+                g.predicted_swiglu(&lr, hidden, lp.predict, g.view(&w.gate_rows), g.view(&w.up_rows), normed, h)?;
+                self.gemv.launch(g, h, None, &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }], true, None)?;
+            } else if plan.is_cats() {
                 let og = GemvOut { weights: wv(Proj::Gate), out: gate, threshold: -1.0 };
                 self.gemv.launch(g, normed, None, &[og], true, None)?;
                 tap(taps.map(|t| &t.gate_up[l]), gate_up)?;
@@ -104,6 +121,9 @@ impl GpuModel {
     /// Makes sure the captured graph is the one of `plan`.
     fn ensure_graph(&mut self, plan: &GpuPlan) -> Result<()> {
         self.check_plan(plan)?;
+        if let Some(set) = &plan.predictors {
+            self.ensure_predictors(set)?;
+        }
         if self.graph.as_ref().is_some_and(|(p, _)| p == plan) {
             return Ok(());
         }

@@ -223,6 +223,21 @@ impl SparseGemv {
     }
 }
 
+/// A low-rank neuron predictor on the device: `z = W2 phi(W1 x) + b2` (row-major fp16 `W1`,
+/// rank x d, and `W2`, f x rank), scored as `z` or as `|silu(z)| * scale`.
+pub struct LowRankPredictor<'a> {
+    /// Second factor, `f * rank` values.
+    pub w2: DevPtr<'a, u16>,
+    /// Bias, `f` values.
+    pub b2: DevPtr<'a, f32>,
+    /// Per-neuron factor on `|silu(z)|` (gate output only).
+    pub scale: Option<DevPtr<'a, f32>>,
+    /// ReLU between the factors.
+    pub relu: bool,
+    /// `z` estimates the gate (score `|silu(z)|`), rather than a logit.
+    pub gate_output: bool,
+}
+
 fn row_config(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.div_ceil(ROW_WARPS as usize).max(1) as u32, 1, 1),
@@ -294,6 +309,52 @@ impl Gpu {
         b.arg(&g_a).arg(&u_a).arg(&x_a).arg(&h_a).arg(&f_i).arg(&k_i).arg(&m_a);
         // SAFETY: gate and up hold f * k values, x k, h and the mask f (checked above).
         unsafe { b.launch(row_config(f)) }.map_err(|e| GpuError::driver("swiglu_rows", e))?;
+        Ok(())
+    }
+
+    /// SwiGLU on the neurons a low-rank predictor keeps: `hidden` is `W1 x` (see
+    /// [`Gpu::rows_gemv`]); where the score exceeds `threshold`, `h[j] = silu(Wg[j] . x) *
+    /// (Wu[j] . x)` from row-major fp16 gate and up weights, else 0 without reading them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn predicted_swiglu(
+        &self,
+        p: &LowRankPredictor<'_>,
+        hidden: DevPtr<'_, f32>,
+        threshold: f32,
+        w_gate: DevPtr<'_, u16>,
+        w_up: DevPtr<'_, u16>,
+        x: DevPtr<'_, f32>,
+        h: DevPtr<'_, f32>,
+    ) -> Result<(), GpuError> {
+        let (f, k, rank) = (h.len(), x.len(), hidden.len());
+        check_rows("predicted gate", w_gate.len(), f, k)?;
+        check_rows("predicted up", w_up.len(), f, k)?;
+        if rank == 0 || p.w2.len() != f * rank || p.b2.len() != f || p.scale.is_some_and(|s| s.len() != f) {
+            return Err(GpuError::Unsupported(format!(
+                "predictor of rank {rank}: {} second-factor weights, {} biases for {f} neurons",
+                p.w2.len(),
+                p.b2.len()
+            )));
+        }
+        let a = [p.w2.addr(), p.b2.addr(), p.scale.map_or(0u64, |s| s.addr()), hidden.addr()];
+        let ints = [rank as i32, p.relu as i32, p.gate_output as i32];
+        let b_addr = [w_gate.addr(), w_up.addr(), x.addr(), h.addr()];
+        let (f_i, k_i) = (f as i32, k as i32);
+        let mut b = self.stream().launch_builder(&self.kernels.predicted_swiglu_f16);
+        for v in &a {
+            b.arg(v);
+        }
+        for v in &ints {
+            b.arg(v);
+        }
+        b.arg(&threshold);
+        for v in &b_addr {
+            b.arg(v);
+        }
+        b.arg(&f_i).arg(&k_i);
+        // SAFETY: W2 holds f * rank values, b2 and scale f, hidden rank; gate and up f * k, x k,
+        // h f (all checked above).
+        unsafe { b.launch(row_config(f)) }.map_err(|e| GpuError::driver("predicted_swiglu", e))?;
         Ok(())
     }
 

@@ -303,6 +303,41 @@ extern "C" __global__ void up_gated_bf16(const u16* wu, const float* x, const fl
     up_gated_body<true>(wu, x, g, thr, h, f, k);
 }
 
+// A low-rank predictor picks the neurons, then SwiGLU runs on them only. Per neuron j (one
+// warp): z = W2[j] . phi(hidden) + b2[j] (phi = ReLU when relu != 0), score = z, or with
+// gate_output |silu(z)| * scale[j] (scale may be null); where score > thr,
+// h[j] = silu(Wg[j] . x) * (Wu[j] . x), else h[j] = 0 without reading the gate and up rows.
+template <bool BF16>
+__device__ __forceinline__ void predicted_swiglu_body(const u16* w2, const float* b2, const float* scale,
+                                                      const float* hidden, int rank, int relu, int gate_output,
+                                                      float thr, const u16* wg, const u16* wu, const float* x,
+                                                      float* h, int f, int k) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (j >= f) return;
+    const u16* row = w2 + (size_t)j * rank;
+    float z = 0.0f;
+    for (int r = lane; r < rank; r += 32) {
+        const float hv = relu ? fmaxf(hidden[r], 0.0f) : hidden[r];
+        z += hv * (BF16 ? bf16_to_f32(row[r]) : f16_to_f32(row[r]));
+    }
+    z = warp_sum(z) + b2[j];
+    const float score = gate_output ? fabsf(silu(z)) * (scale ? scale[j] : 1.0f) : z;
+    if (!(score > thr)) {
+        if (lane == 0) h[j] = 0.0f;
+        return;
+    }
+    const float g = row_dot<BF16>(wg + (size_t)j * k, x, k, lane);
+    const float u = row_dot<BF16>(wu + (size_t)j * k, x, k, lane);
+    if (lane == 0) h[j] = silu(g) * u;
+}
+
+extern "C" __global__ void predicted_swiglu_f16(const u16* w2, const float* b2, const float* scale,
+                                                const float* hidden, int rank, int relu, int gate_output, float thr,
+                                                const u16* wg, const u16* wu, const float* x, float* h, int f, int k) {
+    predicted_swiglu_body<false>(w2, b2, scale, hidden, rank, relu, gate_output, thr, wg, wu, x, h, f, k);
+}
+
 // ---------------------------------------------------------------------------------------
 // Decode glue.
 // ---------------------------------------------------------------------------------------
