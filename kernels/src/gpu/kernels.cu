@@ -414,9 +414,9 @@ extern "C" __global__ void rope_append(float* q, const float* k, const float* v,
 }
 
 // One query head per block over positions 0..=step[1] of the fp16 KV cache:
-// out = softmax(scale * K q) V. Warps take positions round-robin (lanes split the head), scores
-// live in dynamic shared memory (max_len floats); each warp sums its positions' values, then
-// the warps' partial outputs are added in shared memory. head_dim <= 256.
+// out = softmax(scale * K q) V. Scores: one position per lane; values: warps take positions
+// round-robin with lanes over the head. Scores live in dynamic shared memory (max_len floats);
+// the warps' partial outputs are added in shared memory. head_dim a multiple of 32, <= 256.
 #define ATT_MAX_WARPS 8
 extern "C" __global__ void attention(const float* q, const u16* k_cache, const u16* v_cache, float* out,
                                      const int* step, int n_heads, int n_kv_heads, int head_dim, float scale) {
@@ -431,17 +431,25 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int per_lane = head_dim / 32;  // head_dim is a multiple of 32 here
 
-    float qv[8];
-#pragma unroll
-    for (int j = 0; j < 8; j++) qv[j] = j < per_lane ? qh[lane + 32 * j] : 0.0f;
-    for (int p = warp; p < len; p += warps) {
-        const u16* kr = k_cache + (size_t)p * kv_dim + off;
-        float s = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-            if (j < per_lane) s += qv[j] * f16_to_f32(kr[lane + 32 * j]);
-        s = warp_sum(s);
-        if (lane == 0) scores[p] = s * scale;
+    // Scores, one position per lane: each lane reads its key row 16 bytes at a time (q from
+    // shared memory), so a warp has 32 rows in flight.
+    __shared__ float qs[256];
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qh[d];
+    __syncthreads();
+    for (int base = warp * 32; base < len; base += warps * 32) {
+        const int p = base + lane;
+        if (p < len) {
+            const u16* kr = k_cache + (size_t)p * kv_dim + off;
+            float s = 0.0f;
+#pragma unroll 4
+            for (int c = 0; c < head_dim; c += 8) {
+                const uint4 w = *reinterpret_cast<const uint4*>(kr + c);
+                const float4 a = make_float4(qs[c], qs[c + 1], qs[c + 2], qs[c + 3]);
+                const float4 b = make_float4(qs[c + 4], qs[c + 5], qs[c + 6], qs[c + 7]);
+                s += dot8<false>(w, a, b);
+            }
+            scores[p] = s * scale;
+        }
     }
     __syncthreads();
     float m = __int_as_float(0xff800000);
@@ -465,6 +473,7 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
     for (int w = 0; w < warps; w++) z += red[w];
 
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
     for (int p = warp; p < len; p += warps) {
         const u16* vr = v_cache + (size_t)p * kv_dim + off;
         const float e = scores[p];
