@@ -118,9 +118,14 @@ pub(crate) struct GpuLayer {
     pub ffn_norm: CudaSlice<f32>,
     /// Input-major (W^T) copies of q, k, v, o, gate, up, down.
     pub proj: [CudaSlice<u16>; 7],
-    /// Row-major gate and up projections (CATS and the predictor read the rows of kept neurons).
+    /// Row-major gate and up projections (dense, CATS and the predictor read rows).
     pub gate_rows: CudaSlice<u16>,
     pub up_rows: CudaSlice<u16>,
+    /// Row-major q, k and v stacked, o and down: the dense step reads whole rows (the
+    /// fastest dense GEMV here, so speedups are measured against the best dense).
+    pub qkv_rows: CudaSlice<u16>,
+    pub o_rows: CudaSlice<u16>,
+    pub down_rows: CudaSlice<u16>,
 }
 
 /// One layer's low-rank predictor on the device.
@@ -238,11 +243,18 @@ impl GpuModel {
                 upload_t(&lw.w_up)?,
                 upload_t(&lw.w_down)?,
             ];
+            let mut qkv = lw.wq.to_f32();
+            qkv.extend(lw.wk.to_f32());
+            qkv.extend(lw.wv.to_f32());
+            let rows = |lin: &Linear| gpu.upload(&WeightType::F16.encode(&lin.to_f32()));
             layers.push(GpuLayer {
                 attn_norm: gpu.upload(&lw.attn_norm)?,
                 ffn_norm: gpu.upload(&lw.ffn_norm)?,
-                gate_rows: gpu.upload(&WeightType::F16.encode(&lw.w_gate.to_f32()))?,
-                up_rows: gpu.upload(&WeightType::F16.encode(&lw.w_up.to_f32()))?,
+                gate_rows: rows(&lw.w_gate)?,
+                up_rows: rows(&lw.w_up)?,
+                qkv_rows: gpu.upload(&WeightType::F16.encode(&qkv))?,
+                o_rows: rows(&lw.wo)?,
+                down_rows: rows(&lw.w_down)?,
                 proj,
             });
         }
@@ -265,11 +277,14 @@ impl GpuModel {
         let (d, f, kv) = (s.d_model, s.d_ff, s.kv_dim());
         // A rows x cols matrix (outputs x inputs) of seed `id`, input-major or row-major;
         // uniform with variance 1/cols.
-        let fill = |id: u64, rows: usize, cols: usize, input_major: bool| -> Result<CudaSlice<u16>> {
-            let w = gpu.zeros::<u16>(rows * cols)?;
+        let fill_into = |w: sieve_kernels::gpu::DevPtr<'_, u16>, id: u64, rows: usize, cols: usize, input_major: bool| {
             let scale = (3.0 / cols as f32).sqrt();
             let seed = seed.wrapping_add(id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            gpu.fill_uniform_f16(gpu.view(&w), seed, scale, input_major.then_some((rows, cols)))?;
+            gpu.fill_uniform_f16(w, seed, scale, input_major.then_some((rows, cols)))
+        };
+        let fill = |id: u64, rows: usize, cols: usize, input_major: bool| -> Result<CudaSlice<u16>> {
+            let w = gpu.zeros::<u16>(rows * cols)?;
+            fill_into(gpu.view(&w), id, rows, cols, input_major)?;
             Ok(w)
         };
         let mut layers = Vec::with_capacity(s.n_layers);
@@ -285,7 +300,20 @@ impl GpuModel {
             let up = fill(id(5), f, d, true)?;
             let up_rows = fill(id(5), f, d, false)?;
             let down = fill(id(6), d, f, true)?;
+            let qkv_rows = gpu.zeros::<u16>((d + 2 * kv) * d)?;
+            let stacked = gpu.view(&qkv_rows);
+            let part = |start: usize, rows: usize| {
+                stacked.sub(start * d, rows * d).ok_or_else(|| GpuError::Unsupported("stacked q/k/v".into()))
+            };
+            fill_into(part(0, d)?, id(0), d, d, false)?;
+            fill_into(part(d, kv)?, id(1), kv, d, false)?;
+            fill_into(part(d + kv, kv)?, id(2), kv, d, false)?;
+            let o_rows = fill(id(3), d, d, false)?;
+            let down_rows = fill(id(6), d, f, false)?;
             layers.push(GpuLayer {
+                qkv_rows,
+                o_rows,
+                down_rows,
                 attn_norm: gpu.upload(&vec![1.0f32; d])?,
                 ffn_norm: gpu.upload(&vec![1.0f32; d])?,
                 proj: [wq, wk, wv, wo, gate, up, down],

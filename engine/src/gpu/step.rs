@@ -54,7 +54,23 @@ impl GpuModel {
         };
 
         g.embed(g.view(&self.embed), &step, x)?;
+        // Dense reads whole rows (faster than the input-sparse kernel at s = 0); calibration
+        // taps need gate and up apart, so they take the general path.
+        let dense_rows = plan.method == crate::sparsity::Method::Dense && taps.is_none();
         for (l, (w, lp)) in self.layers.iter().zip(&plan.layers).enumerate() {
+            if dense_rows {
+                let (kc, vc) = (&self.caches[l].0, &self.caches[l].1);
+                let f16 = WeightType::F16;
+                g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, None)?;
+                g.rows_gemv(f16, g.view(&w.qkv_rows), normed, qkv, None, false)?;
+                g.rope_append(&attn_shape, q, k, v, g.view(kc), g.view(vc), &step)?;
+                g.attention(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
+                g.rows_gemv(f16, g.view(&w.o_rows), attn, x, None, true)?;
+                g.rms_norm(x, g.view(&w.ffn_norm), normed, s.rms_eps, None)?;
+                g.swiglu_rows(f16, g.view(&w.gate_rows), g.view(&w.up_rows), normed, h, None)?;
+                g.rows_gemv(f16, g.view(&w.down_rows), h, x, None, true)?;
+                continue;
+            }
             let (kc, vc) = (&self.caches[l].0, &self.caches[l].1);
             let wv = |p: Proj| g.view(&w.proj[p.index()]);
             g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, Some(qkv))?;
@@ -77,7 +93,7 @@ impl GpuModel {
             };
             if let Some(p) = predictor {
                 let hidden = g.view(&p.hidden);
-                g.rows_gemv(WeightType::F16, g.view(&p.w1), normed, hidden, None)?;
+                g.rows_gemv(WeightType::F16, g.view(&p.w1), normed, hidden, None, false)?;
                 let lr = LowRankPredictor {
                     w2: g.view(&p.w2),
                     b2: g.view(&p.b2),
@@ -104,7 +120,7 @@ impl GpuModel {
         }
         g.rms_norm(x, g.view(&self.out_norm), normed, s.rms_eps, None)?;
         let head = g.view(self.head.as_ref().unwrap_or(&self.embed));
-        g.rows_gemv(WeightType::F16, head, normed, g.view(&a.logits), None)
+        g.rows_gemv(WeightType::F16, head, normed, g.view(&a.logits), None, false)
     }
 
     fn check_plan(&self, plan: &GpuPlan) -> Result<()> {

@@ -311,12 +311,12 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
             let rows_dev = gpu.upload(&rows)?;
             let dense_want = data.reference(&fresh, -1.0);
             gpu.clear(&mut y)?;
-            gpu.rows_gemv(WeightType::F16, gpu.view(&data.row_f16[0]), gpu.view(&x_dev), gpu.view(&y), Some(gpu.view(&rows_dev)))?;
+            gpu.rows_gemv(WeightType::F16, gpu.view(&data.row_f16[0]), gpu.view(&x_dev), gpu.view(&y), Some(gpu.view(&rows_dev)), false)?;
             let got = gpu.download(&y)?;
             let (g, w): (Vec<f32>, Vec<f64>) = rows.iter().map(|&r| (got[r as usize], dense_want[r as usize])).unzip();
             checks.push(Check { k, n, kernel: "output-sparse rows fp16".into(), sparsity: s, rel_err: rel_err(&g, &w), bound: 1e-2 });
             let us = time_graph(gpu, cfg, copies, |c| {
-                gpu.rows_gemv(WeightType::F16, gpu.view(&data.row_f16[c]), gpu.view(&x_dev), gpu.view(&y), Some(gpu.view(&rows_dev)))
+                gpu.rows_gemv(WeightType::F16, gpu.view(&data.row_f16[c]), gpu.view(&x_dev), gpu.view(&y), Some(gpu.view(&rows_dev)), false)
             })?;
             timings.push(Timing { k, n, kernel: "output-sparse rows fp16".into(), sparsity: s, us, cublas_us, bytes: rows.len() * k * 2 });
 

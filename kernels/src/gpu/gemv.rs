@@ -258,9 +258,9 @@ fn check_rows(what: &str, w: usize, n: usize, k: usize) -> Result<(), GpuError> 
 }
 
 impl Gpu {
-    /// `y[r] = W[r] . x` for the listed rows of row-major `W` (`y.len()` rows of `x.len()`),
-    /// or for every row when `rows` is None. Outputs of unlisted rows are left untouched;
-    /// listed rows outside `0..n` are skipped.
+    /// `y[r] = W[r] . x` (with `accumulate`, `y[r] += W[r] . x`) for the listed rows of
+    /// row-major `W` (`y.len()` rows of `x.len()`), or for every row when `rows` is None.
+    /// Outputs of unlisted rows are left untouched; listed rows outside `0..n` are skipped.
     pub fn rows_gemv(
         &self,
         wt: WeightType,
@@ -268,17 +268,18 @@ impl Gpu {
         x: DevPtr<'_, f32>,
         y: DevPtr<'_, f32>,
         rows: Option<DevPtr<'_, i32>>,
+        accumulate: bool,
     ) -> Result<(), GpuError> {
         let (n, k) = (y.len(), x.len());
         check_rows("rows GEMV", w.len(), n, k)?;
         let count = rows.map_or(n, |r| r.len());
         let (w_a, x_a, y_a, r_a) = (w.addr(), x.addr(), y.addr(), rows.map_or(0u64, |r| r.addr()));
-        let (n_i, k_i, c_i) = (n as i32, k as i32, to_i32(count, "rows")?);
+        let (n_i, k_i, c_i, acc_i) = (n as i32, k as i32, to_i32(count, "rows")?, accumulate as i32);
         if count == 0 {
             return Ok(());
         }
         let mut b = self.stream().launch_builder(&self.typed(wt).rows_gemv);
-        b.arg(&w_a).arg(&x_a).arg(&y_a).arg(&n_i).arg(&k_i).arg(&r_a).arg(&c_i);
+        b.arg(&w_a).arg(&x_a).arg(&y_a).arg(&n_i).arg(&k_i).arg(&r_a).arg(&c_i).arg(&acc_i);
         // SAFETY: w holds n * k values, x k, y n; listed rows are bounds-checked in the kernel.
         unsafe { b.launch(row_config(count)) }.map_err(|e| GpuError::driver("rows_gemv", e))?;
         Ok(())

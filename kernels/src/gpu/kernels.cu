@@ -229,25 +229,28 @@ __device__ __forceinline__ float row_dot(const u16* __restrict__ row, const floa
     return warp_sum(sum);
 }
 
-// y[r] = W[r] . x for the listed rows (all rows 0..n when rows is null); other outputs untouched.
+// y[r] = W[r] . x (or y[r] += W[r] . x with accumulate) for the listed rows (all rows 0..n when
+// rows is null); other outputs untouched.
 template <bool BF16>
 __device__ __forceinline__ void rows_gemv_body(const u16* w, const float* x, float* y, int n, int k, const int* rows,
-                                               int count) {
+                                               int count, int accumulate) {
     const int item = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (item >= count) return;
     const int r = rows ? rows[item] : item;
     if (r < 0 || r >= n) return;
     const float s = row_dot<BF16>(w + (size_t)r * k, x, k, lane);
-    if (lane == 0) y[r] = s;
+    if (lane == 0) y[r] = accumulate ? y[r] + s : s;
 }
 
-extern "C" __global__ void rows_gemv_f16(const u16* w, const float* x, float* y, int n, int k, const int* rows, int count) {
-    rows_gemv_body<false>(w, x, y, n, k, rows, count);
+extern "C" __global__ void rows_gemv_f16(const u16* w, const float* x, float* y, int n, int k, const int* rows, int count,
+                                         int accumulate) {
+    rows_gemv_body<false>(w, x, y, n, k, rows, count, accumulate);
 }
 
-extern "C" __global__ void rows_gemv_bf16(const u16* w, const float* x, float* y, int n, int k, const int* rows, int count) {
-    rows_gemv_body<true>(w, x, y, n, k, rows, count);
+extern "C" __global__ void rows_gemv_bf16(const u16* w, const float* x, float* y, int n, int k, const int* rows,
+                                          int count, int accumulate) {
+    rows_gemv_body<true>(w, x, y, n, k, rows, count, accumulate);
 }
 
 // Fused SwiGLU over selected neurons: h[j] = silu(Wg[j] . x) * (Wu[j] . x) where keep[j] != 0
