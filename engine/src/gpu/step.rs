@@ -104,8 +104,8 @@ impl GpuModel {
                 g.predicted_swiglu(&lr, hidden, lp.predict, g.view(&w.gate_rows), g.view(&w.up_rows), normed, h)?;
                 self.gemv.launch(g, h, None, &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }], true, None)?;
             } else if plan.is_cats() {
-                let og = GemvOut { weights: wv(Proj::Gate), out: gate, threshold: -1.0 };
-                self.gemv.launch(g, normed, None, &[og], true, None)?;
+                // CATS needs the whole gate: whole rows are the fastest dense read.
+                g.rows_gemv(WeightType::F16, g.view(&w.gate_rows), normed, gate, None, false)?;
                 tap(taps.map(|t| &t.gate_up[l]), gate_up)?;
                 g.up_gated(WeightType::F16, g.view(&w.up_rows), normed, gate, lp.gate_act, h)?;
                 self.gemv.launch(g, h, None, &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }], true, None)?;
