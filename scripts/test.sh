@@ -33,8 +33,10 @@ fi
 export LD_LIBRARY_PATH="$NVRTC_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --locked -p sieve-kernels -p sieve-engine --features sieve-kernels/cuda,sieve-engine/cuda --lib -E 'test(gpu)'
+  cargo nextest run --release --locked -p sieve-engine --features cuda --test gpu_decode
   cargo nextest run --release --locked -p sieve --features cuda --test gpu
 else
   cargo test --release --locked -p sieve-kernels -p sieve-engine --features sieve-kernels/cuda,sieve-engine/cuda --lib gpu
+  cargo test --release --locked -p sieve-engine --features cuda --test gpu_decode
   cargo test --release --locked -p sieve --features cuda --test gpu
 fi

@@ -1,0 +1,81 @@
+//! Decode on the GPU (feature `cuda`) against the CPU f32 path on the real model. Skips when
+//! no GPU or driver is present (CI); scripts/gpu-check.sh's machine runs it with
+//! SIEVE_MODEL pointing at the model (or a truncated copy of it).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use sieve_engine::gpu::{GpuModel, GpuPlan, GpuShape, calibrate_uniform};
+use sieve_engine::model::{Hooks, Logits};
+use sieve_engine::sparsity::Method;
+use sieve_engine::{Model, Precision};
+use sieve_kernels::gpu::{Gpu, GpuError};
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(GpuError::NoDriver | GpuError::NoDevice { .. } | GpuError::MissingLibrary(_)) => {
+            eprintln!("skipped: no GPU");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let na: f64 = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn gpu_decode_matches_the_cpu_and_sparse_plans_stay_close() {
+    let Some(gpu) = gpu() else { return };
+    let model = Model::load(&common::model_path(), Precision::F32).unwrap();
+    let n = model.config().n_layers;
+    let mut gm = GpuModel::from_model(&model, gpu, 64).unwrap();
+    let tokens: Vec<u32> = (0..16u32).map(|i| 100 + 37 * i).collect();
+    let dense = GpuPlan::dense(n);
+    let mut cache = model.new_cache();
+    let mut gpu_dense = Vec::new();
+    for &t in &tokens {
+        let cpu = model.forward_with(&[t], &mut cache, Logits::Last, &mut Hooks::default()).unwrap();
+        let g = gm.step(t, &dense).unwrap();
+        assert!(cosine(&cpu, &g) > 0.999, "step {t}: cosine {}", cosine(&cpu, &g));
+        gpu_dense.push(g);
+    }
+    // Thresholds from the model's own activations; 25% sparsity moves logits only a little.
+    gm.reset();
+    let samples = gm.sample_activations(&tokens).unwrap();
+    for method in [Method::TealUniform, Method::Cats] {
+        let plan = calibrate_uniform(method, 0.25, &samples).unwrap();
+        gm.reset();
+        for (i, &t) in tokens.iter().enumerate() {
+            let g = gm.step(t, &plan).unwrap();
+            assert!(cosine(&gpu_dense[i], &g) > 0.95, "{method:?} step {i}: cosine {}", cosine(&gpu_dense[i], &g));
+        }
+        gm.reset();
+        assert!(gm.time_steps(&tokens, &plan).unwrap().us_per_step > 0.0);
+    }
+    // Bad input is refused, not run.
+    gm.reset();
+    assert!(gm.step(model.config().vocab_size as u32, &dense).is_err());
+    assert!(gm.step(1, &GpuPlan::dense(n + 1)).is_err());
+}
+
+#[test]
+fn a_small_synthetic_model_runs_every_method() {
+    let Some(gpu) = gpu() else { return };
+    let shape = GpuShape { n_layers: 2, d_model: 512, d_ff: 1536, n_heads: 8, n_kv_heads: 2, head_dim: 64, rope_dim: 64, rope_theta: 10_000.0, rms_eps: 1e-5, vocab_size: 1000 };
+    let mut gm = GpuModel::synthetic(gpu, shape, 32, 1).unwrap();
+    let tokens: Vec<u32> = (0..8).collect();
+    let samples = gm.sample_activations(&tokens).unwrap();
+    for (m, s) in [(Method::Dense, 0.0), (Method::TealUniform, 0.5), (Method::Cats, 0.5)] {
+        let plan = calibrate_uniform(m, s, &samples).unwrap();
+        gm.reset();
+        let logits = gm.step(3, &plan).unwrap();
+        assert_eq!(logits.len(), 1000);
+        assert!(logits.iter().all(|v| v.is_finite()), "{m:?}");
+    }
+}
