@@ -32,7 +32,7 @@ fn parse_shape(s: &str) -> Result<(usize, usize)> {
     let (k, n) = s.split_once(['x', 'X']).with_context(|| format!("--shapes {s}: expected INPUTSxOUTPUTS, e.g. 4096x14336"))?;
     let k: usize = k.trim().parse().with_context(|| format!("--shapes {s}: '{k}' is not a count"))?;
     let n: usize = n.trim().parse().with_context(|| format!("--shapes {s}: '{n}' is not a count"))?;
-    if k == 0 || n == 0 || k % 8 != 0 || n % 8 != 0 {
+    if k == 0 || n == 0 || !k.is_multiple_of(8) || !n.is_multiple_of(8) {
         bail!("--shapes {s}: both sizes must be positive multiples of 8 (the kernels read 8 fp16 values at a time)");
     }
     if k.checked_mul(n).is_none_or(|p| p > (1 << 30)) {
@@ -41,8 +41,11 @@ fn parse_shape(s: &str) -> Result<(usize, usize)> {
     Ok((k, n))
 }
 
-/// Checks the arguments (before any GPU work).
-pub fn validate(a: &Args) -> Result<(Vec<(usize, usize)>, Vec<f32>)> {
+/// Shapes as (inputs, outputs).
+type Shapes = Vec<(usize, usize)>;
+
+/// Checks the arguments (before any GPU work): the shapes and sparsities to run.
+pub fn validate(a: &Args) -> Result<(Shapes, Vec<f32>)> {
     let shapes = a.shapes.iter().map(|s| parse_shape(s)).collect::<Result<Vec<_>>>()?;
     if a.sparsities.is_empty() {
         bail!("--sparsities: give at least one");

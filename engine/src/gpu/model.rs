@@ -94,12 +94,12 @@ impl GpuShape {
     fn check(&self) -> Result<()> {
         let s = self;
         let ok = s.n_layers > 0
-            && s.d_model % 8 == 0
-            && s.d_ff % 8 == 0
-            && s.kv_dim() % 8 == 0
+            && s.d_model.is_multiple_of(8)
+            && s.d_ff.is_multiple_of(8)
+            && s.kv_dim().is_multiple_of(8)
             && s.n_heads * s.head_dim == s.d_model
             && s.n_kv_heads > 0
-            && s.n_heads % s.n_kv_heads == 0
+            && s.n_heads.is_multiple_of(s.n_kv_heads)
             && s.vocab_size > 0;
         if ok {
             Ok(())

@@ -232,7 +232,7 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
     let (mut checks, mut timings) = (Vec::new(), Vec::new());
     for &(k, n) in &cfg.shapes {
         progress(&format!("{k}->{n}"));
-        if k % 8 != 0 || n % 8 != 0 {
+        if !k.is_multiple_of(8) || !n.is_multiple_of(8) {
             return Err(GpuError::Unsupported(format!("benchmark shape {k}->{n}: both must be multiples of 8")));
         }
         let bytes = 2 * k * n;

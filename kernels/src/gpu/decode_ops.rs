@@ -35,9 +35,9 @@ impl AttentionShape {
     fn check(&self) -> Result<(), GpuError> {
         let ok = self.n_heads > 0
             && self.n_kv_heads > 0
-            && self.n_heads % self.n_kv_heads == 0
+            && self.n_heads.is_multiple_of(self.n_kv_heads)
             && self.head_dim > 0
-            && self.head_dim % 32 == 0
+            && self.head_dim.is_multiple_of(32)
             && self.head_dim <= 256
             && 2 * self.rot_pairs <= self.head_dim
             && self.max_len > 0
@@ -95,7 +95,7 @@ impl Gpu {
     /// The token must be below `vocab`: callers check it before writing `step`.
     pub fn embed(&self, table: DevPtr<'_, u16>, step: &StepArgs<'_>, x: DevPtr<'_, f32>) -> Result<(), GpuError> {
         same_len("step arguments", 2, step.0.len())?;
-        if x.is_empty() || table.len() % x.len() != 0 {
+        if x.is_empty() || !table.len().is_multiple_of(x.len()) {
             return Err(GpuError::Unsupported(format!("embedding table of {} for width {}", table.len(), x.len())));
         }
         let (t_a, s_a, x_a, d) = (table.addr(), step.0.addr(), x.addr(), x.len() as i32);

@@ -146,7 +146,7 @@ impl SparseGemv {
         let mut total_tiles = 0usize;
         for (seg, o) in segs.s.iter_mut().zip(outs) {
             let n = o.out.len();
-            if n == 0 || n % 8 != 0 {
+            if n == 0 || !n.is_multiple_of(8) {
                 return Err(GpuError::Unsupported(format!("{n} outputs (the GEMV needs a positive multiple of 8)")));
             }
             if o.weights.len() != k * n {
@@ -247,7 +247,7 @@ fn row_config(rows: usize) -> LaunchConfig {
 }
 
 fn check_rows(what: &str, w: usize, n: usize, k: usize) -> Result<(), GpuError> {
-    if k == 0 || k % 8 != 0 {
+    if k == 0 || !k.is_multiple_of(8) {
         return Err(GpuError::Unsupported(format!("{what}: {k} inputs (a positive multiple of 8 is needed)")));
     }
     if w != n * k {
