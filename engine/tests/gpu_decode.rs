@@ -79,3 +79,22 @@ fn a_small_synthetic_model_runs_every_method() {
         assert!(logits.iter().all(|v| v.is_finite()), "{m:?}");
     }
 }
+
+#[test]
+fn split_attention_over_long_caches_matches_the_single_block_attention() {
+    let (Some(a), Some(b)) = (gpu(), gpu()) else { return };
+    let shape = GpuShape { n_layers: 2, d_model: 256, d_ff: 512, n_heads: 4, n_kv_heads: 2, head_dim: 64, rope_dim: 64, rope_theta: 10_000.0, rms_eps: 1e-5, vocab_size: 500 };
+    // The same random model with a short cache (one block per head) and a long one (split
+    // over positions once past 128); both decode 300 tokens.
+    let mut single = GpuModel::synthetic(a, shape.clone(), 256, 9).unwrap();
+    let mut split = GpuModel::synthetic(b, shape, 512, 9).unwrap();
+    let plan = GpuPlan::dense(2);
+    for i in 0..250u32 {
+        let t = (i * 7) % 500;
+        let x = single.step(t, &plan).unwrap();
+        let y = split.step(t, &plan).unwrap();
+        if i % 50 == 49 {
+            assert!(cosine(&x, &y) > 0.99999, "position {i}: cosine {}", cosine(&x, &y));
+        }
+    }
+}

@@ -9,6 +9,10 @@ use crate::error::{EngineError, Result};
 use crate::model::Model;
 use crate::weights::Linear;
 
+/// Caches longer than this many positions use the split (flash-decoding) attention: one more
+/// launch per layer, paid back once a head's positions no longer fit one block's pass.
+pub(crate) const SPLIT_ATTENTION_FROM: usize = 256;
+
 /// Shape of the model on the GPU.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuShape {
@@ -153,6 +157,9 @@ pub(crate) struct Activations {
     pub gate_up: CudaSlice<f32>,
     pub h: CudaSlice<f32>,
     pub logits: CudaSlice<f32>,
+    /// Per-split partial results of the split attention (caches longer than
+    /// [`SPLIT_ATTENTION_FROM`] positions); None: one block per head.
+    pub attn_splits: Option<CudaSlice<f32>>,
     /// `[token, position]` of the step.
     pub step: CudaSlice<i32>,
 }
@@ -202,6 +209,11 @@ impl GpuModel {
             gate_up: gpu.zeros(2 * s.d_ff)?,
             h: gpu.zeros(s.d_ff)?,
             logits: gpu.zeros(s.vocab_size)?,
+            attn_splits: if max_len > SPLIT_ATTENTION_FROM {
+                Some(gpu.zeros(Gpu::attention_split_scratch(&s.attention(max_len)))?)
+            } else {
+                None
+            },
             step: gpu.zeros(2)?,
         };
         let gemv = SparseGemv { weight_type: WeightType::F16, reduction: Reduction::Atomic, units_per_sm: None };

@@ -64,7 +64,7 @@ impl GpuModel {
                 g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, None)?;
                 g.rows_gemv(f16, g.view(&w.qkv_rows), normed, qkv, None, false)?;
                 g.rope_append(&attn_shape, q, k, v, g.view(kc), g.view(vc), &step)?;
-                g.attention(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
+                self.attend(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
                 g.rows_gemv(f16, g.view(&w.o_rows), attn, x, None, true)?;
                 g.rms_norm(x, g.view(&w.ffn_norm), normed, s.rms_eps, None)?;
                 g.swiglu_rows(f16, g.view(&w.gate_rows), g.view(&w.up_rows), normed, h, None)?;
@@ -79,7 +79,7 @@ impl GpuModel {
                 .map(|(p, y)| GemvOut { weights: wv(p), out: y, threshold: lp.proj[p.index()] });
             self.gemv.launch(g, normed, None, &outs, true, None)?;
             g.rope_append(&attn_shape, q, k, v, g.view(kc), g.view(vc), &step)?;
-            g.attention(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
+            self.attend(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
             tap(taps.map(|t| &t.attn_out[l]), attn)?;
             let o = GemvOut { weights: wv(Proj::O), out: x, threshold: lp.proj[Proj::O.index()] };
             self.gemv.launch(g, attn, None, &[o], true, None)?;
@@ -121,6 +121,22 @@ impl GpuModel {
         g.rms_norm(x, g.view(&self.out_norm), normed, s.rms_eps, None)?;
         let head = g.view(self.head.as_ref().unwrap_or(&self.embed));
         g.rows_gemv(WeightType::F16, head, normed, g.view(&a.logits), None, false)
+    }
+
+    /// Attention of the step, split over positions for long caches.
+    fn attend(
+        &self,
+        shape: &sieve_kernels::gpu::AttentionShape,
+        q: DevPtr<'_, f32>,
+        kc: DevPtr<'_, u16>,
+        vc: DevPtr<'_, u16>,
+        out: DevPtr<'_, f32>,
+        step: &StepArgs<'_>,
+    ) -> std::result::Result<(), GpuError> {
+        match &self.act.attn_splits {
+            Some(scratch) => self.gpu.attention_split(shape, q, kc, vc, out, self.gpu.view(scratch), step),
+            None => self.gpu.attention(shape, q, kc, vc, out, step),
+        }
     }
 
     fn check_plan(&self, plan: &GpuPlan) -> Result<()> {

@@ -11,6 +11,9 @@ use super::{Gpu, GpuError};
 /// Largest context the attention kernel's shared-memory scores allow (32 KiB of f32, beside 8 KiB of partial sums).
 pub const MAX_ATTENTION_LEN: usize = 8 * 1024;
 
+/// Positions per block of the split attention (`ATT_CHUNK` in kernels.cu).
+const ATTENTION_CHUNK: usize = 128;
+
 /// The device-side step arguments: `[token, position]` as two i32.
 pub struct StepArgs<'a>(pub DevPtr<'a, i32>);
 
@@ -179,6 +182,62 @@ impl Gpu {
         // SAFETY: sizes checked above; scores for up to max_len positions fit the dynamic
         // shared memory requested.
         unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("attention", e))?;
+        Ok(())
+    }
+
+    /// Values of scratch [`Gpu::attention_split`] needs for `shape`.
+    pub fn attention_split_scratch(shape: &AttentionShape) -> usize {
+        shape.n_heads * shape.max_len.div_ceil(ATTENTION_CHUNK) * (shape.head_dim + 2)
+    }
+
+    /// [`Gpu::attention`] split over positions (flash-decoding): blocks of 128 positions per
+    /// head run in parallel, then a second kernel combines them. Faster for long caches; one
+    /// more launch for short ones.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_split(
+        &self,
+        shape: &AttentionShape,
+        q: DevPtr<'_, f32>,
+        k_cache: DevPtr<'_, u16>,
+        v_cache: DevPtr<'_, u16>,
+        out: DevPtr<'_, f32>,
+        scratch: DevPtr<'_, f32>,
+        step: &StepArgs<'_>,
+    ) -> Result<(), GpuError> {
+        shape.check()?;
+        same_len("query", shape.n_heads * shape.head_dim, q.len())?;
+        same_len("attention output", shape.n_heads * shape.head_dim, out.len())?;
+        same_len("key cache", shape.kv_dim() * shape.max_len, k_cache.len())?;
+        same_len("value cache", shape.kv_dim() * shape.max_len, v_cache.len())?;
+        same_len("attention scratch", Self::attention_split_scratch(shape), scratch.len())?;
+        let max_splits = shape.max_len.div_ceil(ATTENTION_CHUNK);
+        let a = [q.addr(), k_cache.addr(), v_cache.addr(), scratch.addr(), step.0.addr()];
+        let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32];
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let splits_i = max_splits as i32;
+        let cfg = LaunchConfig {
+            grid_dim: (shape.n_heads as u32, max_splits as u32, 1),
+            block_dim: (ATTENTION_CHUNK as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream().launch_builder(&self.kernels.attention_part);
+        for p in &a {
+            b.arg(p);
+        }
+        for d in &dims {
+            b.arg(d);
+        }
+        b.arg(&scale).arg(&splits_i);
+        // SAFETY: sizes checked above; block (head, split) writes its own head_dim + 2 values
+        // of scratch and reads cache rows below the step's position (< max_len).
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("attention_part", e))?;
+        let (s_a, o_a, st_a, hd) = (scratch.addr(), out.addr(), step.0.addr(), shape.head_dim as i32);
+        let cfg = LaunchConfig { grid_dim: (shape.n_heads as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream().launch_builder(&self.kernels.attention_combine);
+        b.arg(&s_a).arg(&o_a).arg(&st_a).arg(&hd).arg(&splits_i);
+        // SAFETY: reads the splits the launch above wrote for positions up to the step's, writes
+        // n_heads * head_dim outputs (checked above).
+        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("attention_combine", e))?;
         Ok(())
     }
 

@@ -496,6 +496,95 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
     }
 }
 
+// Split attention (flash-decoding) for long caches: block (head, split) covers positions
+// [split * ATT_CHUNK, +ATT_CHUNK) of 0..=step[1]: scores one per thread, its own max and sum,
+// and the unnormalised weighted values (warps over positions, lanes over the head), written to
+// `part` as [max, sum, values...] per (head, split). attention_combine rescales and adds the
+// splits. head_dim a multiple of 32, <= 256.
+#define ATT_CHUNK 128
+extern "C" __global__ void __launch_bounds__(128)
+    attention_part(const float* q, const u16* k_cache, const u16* v_cache, float* part, const int* step, int n_heads,
+                   int n_kv_heads, int head_dim, float scale, int max_splits) {
+    __shared__ float qs[256];
+    __shared__ float sc[ATT_CHUNK];
+    __shared__ float red[4];
+    __shared__ float partial[4][256];
+    const int head = blockIdx.x, split = blockIdx.y;
+    const int len = step[1] + 1;
+    const int c0 = split * ATT_CHUNK;
+    if (c0 >= len) return;
+    const int c1 = min(c0 + ATT_CHUNK, len);
+    const int kv_dim = n_kv_heads * head_dim;
+    const int off = (head / (n_heads / n_kv_heads)) * head_dim;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[head * head_dim + d];
+    __syncthreads();
+    const int p = c0 + threadIdx.x;
+    float s = __int_as_float(0xff800000);
+    if (p < c1) {
+        const u16* kr = k_cache + (size_t)p * kv_dim + off;
+        float acc = 0.0f;
+#pragma unroll 4
+        for (int c = 0; c < head_dim; c += 8) {
+            const uint4 w = *reinterpret_cast<const uint4*>(kr + c);
+            acc += dot8<false>(w, make_float4(qs[c], qs[c + 1], qs[c + 2], qs[c + 3]),
+                               make_float4(qs[c + 4], qs[c + 5], qs[c + 6], qs[c + 7]));
+        }
+        s = acc * scale;
+    }
+    float m = warp_max(s);
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
+    m = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    __syncthreads();
+    const float e = p < c1 ? __expf(s - m) : 0.0f;
+    sc[threadIdx.x] = e;
+    float z = warp_sum(e);
+    if (lane == 0) red[warp] = z;
+    __syncthreads();
+    z = red[0] + red[1] + red[2] + red[3];
+    const int per_lane = head_dim / 32;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+    for (int pp = c0 + warp; pp < c1; pp += 4) {
+        const u16* vr = v_cache + (size_t)pp * kv_dim + off;
+        const float w = sc[pp - c0];
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (j < per_lane) acc[j] += w * f16_to_f32(vr[lane + 32 * j]);
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+        if (j < per_lane) partial[warp][lane + 32 * j] = acc[j];
+    __syncthreads();
+    float* out = part + ((size_t)head * max_splits + split) * (head_dim + 2);
+    if (threadIdx.x == 0) {
+        out[0] = m;
+        out[1] = z;
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
+        out[2 + d] = partial[0][d] + partial[1][d] + partial[2][d] + partial[3][d];
+}
+
+extern "C" __global__ void attention_combine(const float* part, float* out, const int* step, int head_dim,
+                                             int max_splits) {
+    const int head = blockIdx.x;
+    const int splits = (step[1] + ATT_CHUNK) / ATT_CHUNK;
+    const float* hp = part + (size_t)head * max_splits * (head_dim + 2);
+    float m = __int_as_float(0xff800000);
+    for (int i = 0; i < splits; i++) m = fmaxf(m, hp[(size_t)i * (head_dim + 2)]);
+    float z = 0.0f;
+    for (int i = 0; i < splits; i++) z += __expf(hp[(size_t)i * (head_dim + 2)] - m) * hp[(size_t)i * (head_dim + 2) + 1];
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = 0; i < splits; i++) {
+            const float* r = hp + (size_t)i * (head_dim + 2);
+            acc += __expf(r[0] - m) * r[2 + d];
+        }
+        out[head * head_dim + d] = acc / z;
+    }
+}
+
 // y = silu(g) * u, elementwise.
 extern "C" __global__ void silu_mul(const float* g, const float* u, float* y, int n) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] = silu(g[i]) * u[i];
