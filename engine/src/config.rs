@@ -72,6 +72,26 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Llama-3-8B's shape (32 layers, d 4096, f 14336, GQA 32/8, vocab 128256): the synthetic
+    /// model the GPU benchmark fills with random weights.
+    pub fn llama3_8b() -> Config {
+        Config {
+            name: "synthetic Llama-3-8B".into(),
+            architecture: "llama".into(),
+            n_layers: 32,
+            d_model: 4096,
+            d_ff: 14336,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            rope_dim: 128,
+            rope_theta: 500_000.0,
+            rms_eps: 1e-5,
+            context_len: 8192,
+            vocab_size: 128_256,
+        }
+    }
+
     /// Width of the key/value projections.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim

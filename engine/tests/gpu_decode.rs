@@ -5,7 +5,8 @@
 
 mod common;
 
-use sieve_engine::gpu::{GpuModel, GpuPlan, GpuShape, calibrate_uniform};
+use sieve_engine::config::Config;
+use sieve_engine::gpu::{GpuModel, GpuPlan, calibrate_uniform};
 use sieve_engine::model::{Hooks, Logits};
 use sieve_engine::sparsity::Method;
 use sieve_engine::{Model, Precision};
@@ -19,6 +20,25 @@ fn gpu() -> Option<Gpu> {
             None
         }
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// A 2-layer Llama shape with 2 KV heads of 64.
+fn small(d: usize, f: usize, heads: usize, vocab: usize) -> Config {
+    Config {
+        name: "small".into(),
+        architecture: "llama".into(),
+        n_layers: 2,
+        d_model: d,
+        d_ff: f,
+        n_heads: heads,
+        n_kv_heads: 2,
+        head_dim: 64,
+        rope_dim: 64,
+        rope_theta: 10_000.0,
+        rms_eps: 1e-5,
+        context_len: 4096,
+        vocab_size: vocab,
     }
 }
 
@@ -67,7 +87,7 @@ fn gpu_decode_matches_the_cpu_and_sparse_plans_stay_close() {
 #[test]
 fn a_small_synthetic_model_runs_every_method() {
     let Some(gpu) = gpu() else { return };
-    let shape = GpuShape { n_layers: 2, d_model: 512, d_ff: 1536, n_heads: 8, n_kv_heads: 2, head_dim: 64, rope_dim: 64, rope_theta: 10_000.0, rms_eps: 1e-5, vocab_size: 1000 };
+    let shape = small(512, 1536, 8, 1000);
     let mut gm = GpuModel::synthetic(gpu, shape, 32, 1).unwrap();
     let tokens: Vec<u32> = (0..8).collect();
     let samples = gm.sample_activations(&tokens).unwrap();
@@ -83,7 +103,7 @@ fn a_small_synthetic_model_runs_every_method() {
 #[test]
 fn split_attention_over_long_caches_matches_the_single_block_attention() {
     let (Some(a), Some(b)) = (gpu(), gpu()) else { return };
-    let shape = GpuShape { n_layers: 2, d_model: 256, d_ff: 512, n_heads: 4, n_kv_heads: 2, head_dim: 64, rope_dim: 64, rope_theta: 10_000.0, rms_eps: 1e-5, vocab_size: 500 };
+    let shape = small(256, 512, 4, 500);
     // The same random model with a short cache (one block per head) and a long one (split
     // over positions once past 128); both decode 300 tokens.
     let mut single = GpuModel::synthetic(a, shape.clone(), 256, 9).unwrap();

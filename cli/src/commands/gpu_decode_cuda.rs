@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use sieve_engine::gpu::{GpuModel, GpuPlan, GpuShape, calibrate_uniform};
+use sieve_engine::config::Config;
+use sieve_engine::gpu::{GpuModel, GpuPlan, calibrate_uniform, step_weight_bytes};
 use sieve_engine::model::{Hooks, Logits};
 use sieve_engine::sampling::{Sampler, SamplingParams, argmax};
 use sieve_engine::sparsity::SparsityPlan;
@@ -159,8 +160,8 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
     let methods = super::validate_synthetic(&a)?;
     let gpu = open_gpu(a.gpu)?;
     let copy_bw = gpu.copy_bandwidth(1 << 30)?;
-    let shape = GpuShape::llama3_8b();
-    let bytes = shape.step_weight_bytes();
+    let shape = Config::llama3_8b();
+    let bytes = step_weight_bytes(&shape);
     let t0 = Instant::now();
     let mut gm = GpuModel::synthetic(gpu, shape.clone(), a.steps + a.calibration_steps + 1, 42)?;
     let build_s = t0.elapsed().as_secs_f64();

@@ -12,6 +12,6 @@ mod model;
 mod plan;
 mod step;
 
-pub use model::{GpuModel, GpuShape};
+pub use model::{GpuModel, step_weight_bytes};
 pub use plan::{GpuLayerPlan, GpuPlan, calibrate_uniform};
 pub use step::StepTiming;

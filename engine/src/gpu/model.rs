@@ -13,106 +13,42 @@ use crate::weights::Linear;
 /// launch per layer, paid back once a head's positions no longer fit one block's pass.
 pub(crate) const SPLIT_ATTENTION_FROM: usize = 256;
 
-/// Shape of the model on the GPU.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuShape {
-    /// Transformer blocks.
-    pub n_layers: usize,
-    /// Hidden size.
-    pub d_model: usize,
-    /// MLP width.
-    pub d_ff: usize,
-    /// Query heads.
-    pub n_heads: usize,
-    /// Key/value heads.
-    pub n_kv_heads: usize,
-    /// Values per head.
-    pub head_dim: usize,
-    /// Leading dims of each head that RoPE rotates.
-    pub rope_dim: usize,
-    /// RoPE base.
-    pub rope_theta: f32,
-    /// RMSNorm epsilon.
-    pub rms_eps: f32,
-    /// Vocabulary size.
-    pub vocab_size: usize,
+/// Bytes of fp16 weights one decode step reads with nothing skipped: every layer's seven
+/// projections and the LM head (one embedding row is negligible).
+pub fn step_weight_bytes(cfg: &Config) -> usize {
+    let (d, f, kv) = (cfg.d_model, cfg.d_ff, cfg.kv_dim());
+    let layer = d * (d + 2 * kv) + d * d + 3 * d * f;
+    2 * (cfg.n_layers * layer + cfg.vocab_size * d)
 }
 
-impl GpuShape {
-    /// The shape of a loaded model.
-    pub fn of(cfg: &Config) -> GpuShape {
-        GpuShape {
-            n_layers: cfg.n_layers,
-            d_model: cfg.d_model,
-            d_ff: cfg.d_ff,
-            n_heads: cfg.n_heads,
-            n_kv_heads: cfg.n_kv_heads,
-            head_dim: cfg.head_dim,
-            rope_dim: cfg.rope_dim,
-            rope_theta: cfg.rope_theta,
-            rms_eps: cfg.rms_eps,
-            vocab_size: cfg.vocab_size,
-        }
+pub(crate) fn attention_shape(cfg: &Config, max_len: usize) -> AttentionShape {
+    AttentionShape {
+        n_heads: cfg.n_heads,
+        n_kv_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        rot_pairs: cfg.rope_dim.min(cfg.head_dim) / 2,
+        theta: cfg.rope_theta,
+        max_len,
     }
+}
 
-    /// Llama-3-8B: 32 layers, d 4096, f 14336, GQA 32/8, vocab 128256.
-    pub fn llama3_8b() -> GpuShape {
-        GpuShape {
-            n_layers: 32,
-            d_model: 4096,
-            d_ff: 14336,
-            n_heads: 32,
-            n_kv_heads: 8,
-            head_dim: 128,
-            rope_dim: 128,
-            rope_theta: 500_000.0,
-            rms_eps: 1e-5,
-            vocab_size: 128_256,
-        }
-    }
-
-    /// Key/value width.
-    pub fn kv_dim(&self) -> usize {
-        self.n_kv_heads * self.head_dim
-    }
-
-    /// Bytes of fp16 weights one decode step reads with nothing skipped: every layer's seven
-    /// projections and the LM head (one embedding row is negligible).
-    pub fn step_weight_bytes(&self) -> usize {
-        let (d, f, kv) = (self.d_model, self.d_ff, self.kv_dim());
-        let layer = d * (d + 2 * kv) + d * d + 3 * d * f;
-        2 * (self.n_layers * layer + self.vocab_size * d)
-    }
-
-    pub(crate) fn attention(&self, max_len: usize) -> AttentionShape {
-        AttentionShape {
-            n_heads: self.n_heads,
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
-            rot_pairs: self.rope_dim.min(self.head_dim) / 2,
-            theta: self.rope_theta,
-            max_len,
-        }
-    }
-
-    fn check(&self) -> Result<()> {
-        let s = self;
-        let ok = s.n_layers > 0
-            && s.d_model.is_multiple_of(8)
-            && s.d_ff.is_multiple_of(8)
-            && s.kv_dim().is_multiple_of(8)
-            && s.n_heads * s.head_dim == s.d_model
-            && s.n_kv_heads > 0
-            && s.n_heads.is_multiple_of(s.n_kv_heads)
-            && s.vocab_size > 0;
-        if ok {
-            Ok(())
-        } else {
-            Err(GpuError::Unsupported(format!(
-                "model shape {s:?}: the GPU path needs widths that are multiples of 8 and heads * head_dim = d_model"
-            ))
-            .into())
-        }
+/// Whether the GPU kernels can run a model of this shape.
+fn check_shape(s: &Config) -> Result<()> {
+    let ok = s.n_layers > 0
+        && s.d_model.is_multiple_of(8)
+        && s.d_ff.is_multiple_of(8)
+        && s.kv_dim().is_multiple_of(8)
+        && s.n_heads * s.head_dim == s.d_model
+        && s.n_kv_heads > 0
+        && s.n_heads.is_multiple_of(s.n_kv_heads)
+        && s.vocab_size > 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(GpuError::Unsupported(format!(
+            "model shape {s:?}: the GPU path needs widths that are multiples of 8 and heads * head_dim = d_model"
+        ))
+        .into())
     }
 }
 
@@ -167,7 +103,7 @@ pub(crate) struct Activations {
 /// A model resident on the GPU, ready to decode.
 pub struct GpuModel {
     pub(crate) gpu: Gpu,
-    pub(crate) shape: GpuShape,
+    pub(crate) shape: Config,
     pub(crate) max_len: usize,
     pub(crate) embed: CudaSlice<u16>,
     /// Row-major LM head; `None` when tied to the embedding.
@@ -195,7 +131,7 @@ fn input_major_f16(m: &[f32], rows: usize, cols: usize) -> Vec<u16> {
 }
 
 impl GpuModel {
-    fn alloc(gpu: Gpu, shape: GpuShape, max_len: usize, layers: Vec<GpuLayer>, embed: CudaSlice<u16>, head: Option<CudaSlice<u16>>, out_norm: CudaSlice<f32>) -> Result<GpuModel> {
+    fn alloc(gpu: Gpu, shape: Config, max_len: usize, layers: Vec<GpuLayer>, embed: CudaSlice<u16>, head: Option<CudaSlice<u16>>, out_norm: CudaSlice<f32>) -> Result<GpuModel> {
         let s = &shape;
         let max_len = max_len.clamp(1, sieve_kernels::gpu::MAX_ATTENTION_LEN);
         let caches = (0..s.n_layers)
@@ -210,7 +146,7 @@ impl GpuModel {
             h: gpu.zeros(s.d_ff)?,
             logits: gpu.zeros(s.vocab_size)?,
             attn_splits: if max_len > SPLIT_ATTENTION_FROM {
-                Some(gpu.zeros(Gpu::attention_split_scratch(&s.attention(max_len)))?)
+                Some(gpu.zeros(Gpu::attention_split_scratch(&attention_shape(s, max_len)))?)
             } else {
                 None
             },
@@ -238,8 +174,7 @@ impl GpuModel {
     /// of `max_len` positions.
     pub fn from_model(model: &Model, gpu: Gpu, max_len: usize) -> Result<GpuModel> {
         let cfg = model.config();
-        let shape = GpuShape::of(cfg);
-        shape.check()?;
+        check_shape(cfg)?;
         let w = model.weights();
         let upload_t = |lin: &Linear| -> Result<CudaSlice<u16>> {
             Ok(gpu.upload(&input_major_f16(&lin.to_f32(), lin.rows(), lin.cols()))?)
@@ -277,14 +212,14 @@ impl GpuModel {
         };
         let out_norm = gpu.upload(&w.output_norm)?;
         let max_len = max_len.min(cfg.context_len.max(1));
-        GpuModel::alloc(gpu, shape, max_len, layers, embed, head, out_norm)
+        GpuModel::alloc(gpu, cfg.clone(), max_len, layers, embed, head, out_norm)
     }
 
     /// A model of `shape` with reproducible random fp16 weights (uniform, scaled by
     /// 1/sqrt(inputs)), filled on the device: a real architecture at real scale without
     /// moving its weights.
-    pub fn synthetic(gpu: Gpu, shape: GpuShape, max_len: usize, seed: u64) -> Result<GpuModel> {
-        shape.check()?;
+    pub fn synthetic(gpu: Gpu, shape: Config, max_len: usize, seed: u64) -> Result<GpuModel> {
+        check_shape(&shape)?;
         let s = &shape;
         let (d, f, kv) = (s.d_model, s.d_ff, s.kv_dim());
         // A rows x cols matrix (outputs x inputs) of seed `id`, input-major or row-major;
@@ -343,7 +278,7 @@ impl GpuModel {
     }
 
     /// The model's shape.
-    pub fn shape(&self) -> &GpuShape {
+    pub fn shape(&self) -> &Config {
         &self.shape
     }
 
@@ -425,15 +360,15 @@ mod tests {
 
     #[test]
     fn gpu_shapes_are_checked_before_any_upload() {
-        assert!(GpuShape::llama3_8b().check().is_ok());
-        let mut odd = GpuShape::llama3_8b();
+        assert!(check_shape(&Config::llama3_8b()).is_ok());
+        let mut odd = Config::llama3_8b();
         odd.d_ff = 14_337;
-        let err = odd.check().unwrap_err().to_string();
+        let err = check_shape(&odd).unwrap_err().to_string();
         assert!(err.contains("multiples of 8"), "{err}");
-        let mut heads = GpuShape::llama3_8b();
+        let mut heads = Config::llama3_8b();
         heads.n_kv_heads = 5;
-        assert!(heads.check().is_err());
+        assert!(check_shape(&heads).is_err());
         // 8B at fp16: 15.0 GB read per step (layers + LM head).
-        assert_eq!(GpuShape::llama3_8b().step_weight_bytes(), 2 * (32 * 218_103_808 + 128_256 * 4096));
+        assert_eq!(step_weight_bytes(&Config::llama3_8b()), 2 * (32 * 218_103_808 + 128_256 * 4096));
     }
 }

@@ -40,7 +40,7 @@ impl GpuModel {
         let (d, f, kv) = (s.d_model, s.d_ff, s.kv_dim());
         let bad = || GpuError::Unsupported("activation buffer sizes".into());
         let step = StepArgs(g.view(&a.step));
-        let attn_shape = s.attention(self.max_len);
+        let attn_shape = super::model::attention_shape(s, self.max_len);
         let (x, normed, attn, h) = (g.view(&a.x), g.view(&a.normed), g.view(&a.attn), g.view(&a.h));
         let qkv = g.view(&a.qkv);
         let (q, k, v) = (qkv.sub(0, d).ok_or_else(bad)?, qkv.sub(d, kv).ok_or_else(bad)?, qkv.sub(d + kv, kv).ok_or_else(bad)?);

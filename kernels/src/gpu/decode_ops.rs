@@ -57,6 +57,21 @@ impl AttentionShape {
     fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+
+    /// The shape, and the attention buffers' sizes against it.
+    fn check_attention(
+        &self,
+        q: DevPtr<'_, f32>,
+        k_cache: DevPtr<'_, u16>,
+        v_cache: DevPtr<'_, u16>,
+        out: DevPtr<'_, f32>,
+    ) -> Result<(), GpuError> {
+        self.check()?;
+        same_len("query", self.n_heads * self.head_dim, q.len())?;
+        same_len("attention output", self.n_heads * self.head_dim, out.len())?;
+        same_len("key cache", self.kv_dim() * self.max_len, k_cache.len())?;
+        same_len("value cache", self.kv_dim() * self.max_len, v_cache.len())
+    }
 }
 
 fn grid_for(n: usize) -> LaunchConfig {
@@ -158,11 +173,7 @@ impl Gpu {
         out: DevPtr<'_, f32>,
         step: &StepArgs<'_>,
     ) -> Result<(), GpuError> {
-        shape.check()?;
-        same_len("query", shape.n_heads * shape.head_dim, q.len())?;
-        same_len("attention output", shape.n_heads * shape.head_dim, out.len())?;
-        same_len("key cache", shape.kv_dim() * shape.max_len, k_cache.len())?;
-        same_len("value cache", shape.kv_dim() * shape.max_len, v_cache.len())?;
+        shape.check_attention(q, k_cache, v_cache, out)?;
         let a = [q.addr(), k_cache.addr(), v_cache.addr(), out.addr(), step.0.addr()];
         let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32];
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
@@ -204,11 +215,7 @@ impl Gpu {
         scratch: DevPtr<'_, f32>,
         step: &StepArgs<'_>,
     ) -> Result<(), GpuError> {
-        shape.check()?;
-        same_len("query", shape.n_heads * shape.head_dim, q.len())?;
-        same_len("attention output", shape.n_heads * shape.head_dim, out.len())?;
-        same_len("key cache", shape.kv_dim() * shape.max_len, k_cache.len())?;
-        same_len("value cache", shape.kv_dim() * shape.max_len, v_cache.len())?;
+        shape.check_attention(q, k_cache, v_cache, out)?;
         same_len("attention scratch", Self::attention_split_scratch(shape), scratch.len())?;
         let max_splits = shape.max_len.div_ceil(ATTENTION_CHUNK);
         let a = [q.addr(), k_cache.addr(), v_cache.addr(), scratch.addr(), step.0.addr()];
