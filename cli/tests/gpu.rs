@@ -19,7 +19,19 @@ fn gpu_refusal(err: &str) -> bool {
 
 #[test]
 fn bench_decode_on_cuda_runs_or_refuses_clearly_and_the_cpu_still_works() {
-    let o = sieve(&["bench", "decode", "--device", "cuda", "--prompt-tokens", "16", "--new-tokens", "16", "--runs", "1", "--json"]);
+    let o = sieve(&[
+        "bench",
+        "decode",
+        "--device",
+        "cuda",
+        "--prompt-tokens",
+        "16",
+        "--new-tokens",
+        "16",
+        "--runs",
+        "1",
+        "--json",
+    ]);
     if o.status.success() {
         let r: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
         let c = &r["dense_check"];
@@ -45,7 +57,8 @@ fn generate_on_cuda_runs_or_refuses_clearly() {
         let err = stderr(&o);
         assert!(gpu_refusal(&err), "unclear refusal: {err}");
     }
-    let o = sieve(&["generate", "--device", "cuda", "--audit-every", "2", "--method", "cats", "--sparsity", "0.5", "x"]);
+    let o =
+        sieve(&["generate", "--device", "cuda", "--audit-every", "2", "--method", "cats", "--sparsity", "0.5", "x"]);
     assert_fails_with(&o, "CPU only");
 }
 

@@ -29,7 +29,8 @@ pub struct Args {
 
 /// Parses `KxN` into (inputs, outputs).
 fn parse_shape(s: &str) -> Result<(usize, usize)> {
-    let (k, n) = s.split_once(['x', 'X']).with_context(|| format!("--shapes {s}: expected INPUTSxOUTPUTS, e.g. 4096x14336"))?;
+    let (k, n) =
+        s.split_once(['x', 'X']).with_context(|| format!("--shapes {s}: expected INPUTSxOUTPUTS, e.g. 4096x14336"))?;
     let k: usize = k.trim().parse().with_context(|| format!("--shapes {s}: '{k}' is not a count"))?;
     let n: usize = n.trim().parse().with_context(|| format!("--shapes {s}: '{n}' is not a count"))?;
     if k == 0 || n == 0 || !k.is_multiple_of(8) || !n.is_multiple_of(8) {
@@ -96,7 +97,15 @@ pub fn run(a: Args) -> Result<()> {
         print_tables(&report);
     }
     if !failed.is_empty() {
-        bail!("{} correctness check(s) failed, first: {} at {}->{} s={}: error {:.3e}", failed.len(), failed[0].kernel, failed[0].k, failed[0].n, failed[0].sparsity, failed[0].rel_err);
+        bail!(
+            "{} correctness check(s) failed, first: {} at {}->{} s={}: error {:.3e}",
+            failed.len(),
+            failed[0].kernel,
+            failed[0].k,
+            failed[0].n,
+            failed[0].sparsity,
+            failed[0].rel_err
+        );
     }
     Ok(())
 }
@@ -129,7 +138,13 @@ fn print_tables(r: &sieve_kernels::gpu::bench::BenchReport) {
     let g = &r.gpu;
     println!(
         "GPU: {} (sm_{}{}, {} SMs, {:.0} GiB, L2 {} MiB); copy bandwidth {:.0} GB/s (read + write)\n",
-        g.name, g.compute_capability.0, g.compute_capability.1, g.sm_count, g.memory_bytes as f64 / (1u64 << 30) as f64, g.l2_bytes >> 20, r.copy_bandwidth / 1e9
+        g.name,
+        g.compute_capability.0,
+        g.compute_capability.1,
+        g.sm_count,
+        g.memory_bytes as f64 / (1u64 << 30) as f64,
+        g.l2_bytes >> 20,
+        r.copy_bandwidth / 1e9
     );
     let passed = r.checks.iter().filter(|c| c.passed()).count();
     println!("Correctness vs f64 CPU reference: {passed}/{} passed; worst relative error per kernel:", r.checks.len());
@@ -146,7 +161,16 @@ fn print_tables(r: &sieve_kernels::gpu::bench::BenchReport) {
     for t in &r.timings {
         println!(
             "| {}->{} | {} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2}x | {:.2} | {:.0} |",
-            t.k, t.n, t.kernel, t.sparsity, t.us, t.cublas_us, t.speedup(), t.ideal(), t.speedup() / t.ideal(), t.bandwidth() / 1e9
+            t.k,
+            t.n,
+            t.kernel,
+            t.sparsity,
+            t.us,
+            t.cublas_us,
+            t.speedup(),
+            t.ideal(),
+            t.speedup() / t.ideal(),
+            t.bandwidth() / 1e9
         );
     }
 }

@@ -51,7 +51,9 @@ pub fn validate_synthetic(a: &SyntheticArgs) -> Result<Vec<(sieve_engine::sparsi
     }
     let methods = a.methods.iter().map(|m| super::parse_method_at("--methods", m)).collect::<Result<Vec<_>>>()?;
     use sieve_engine::sparsity::Method;
-    if let Some((m, _)) = methods.iter().find(|(m, _)| !matches!(m, Method::Dense | Method::TealUniform | Method::Teal | Method::Cats)) {
+    if let Some((m, _)) =
+        methods.iter().find(|(m, _)| !matches!(m, Method::Dense | Method::TealUniform | Method::Teal | Method::Cats))
+    {
         bail!("--methods: {} cannot be calibrated on a synthetic model (dense, teal-uniform, cats)", m.name());
     }
     Ok(methods)
@@ -78,4 +80,3 @@ mod imp {
 mod imp;
 
 pub use imp::{bench, generate, synthetic};
-

@@ -36,7 +36,13 @@ pub struct LogitCheck {
 
 /// Decodes `tokens` one at a time on the CPU (f32, the plan applied by zeroing) and on the
 /// GPU, comparing logits step by step.
-fn compare(model: &Model, gm: &mut GpuModel, tokens: &[u32], plan: Option<&SparsityPlan>, gpu_plan: &GpuPlan) -> Result<LogitCheck> {
+fn compare(
+    model: &Model,
+    gm: &mut GpuModel,
+    tokens: &[u32],
+    plan: Option<&SparsityPlan>,
+    gpu_plan: &GpuPlan,
+) -> Result<LogitCheck> {
     let mut cache = model.new_cache();
     gm.reset();
     let (mut max_rel, mut min_cos, mut agree) = (0f64, 1f64, 0usize);
@@ -53,7 +59,12 @@ fn compare(model: &Model, gm: &mut GpuModel, tokens: &[u32], plan: Option<&Spars
         min_cos = min_cos.min(dot / (na * nb).max(f64::MIN_POSITIVE));
         agree += (argmax(&cpu) == argmax(&gpu)) as usize;
     }
-    Ok(LogitCheck { steps: tokens.len(), max_rel_diff: max_rel, min_cosine: min_cos, top1_agreement: agree as f64 / tokens.len().max(1) as f64 })
+    Ok(LogitCheck {
+        steps: tokens.len(),
+        max_rel_diff: max_rel,
+        min_cosine: min_cos,
+        top1_agreement: agree as f64 / tokens.len().max(1) as f64,
+    })
 }
 
 /// Median GPU microseconds per step of `plan` over `runs` runs of `tokens` from position 0.
@@ -137,7 +148,12 @@ pub fn bench(model_path: &Path, a: &DecodeArgs) -> Result<()> {
     if a.json {
         return super::super::print_json(&out);
     }
-    println!("GPU: {} | model {} ({} layers), fp16 weights and KV cache, one CUDA graph per step", info.name, model.config().name, n_layers);
+    println!(
+        "GPU: {} | model {} ({} layers), fp16 weights and KV cache, one CUDA graph per step",
+        info.name,
+        model.config().name,
+        n_layers
+    );
     let show = |name: &str, c: &LogitCheck| {
         println!(
             "{name} logits vs CPU f32 over {} steps: max |diff| {:.2e} of the largest logit, min cosine {:.6}, top-1 agreement {:.3}",
@@ -150,7 +166,14 @@ pub fn bench(model_path: &Path, a: &DecodeArgs) -> Result<()> {
     }
     println!(
         "decode over {steps} steps (median of {} paired runs, GPU time): dense {:.1} µs/step ({:.0} tok/s); {} at {}: {:.1} µs/step ({:.0} tok/s), speedup {:.2}x",
-        a.runs, dense_us, 1e6 / dense_us, plan.method, a.sparsity.sparsity, method_us, 1e6 / method_us, dense_us / method_us
+        a.runs,
+        dense_us,
+        1e6 / dense_us,
+        plan.method,
+        a.sparsity.sparsity,
+        method_us,
+        1e6 / method_us,
+        dense_us / method_us
     );
     Ok(())
 }

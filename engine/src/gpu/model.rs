@@ -131,7 +131,15 @@ fn input_major_f16(m: &[f32], rows: usize, cols: usize) -> Vec<u16> {
 }
 
 impl GpuModel {
-    fn alloc(gpu: Gpu, shape: Config, max_len: usize, layers: Vec<GpuLayer>, embed: CudaSlice<u16>, head: Option<CudaSlice<u16>>, out_norm: CudaSlice<f32>) -> Result<GpuModel> {
+    fn alloc(
+        gpu: Gpu,
+        shape: Config,
+        max_len: usize,
+        layers: Vec<GpuLayer>,
+        embed: CudaSlice<u16>,
+        head: Option<CudaSlice<u16>>,
+        out_norm: CudaSlice<f32>,
+    ) -> Result<GpuModel> {
         let s = &shape;
         let max_len = max_len.clamp(1, sieve_kernels::gpu::MAX_ATTENTION_LEN);
         let caches = (0..s.n_layers)
@@ -224,11 +232,12 @@ impl GpuModel {
         let (d, f, kv) = (s.d_model, s.d_ff, s.kv_dim());
         // A rows x cols matrix (outputs x inputs) of seed `id`, input-major or row-major;
         // uniform with variance 1/cols.
-        let fill_into = |w: sieve_kernels::gpu::DevPtr<'_, u16>, id: u64, rows: usize, cols: usize, input_major: bool| {
-            let scale = (3.0 / cols as f32).sqrt();
-            let seed = seed.wrapping_add(id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            gpu.fill_uniform_f16(w, seed, scale, input_major.then_some((rows, cols)))
-        };
+        let fill_into =
+            |w: sieve_kernels::gpu::DevPtr<'_, u16>, id: u64, rows: usize, cols: usize, input_major: bool| {
+                let scale = (3.0 / cols as f32).sqrt();
+                let seed = seed.wrapping_add(id.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                gpu.fill_uniform_f16(w, seed, scale, input_major.then_some((rows, cols)))
+            };
         let fill = |id: u64, rows: usize, cols: usize, input_major: bool| -> Result<CudaSlice<u16>> {
             let w = gpu.zeros::<u16>(rows * cols)?;
             fill_into(gpu.view(&w), id, rows, cols, input_major)?;
@@ -323,7 +332,9 @@ impl GpuModel {
             };
             let rank = *rank;
             if w1.len() != rank * d || w2.len() != f * rank || b2.len() != f || p.d() != d || p.f() != f {
-                return Err(EngineError::InvalidInput(format!("predictor of rank {rank} does not fit the model ({d} -> {f})")));
+                return Err(EngineError::InvalidInput(format!(
+                    "predictor of rank {rank} does not fit the model ({d} -> {f})"
+                )));
             }
             let scale = (p.neuron_scale.len() == f).then(|| self.gpu.upload(&p.neuron_scale)).transpose()?;
             layers.push(GpuPredictor {

@@ -136,17 +136,16 @@ pub fn calibrate_uniform(method: Method, s: f32, samples: &[Vec<LayerSample>]) -
     crate::sparsity::check_target(s)?;
     let mut layers = Vec::with_capacity(samples.len());
     for steps in samples {
-        let cat = |f: fn(&LayerSample) -> &Vec<f32>| steps.iter().flat_map(|x| f(x).iter().copied()).collect::<Vec<_>>();
+        let cat =
+            |f: fn(&LayerSample) -> &Vec<f32>| steps.iter().flat_map(|x| f(x).iter().copied()).collect::<Vec<_>>();
         let silu = |g: f32| g / (1.0 + (-g).exp());
         let lp = match method {
             Method::TealUniform | Method::Teal => {
                 let t_attn = quantile_abs(&mut cat(|x| &x.attn_in), s);
                 let t_o = quantile_abs(&mut cat(|x| &x.attn_out), s);
                 let t_mlp = quantile_abs(&mut cat(|x| &x.mlp_in), s);
-                let mut h: Vec<f32> = steps
-                    .iter()
-                    .flat_map(|x| x.gate.iter().zip(&x.up).map(|(&g, &u)| silu(g) * u))
-                    .collect();
+                let mut h: Vec<f32> =
+                    steps.iter().flat_map(|x| x.gate.iter().zip(&x.up).map(|(&g, &u)| silu(g) * u)).collect();
                 let t_down = quantile_abs(&mut h, s);
                 GpuLayerPlan { proj: [t_attn, t_attn, t_attn, t_o, t_mlp, t_mlp, t_down], ..GpuLayerPlan::DENSE }
             }

@@ -43,10 +43,13 @@ impl GpuModel {
         let attn_shape = super::model::attention_shape(s, self.max_len);
         let (x, normed, attn, h) = (g.view(&a.x), g.view(&a.normed), g.view(&a.attn), g.view(&a.h));
         let qkv = g.view(&a.qkv);
-        let (q, k, v) = (qkv.sub(0, d).ok_or_else(bad)?, qkv.sub(d, kv).ok_or_else(bad)?, qkv.sub(d + kv, kv).ok_or_else(bad)?);
+        let (q, k, v) =
+            (qkv.sub(0, d).ok_or_else(bad)?, qkv.sub(d, kv).ok_or_else(bad)?, qkv.sub(d + kv, kv).ok_or_else(bad)?);
         let gate_up = g.view(&a.gate_up);
         let (gate, up) = (gate_up.sub(0, f).ok_or_else(bad)?, gate_up.sub(f, f).ok_or_else(bad)?);
-        let tap = |dst: Option<&sieve_kernels::gpu::CudaSlice<f32>>, src: DevPtr<'_, f32>| -> std::result::Result<(), GpuError> {
+        let tap = |dst: Option<&sieve_kernels::gpu::CudaSlice<f32>>,
+                   src: DevPtr<'_, f32>|
+         -> std::result::Result<(), GpuError> {
             match dst {
                 Some(dst) => g.copy_view(src, g.view(dst)),
                 None => Ok(()),
@@ -75,8 +78,11 @@ impl GpuModel {
             let wv = |p: Proj| g.view(&w.proj[p.index()]);
             g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, Some(qkv))?;
             tap(taps.map(|t| &t.attn_in[l]), normed)?;
-            let outs = [(Proj::Q, q), (Proj::K, k), (Proj::V, v)]
-                .map(|(p, y)| GemvOut { weights: wv(p), out: y, threshold: lp.proj[p.index()] });
+            let outs = [(Proj::Q, q), (Proj::K, k), (Proj::V, v)].map(|(p, y)| GemvOut {
+                weights: wv(p),
+                out: y,
+                threshold: lp.proj[p.index()],
+            });
             self.gemv.launch(g, normed, None, &outs, true, None)?;
             g.rope_append(&attn_shape, q, k, v, g.view(kc), g.view(vc), &step)?;
             self.attend(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
@@ -102,13 +108,27 @@ impl GpuModel {
                     gate_output: p.gate_output,
                 };
                 g.predicted_swiglu(&lr, hidden, lp.predict, g.view(&w.gate_rows), g.view(&w.up_rows), normed, h)?;
-                self.gemv.launch(g, h, None, &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }], true, None)?;
+                self.gemv.launch(
+                    g,
+                    h,
+                    None,
+                    &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }],
+                    true,
+                    None,
+                )?;
             } else if plan.is_cats() {
                 // CATS needs the whole gate: whole rows are the fastest dense read.
                 g.rows_gemv(WeightType::F16, g.view(&w.gate_rows), normed, gate, None, false)?;
                 tap(taps.map(|t| &t.gate_up[l]), gate_up)?;
                 g.up_gated(WeightType::F16, g.view(&w.up_rows), normed, gate, lp.gate_act, h)?;
-                self.gemv.launch(g, h, None, &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }], true, None)?;
+                self.gemv.launch(
+                    g,
+                    h,
+                    None,
+                    &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }],
+                    true,
+                    None,
+                )?;
             } else {
                 let og = GemvOut { weights: wv(Proj::Gate), out: gate, threshold: lp.proj[Proj::Gate.index()] };
                 let ou = GemvOut { weights: wv(Proj::Up), out: up, threshold: lp.proj[Proj::Up.index()] };
@@ -204,7 +224,9 @@ impl GpuModel {
     /// (for calibrating thresholds on the model's own activations).
     pub fn sample_activations(&mut self, tokens: &[u32]) -> Result<Vec<Vec<LayerSample>>> {
         let (n, d, f) = (self.shape.n_layers, self.shape.d_model, self.shape.d_ff);
-        let bufs = |len: usize| -> std::result::Result<Vec<_>, GpuError> { (0..n).map(|_| self.gpu.zeros::<f32>(len)).collect() };
+        let bufs = |len: usize| -> std::result::Result<Vec<_>, GpuError> {
+            (0..n).map(|_| self.gpu.zeros::<f32>(len)).collect()
+        };
         let (attn_in, attn_out, mlp_in, gate_up) = (bufs(d)?, bufs(d)?, bufs(d)?, bufs(2 * f)?);
         let taps = Taps { attn_in: &attn_in, attn_out: &attn_out, mlp_in: &mlp_in, gate_up: &gate_up };
         let plan = GpuPlan::dense(n);

@@ -32,7 +32,16 @@ impl BenchConfig {
     /// The shapes (Llama-3-8B and SmolLM2 projections) and sparsities.
     pub fn standard(l2_bytes: usize) -> BenchConfig {
         BenchConfig {
-            shapes: vec![(4096, 14336), (14336, 4096), (4096, 4096), (4096, 1024), (576, 1536), (1536, 576), (576, 576), (576, 192)],
+            shapes: vec![
+                (4096, 14336),
+                (14336, 4096),
+                (4096, 4096),
+                (4096, 1024),
+                (576, 1536),
+                (1536, 576),
+                (576, 576),
+                (576, 192),
+            ],
             sparsities: vec![0.0, 0.25, 0.5, 0.75, 0.9],
             launches_per_graph: 16,
             replays: 20,
@@ -289,7 +298,11 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                 timings.push(Timing { k, n, kernel: name.into(), sparsity: s, us, cublas_us, bytes: kept * n * 2 });
             }
             for &units in &cfg.units_sweep {
-                let gemv = SparseGemv { weight_type: WeightType::F16, reduction: Reduction::Atomic, units_per_sm: Some(units) };
+                let gemv = SparseGemv {
+                    weight_type: WeightType::F16,
+                    reduction: Reduction::Atomic,
+                    units_per_sm: Some(units),
+                };
                 let us = time_graph(gpu, cfg, copies, |c| {
                     let out = GemvOut { weights: gpu.view(&data.in_f16[c]), out: gpu.view(&y), threshold: t };
                     gemv.launch(gpu, gpu.view(&x_dev), None, &[out], false, None)
@@ -311,14 +324,43 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
             let rows_dev = gpu.upload(&rows)?;
             let dense_want = data.reference(&fresh, -1.0);
             gpu.clear(&mut y)?;
-            gpu.rows_gemv(WeightType::F16, gpu.view(&data.row_f16[0]), gpu.view(&x_dev), gpu.view(&y), Some(gpu.view(&rows_dev)), false)?;
+            gpu.rows_gemv(
+                WeightType::F16,
+                gpu.view(&data.row_f16[0]),
+                gpu.view(&x_dev),
+                gpu.view(&y),
+                Some(gpu.view(&rows_dev)),
+                false,
+            )?;
             let got = gpu.download(&y)?;
             let (g, w): (Vec<f32>, Vec<f64>) = rows.iter().map(|&r| (got[r as usize], dense_want[r as usize])).unzip();
-            checks.push(Check { k, n, kernel: "output-sparse rows fp16".into(), sparsity: s, rel_err: rel_err(&g, &w), bound: 1e-2 });
+            checks.push(Check {
+                k,
+                n,
+                kernel: "output-sparse rows fp16".into(),
+                sparsity: s,
+                rel_err: rel_err(&g, &w),
+                bound: 1e-2,
+            });
             let us = time_graph(gpu, cfg, copies, |c| {
-                gpu.rows_gemv(WeightType::F16, gpu.view(&data.row_f16[c]), gpu.view(&x_dev), gpu.view(&y), Some(gpu.view(&rows_dev)), false)
+                gpu.rows_gemv(
+                    WeightType::F16,
+                    gpu.view(&data.row_f16[c]),
+                    gpu.view(&x_dev),
+                    gpu.view(&y),
+                    Some(gpu.view(&rows_dev)),
+                    false,
+                )
             })?;
-            timings.push(Timing { k, n, kernel: "output-sparse rows fp16".into(), sparsity: s, us, cublas_us, bytes: rows.len() * k * 2 });
+            timings.push(Timing {
+                k,
+                n,
+                kernel: "output-sparse rows fp16".into(),
+                sparsity: s,
+                us,
+                cublas_us,
+                bytes: rows.len() * k * 2,
+            });
 
             if n > k && copies >= 2 {
                 // Fused gate + up + silu*mul on the kept neurons (gate and up: two different copies).
@@ -338,7 +380,14 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                 let (g, w): (Vec<f32>, Vec<f64>) = (0..n)
                     .map(|j| (got[j], if keep[j] == 1 { silu(dense_want[j]) * dense_want[j] } else { 0.0 }))
                     .unzip();
-                checks.push(Check { k, n, kernel: "fused swiglu rows fp16".into(), sparsity: s, rel_err: rel_err(&g, &w), bound: 1e-2 });
+                checks.push(Check {
+                    k,
+                    n,
+                    kernel: "fused swiglu rows fp16".into(),
+                    sparsity: s,
+                    rel_err: rel_err(&g, &w),
+                    bound: 1e-2,
+                });
                 let us = time_graph(gpu, cfg, copies, |c| {
                     gpu.swiglu_rows(
                         WeightType::F16,

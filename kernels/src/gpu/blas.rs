@@ -19,7 +19,8 @@ impl CublasGemv {
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(GpuError::MissingLibrary("libcublas"));
         }
-        let blas = CudaBlas::new(gpu.stream().clone()).map_err(|e| GpuError::Blas { what: "create", message: format!("{e:?}") })?;
+        let blas = CudaBlas::new(gpu.stream().clone())
+            .map_err(|e| GpuError::Blas { what: "create", message: format!("{e:?}") })?;
         Ok(CublasGemv { blas })
     }
 

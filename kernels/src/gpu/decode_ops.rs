@@ -75,7 +75,11 @@ impl AttentionShape {
 }
 
 fn grid_for(n: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 1024) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 fn same_len(what: &str, expected: usize, got: usize) -> Result<(), GpuError> {
@@ -245,18 +249,6 @@ impl Gpu {
         // SAFETY: reads the splits the launch above wrote for positions up to the step's, writes
         // n_heads * head_dim outputs (checked above).
         unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("attention_combine", e))?;
-        Ok(())
-    }
-
-    /// `y = silu(g) * u`.
-    pub fn silu_mul(&self, g: DevPtr<'_, f32>, u: DevPtr<'_, f32>, y: DevPtr<'_, f32>) -> Result<(), GpuError> {
-        same_len("up", g.len(), u.len())?;
-        same_len("SwiGLU output", g.len(), y.len())?;
-        let (g_a, u_a, y_a, n) = (g.addr(), u.addr(), y.addr(), g.len() as i32);
-        let mut b = self.stream().launch_builder(&self.kernels.silu_mul);
-        b.arg(&g_a).arg(&u_a).arg(&y_a).arg(&n);
-        // SAFETY: all three hold n values.
-        unsafe { b.launch(grid_for(g.len())) }.map_err(|e| GpuError::driver("silu_mul", e))?;
         Ok(())
     }
 

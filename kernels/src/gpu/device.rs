@@ -45,7 +45,6 @@ pub(crate) struct Kernels {
     pub attention: CudaFunction,
     pub attention_part: CudaFunction,
     pub attention_combine: CudaFunction,
-    pub silu_mul: CudaFunction,
     pub to_f16: CudaFunction,
     pub fill_uniform_f16: CudaFunction,
 }
@@ -53,7 +52,6 @@ pub(crate) struct Kernels {
 /// An open GPU: one context, one stream (every launch goes to it, so graph capture sees
 /// them all), the compiled kernels.
 pub struct Gpu {
-    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     pub(crate) kernels: Kernels,
     info: GpuInfo,
@@ -145,11 +143,10 @@ impl Gpu {
             attention: f("attention")?,
             attention_part: f("attention_part")?,
             attention_combine: f("attention_combine")?,
-            silu_mul: f("silu_mul")?,
             to_f16: f("to_f16")?,
             fill_uniform_f16: f("fill_uniform_f16")?,
         };
-        Ok(Gpu { ctx, stream, kernels, info })
+        Ok(Gpu { stream, kernels, info })
     }
 
     /// What this GPU is.
@@ -280,10 +277,5 @@ impl Gpu {
     pub fn elapsed_ms(&self, from: &CudaEvent, to: &CudaEvent) -> Result<f64, GpuError> {
         to.synchronize().map_err(|e| GpuError::driver("cuEventSynchronize", e))?;
         from.elapsed_ms(to).map(|v| v as f64).map_err(|e| GpuError::driver("cuEventElapsedTime", e))
-    }
-
-    /// Free and total device memory in bytes.
-    pub fn memory(&self) -> Result<(usize, usize), GpuError> {
-        self.ctx.mem_get_info().map_err(|e| GpuError::driver("cuMemGetInfo", e))
     }
 }

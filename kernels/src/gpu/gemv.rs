@@ -213,7 +213,8 @@ impl SparseGemv {
         unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("sparse_gemv", e))?;
         if self.reduction == Reduction::Deterministic {
             let (width_i, acc_i) = (TILE as i32, accumulate as i32);
-            let cfg = LaunchConfig { grid_dim: (total_tiles as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let cfg =
+                LaunchConfig { grid_dim: (total_tiles as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             let mut b = stream.launch_builder(&gpu.kernels.reduce_splits);
             b.arg(&segs).arg(&partial_addr).arg(&splits_i).arg(&tiles_i).arg(&width_i).arg(&acc_i);
             // SAFETY: reads the partial sums the launch above wrote, writes each segment's n outputs.
@@ -257,6 +258,12 @@ fn check_rows(what: &str, w: usize, n: usize, k: usize) -> Result<(), GpuError> 
     Ok(())
 }
 
+/// Row-major gate and up weights of `f` neurons over `k` inputs.
+fn check_gate_up(gate: usize, up: usize, f: usize, k: usize) -> Result<(), GpuError> {
+    check_rows("SwiGLU gate", gate, f, k)?;
+    check_rows("SwiGLU up", up, f, k)
+}
+
 impl Gpu {
     /// `y[r] = W[r] . x` (with `accumulate`, `y[r] += W[r] . x`) for the listed rows of
     /// row-major `W` (`y.len()` rows of `x.len()`), or for every row when `rows` is None.
@@ -297,14 +304,14 @@ impl Gpu {
         keep: Option<DevPtr<'_, u8>>,
     ) -> Result<(), GpuError> {
         let (f, k) = (h.len(), x.len());
-        check_rows("SwiGLU gate", w_gate.len(), f, k)?;
-        check_rows("SwiGLU up", w_up.len(), f, k)?;
+        check_gate_up(w_gate.len(), w_up.len(), f, k)?;
         if let Some(m) = keep
             && m.len() != f
         {
             return Err(GpuError::Unsupported(format!("mask of {} for {f} neurons", m.len())));
         }
-        let (g_a, u_a, x_a, h_a, m_a) = (w_gate.addr(), w_up.addr(), x.addr(), h.addr(), keep.map_or(0u64, |m| m.addr()));
+        let (g_a, u_a, x_a, h_a, m_a) =
+            (w_gate.addr(), w_up.addr(), x.addr(), h.addr(), keep.map_or(0u64, |m| m.addr()));
         let (f_i, k_i) = (f as i32, k as i32);
         let mut b = self.stream().launch_builder(&self.typed(wt).swiglu_rows);
         b.arg(&g_a).arg(&u_a).arg(&x_a).arg(&h_a).arg(&f_i).arg(&k_i).arg(&m_a);
@@ -328,8 +335,7 @@ impl Gpu {
         h: DevPtr<'_, f32>,
     ) -> Result<(), GpuError> {
         let (f, k, rank) = (h.len(), x.len(), hidden.len());
-        check_rows("predicted gate", w_gate.len(), f, k)?;
-        check_rows("predicted up", w_up.len(), f, k)?;
+        check_gate_up(w_gate.len(), w_up.len(), f, k)?;
         if rank == 0 || p.w2.len() != f * rank || p.b2.len() != f || p.scale.is_some_and(|s| s.len() != f) {
             return Err(GpuError::Unsupported(format!(
                 "predictor of rank {rank}: {} second-factor weights, {} biases for {f} neurons",

@@ -585,11 +585,6 @@ extern "C" __global__ void attention_combine(const float* part, float* out, cons
     }
 }
 
-// y = silu(g) * u, elementwise.
-extern "C" __global__ void silu_mul(const float* g, const float* u, float* y, int n) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) y[i] = silu(g[i]) * u[i];
-}
-
 // out = f32 -> fp16 conversion (inputs of the cuBLAS baseline).
 extern "C" __global__ void to_f16(const float* x, u16* out, int n) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = f32_to_f16(x[i]);

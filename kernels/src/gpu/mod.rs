@@ -14,9 +14,9 @@ mod error;
 pub use error::GpuError;
 
 #[cfg(feature = "cuda")]
-mod blas;
-#[cfg(feature = "cuda")]
 pub mod bench;
+#[cfg(feature = "cuda")]
+mod blas;
 #[cfg(feature = "cuda")]
 mod decode_ops;
 #[cfg(feature = "cuda")]
