@@ -469,4 +469,3 @@ pub fn swiglu_gated(
     });
     Ok(kept.into_inner())
 }
-

@@ -13,39 +13,46 @@ pub fn leading_eigenvectors(c: &Array2<f64>, r: usize) -> Array2<f64> {
     let m = c.nrows();
     let r = r.min(m);
     // A fixed, well-spread start (no RNG dependency): columns of a Hadamard-like pattern.
-    let mut v = Array2::from_shape_fn((m, r), |(i, j)| {
+    // The iterate is kept transposed (r x m) so that Gram-Schmidt walks contiguous rows.
+    let mut vt = Array2::from_shape_fn((r, m), |(j, i)| {
         let h = (i.wrapping_mul(2_654_435_761) ^ j.wrapping_mul(40_503)) as u32;
         (h % 1000) as f64 / 1000.0 - 0.5
     });
-    orthonormalize(&mut v);
+    orthonormalize_rows(&mut vt);
     for _ in 0..ITERATIONS {
-        v = c.dot(&v);
-        orthonormalize(&mut v);
+        vt = vt.dot(c); // (C V)ᵀ = Vᵀ C for symmetric C
+        orthonormalize_rows(&mut vt);
     }
     // Order by Rayleigh quotient.
-    let cv = c.dot(&v);
-    let mut order: Vec<(usize, f64)> = (0..r).map(|j| (j, v.column(j).dot(&cv.column(j)))).collect();
+    let cv = vt.dot(c);
+    let mut order: Vec<(usize, f64)> = (0..r).map(|j| (j, vt.row(j).dot(&cv.row(j)))).collect();
     order.sort_by(|a, b| b.1.total_cmp(&a.1));
-    Array2::from_shape_fn((m, r), |(i, k)| v[[i, order[k].0]])
+    Array2::from_shape_fn((m, r), |(i, k)| vt[[order[k].0, i]])
 }
 
-/// Modified Gram-Schmidt on the columns; a column that collapses is replaced by a unit
-/// vector orthogonal to the others where possible.
-fn orthonormalize(v: &mut Array2<f64>) {
-    let r = v.ncols();
+/// Modified Gram-Schmidt on the rows; a row that collapses is replaced by a unit vector
+/// orthogonal to the others where possible.
+fn orthonormalize_rows(v: &mut Array2<f64>) {
+    let (r, m) = v.dim();
+    let Some(data) = v.as_slice_mut() else {
+        return;
+    };
     for j in 0..r {
+        let (done, rest) = data.split_at_mut(j * m);
+        let row = &mut rest[..m];
         for k in 0..j {
-            let proj = v.column(j).dot(&v.column(k));
-            let ck = v.column(k).to_owned();
-            v.column_mut(j).scaled_add(-proj, &ck);
+            let other = &done[k * m..(k + 1) * m];
+            let proj: f64 = row.iter().zip(other).map(|(a, b)| a * b).sum();
+            for (a, b) in row.iter_mut().zip(other) {
+                *a -= proj * b;
+            }
         }
-        let norm = v.column(j).dot(&v.column(j)).sqrt();
+        let norm = row.iter().map(|a| a * a).sum::<f64>().sqrt();
         if norm > 1e-300 {
-            v.column_mut(j).mapv_inplace(|x| x / norm);
+            row.iter_mut().for_each(|a| *a /= norm);
         } else {
-            v.column_mut(j).fill(0.0);
-            let i = j % v.nrows();
-            v[[i, j]] = 1.0;
+            row.fill(0.0);
+            row[j % m] = 1.0;
         }
     }
 }

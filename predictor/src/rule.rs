@@ -134,9 +134,10 @@ pub fn threshold_for_recall(scores: &[f32], labels: &Labels, target: f64) -> Res
     if positives.is_empty() {
         return Err(PredictorError::TooLittleData("no labelled-active neuron to set a recall threshold on".into()));
     }
-    positives.sort_by(f32::total_cmp);
     let keep = ((target * positives.len() as f64).ceil() as usize).clamp(1, positives.len());
-    Ok(below(positives[positives.len() - keep]))
+    let at = positives.len() - keep;
+    positives.select_nth_unstable_by(at, f32::total_cmp);
+    Ok(below(positives[at]))
 }
 
 /// Checks a target recall: in (0, 1].
@@ -155,19 +156,93 @@ pub struct CurvePoint {
     pub precision: f64,
 }
 
-/// Recall and precision when the threshold is the `s`-quantile of all scores, for each `s`.
+/// Recall and precision when the threshold is the `s`-quantile of all scores, for each `s`:
+/// the quantiles by selection, then every threshold counted in one pass over the scores.
 pub fn predictivity_curve(scores: &[f32], labels: &Labels, sparsities: &[f64]) -> Vec<CurvePoint> {
-    let mut sorted: Vec<f32> = scores[..labels.n() * labels.f()].to_vec();
-    sorted.sort_by(f32::total_cmp);
-    sparsities
+    let scores = &scores[..(labels.n() * labels.f()).min(scores.len())];
+    if scores.is_empty() {
+        return Vec::new();
+    }
+    let thresholds: Vec<f32> = quantiles(scores, sparsities).into_iter().map(below).collect();
+    let counts = count_at_thresholds(scores, labels, &thresholds);
+    counts
         .iter()
-        .filter(|_| !sorted.is_empty())
-        .map(|&s| {
-            let idx = ((s * sorted.len() as f64) as usize).min(sorted.len() - 1);
-            let q = measure(scores, labels, Rule::Threshold(below(sorted[idx])));
+        .map(|c| {
+            let q = c.quality();
             CurvePoint { predicted_sparsity: q.predicted_sparsity, recall: q.recall, precision: q.precision }
         })
         .collect()
+}
+
+/// [`Counts`] of the rule `score > t` for every `t` in `thresholds`, in one pass: each score
+/// is placed among the sorted thresholds and counted once, then the counts are summed from
+/// the top.
+pub fn count_at_thresholds(scores: &[f32], labels: &Labels, thresholds: &[f32]) -> Vec<Counts> {
+    let mut order: Vec<usize> = (0..thresholds.len()).collect();
+    order.sort_by(|&a, &b| thresholds[a].total_cmp(&thresholds[b]));
+    let sorted: Vec<f32> = order.iter().map(|&k| thresholds[k]).collect();
+    // above[b]: scores above exactly the b lowest thresholds (b = how many thresholds < score).
+    let (mut above, mut above_pos) = (vec![0u64; sorted.len() + 1], vec![0u64; sorted.len() + 1]);
+    let f = labels.f();
+    let mut labelled = 0u64;
+    for (t, row) in scores.chunks_exact(f).enumerate().take(labels.n()) {
+        for (i, &s) in row.iter().enumerate() {
+            let b = sorted.partition_point(|&th| th < s);
+            let pos = labels.get(t, i);
+            above[b] += 1;
+            above_pos[b] += u64::from(pos);
+            labelled += u64::from(pos);
+        }
+    }
+    let total = (labels.n().min(scores.len() / f.max(1)) * f) as u64;
+    let mut out = vec![Counts::default(); thresholds.len()];
+    let (mut predicted, mut true_pos) = (0u64, 0u64);
+    for b in (1..=sorted.len()).rev() {
+        predicted += above[b];
+        true_pos += above_pos[b];
+        out[order[b - 1]] = Counts { true_pos, predicted, labelled, total };
+    }
+    out
+}
+
+/// The values at fractions `qs` (each in [0, 1]) of `v` in ascending order: entry
+/// `floor(q * len)` (the last one for q = 1) of the sorted values.
+pub fn quantiles(v: &[f32], qs: &[f64]) -> Vec<f32> {
+    let n = v.len();
+    let positions: Vec<usize> =
+        qs.iter().map(|&q| ((q.clamp(0.0, 1.0) * n as f64) as usize).min(n.saturating_sub(1))).collect();
+    order_statistics(v, &positions)
+}
+
+/// Entries `positions` (each below `v.len()`) of `v` sorted ascending, found by nested
+/// selection: about `len * log2(positions.len())` comparisons instead of a full sort.
+/// Empty for an empty `v`.
+pub fn order_statistics(v: &[f32], positions: &[usize]) -> Vec<f32> {
+    if v.is_empty() {
+        return Vec::new();
+    }
+    let positions: Vec<usize> = positions.iter().map(|&p| p.min(v.len() - 1)).collect();
+    let mut wanted = positions.clone();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut work = v.to_vec();
+    let mut found = vec![0f32; wanted.len()];
+    select_all(&mut work, 0, &wanted, &mut found);
+    positions.iter().map(|p| found[wanted.partition_point(|w| w < p)]).collect()
+}
+
+/// Places the order statistics `wanted` (sorted, offsets of `base + index`) of `v` into `found`.
+fn select_all(v: &mut [f32], base: usize, wanted: &[usize], found: &mut [f32]) {
+    if wanted.is_empty() {
+        return;
+    }
+    let mid = wanted.len() / 2;
+    let k = wanted[mid] - base;
+    let (left, kth, right) = v.select_nth_unstable_by(k, f32::total_cmp);
+    found[mid] = *kth;
+    let (found_left, found_right) = found.split_at_mut(mid);
+    select_all(left, base, &wanted[..mid], found_left);
+    select_all(right, base + k + 1, &wanted[mid + 1..], &mut found_right[1..]);
 }
 
 #[cfg(test)]
@@ -211,5 +286,49 @@ mod tests {
         assert_eq!(c[0].recall, 1.0);
         assert_eq!(c[2].recall, 1.0);
         assert_eq!(c[3].recall, 0.5);
+    }
+
+    /// Pseudo-random scores with ties (values on a coarse grid) and labels.
+    fn sample(n: usize, f: usize) -> (Vec<f32>, Labels) {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let scores: Vec<f32> = (0..n * f).map(|_| (next() % 97) as f32 / 7.0 - 3.0).collect();
+        let mut labels = Labels::zeros(n, f);
+        for t in 0..n {
+            let row = &scores[t * f..(t + 1) * f];
+            let noise: Vec<bool> = (0..f).map(|_| next() % 5 == 0).collect();
+            labels.set_row(t, |i| (row[i] > 0.5) != noise[i]);
+        }
+        (scores, labels)
+    }
+
+    #[test]
+    fn selection_gives_the_sorted_entries() {
+        let (scores, _) = sample(37, 29);
+        let mut sorted = scores.clone();
+        sorted.sort_by(f32::total_cmp);
+        let positions = [0, 1, 5, 5, 500, 1072, 1072, 300, 1];
+        let want: Vec<f32> = positions.iter().map(|&p| sorted[p]).collect();
+        assert_eq!(order_statistics(&scores, &positions), want);
+        let qs = [0.0, 0.1, 0.5, 0.9, 1.0];
+        let want: Vec<f32> = qs.iter().map(|&q| sorted[((q * 1073.0) as usize).min(1072)]).collect();
+        assert_eq!(quantiles(&scores, &qs), want);
+        assert!(quantiles(&[], &qs).is_empty());
+    }
+
+    #[test]
+    fn one_pass_counts_equal_a_measure_per_threshold() {
+        let (scores, labels) = sample(41, 67);
+        let thresholds = [0.5f32, -10.0, 2.0, 0.5, 1.0 / 7.0, 100.0];
+        let counts = count_at_thresholds(&scores, &labels, &thresholds);
+        for (c, &t) in counts.iter().zip(&thresholds) {
+            let want = measure(&scores, &labels, Rule::Threshold(t));
+            assert_eq!(c.quality(), want, "threshold {t}");
+        }
     }
 }

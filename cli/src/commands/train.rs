@@ -20,8 +20,8 @@ use sieve_predictor::model::Scratch;
 use sieve_predictor::rule::{CurvePoint, predictivity_curve};
 use sieve_predictor::store::{LabelKind, Manifest, PREDICTOR_VERSION, Tap, predictor_dir};
 use sieve_predictor::train::{
-    Init, RuleChoice, TrainOptions, check_rank, finish, fit_gate_regression, fit_gate_svd, fit_lowbit, neuron_scales,
-    train_lowrank,
+    Init, RuleChoice, TrainOptions, check_rank, finish, fit_gate_regression, fit_gate_regression_from_moment,
+    fit_gate_svd, fit_lowbit, input_moment, neuron_scales, neuron_scales_from_moment, train_lowrank,
 };
 use sieve_predictor::{Body, Family, Labels, LayerPredictor, Output, PredictorSet};
 
@@ -210,10 +210,14 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
         let w = &model.weights().layers[l];
         let gate = w.w_gate.to_f32();
         let mut epochs = None;
-        let (body, output): (Body, Output) = match a.family {
-            Family::LowrankG => (fit_gate_regression(x_train, &gate, f, a.rank)?, Output::Gate),
-            Family::Lowbit => (fit_lowbit(&gate, a.bits)?, Output::Gate),
-            Family::Lowrank => {
+        // One pass over the training inputs serves the gate regression and the neuron scales.
+        let needs_moment = a.family == Family::LowrankG || a.label != LabelKind::Cats;
+        let moment = if needs_moment { Some(input_moment(x_train)?) } else { None };
+        let (body, output): (Body, Output) = match (a.family, &moment) {
+            (Family::LowrankG, Some(m)) => (fit_gate_regression_from_moment(m, &gate, f, a.rank)?, Output::Gate),
+            (Family::LowrankG, None) => (fit_gate_regression(x_train, &gate, f, a.rank)?, Output::Gate),
+            (Family::Lowbit, _) => (fit_lowbit(&gate, a.bits)?, Output::Gate),
+            (Family::Lowrank, _) => {
                 let opts =
                     TrainOptions { rank: a.rank, relu: a.relu, epochs: a.epochs, init: a.init, ..Default::default() };
                 let (body, log) = train_lowrank(x_train, &y_train, x_val, &y_val, opts)?;
@@ -226,7 +230,10 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
             (Output::Gate, LabelKind::Teal | LabelKind::Cett) => {
                 let up = w.w_up.to_f32();
                 let norms = (a.label == LabelKind::Cett).then(|| profile.down_col_norms[l].as_slice());
-                neuron_scales(x_train, &up, f, norms)?
+                match &moment {
+                    Some(m) => neuron_scales_from_moment(m, &up, f, norms)?,
+                    None => neuron_scales(x_train, &up, f, norms)?,
+                }
             }
             _ => Vec::new(),
         };
