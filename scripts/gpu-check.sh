@@ -5,7 +5,9 @@
 #  2. the loaded model decoding on the GPU (fp16 weights and KV cache, one CUDA graph per step):
 #     logits against the CPU f32 path, then GPU step times, for dense, TEAL and CATS (the
 #     thresholds come from a profile calibrated here on the model's own text);
-#  3. a synthetic Llama-3-8B (random weights, real shape) against the bandwidth roofline.
+#  3. `sieve serve --device cuda`: a greedy stream through gRPC equals `generate --device cuda`,
+#     Info names the GPU, a CATS stream reports its speedup, concurrent clients all finish;
+#  4. a synthetic Llama-3-8B (random weights, real shape) against the bandwidth roofline.
 # Every command exits non-zero when a check fails.
 #
 # usage: scripts/gpu-check.sh [SIEVE_BIN] [MODEL_GGUF] [OUT_DIR]
@@ -49,6 +51,46 @@ for key in ("dense_check", "method_check"):
 print(f"  dense {r['dense_tok_s']:.0f} tok/s, {r['method']} {r['method_tok_s']:.0f} tok/s, speedup {r['decode_speedup']:.2f}x")
 PY
 done
+
+say "serve --device cuda"
+"$BIN" --model "$MODEL" serve --device cuda --addr 127.0.0.1:0 --profile "$PROFILE" \
+  --predictors "$OUT/predictors" > "$OUT/serve.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+ADDR=""
+for _ in $(seq 1 240); do
+  ADDR="$(sed -n 's/^sieve listening on //p' "$OUT/serve.log")"
+  [ -n "$ADDR" ] && break
+  kill -0 $SERVER 2>/dev/null || { cat "$OUT/serve.log" >&2; echo "serve --device cuda did not start" >&2; exit 1; }
+  sleep 0.5
+done
+[ -n "$ADDR" ] || { echo "serve --device cuda did not start in 120 s" >&2; exit 1; }
+C=(--model "$MODEL" client)
+"$BIN" "${C[@]}" info --addr "http://$ADDR" --json > "$OUT/serve-info.json"
+PROMPT="The capital of France is"
+want="$("$BIN" --model "$MODEL" generate --device cuda --max-tokens 24 --temperature 0 "$PROMPT")"
+got="$("$BIN" "${C[@]}" generate --addr "http://$ADDR" --max-tokens 24 --temperature 0 "$PROMPT")"
+[ "$(echo "$want" | tr -d '[:space:]')" = "$(echo "$got" | tr -d '[:space:]')" ] \
+  || { printf 'gRPC stream differs from generate --device cuda:\n%s\n---\n%s\n' "$want" "$got" >&2; exit 1; }
+"$BIN" "${C[@]}" generate --addr "http://$ADDR" --max-tokens 64 --method cats --sparsity 0.5 --json \
+  > "$OUT/serve-cats.json"
+"$BIN" --model "$MODEL" loadtest --addr "http://$ADDR" --clients 8 --duration 10 --max-tokens 32 --json \
+  > "$OUT/serve-loadtest.json"
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+info = json.load(open(f"{out}/serve-info.json"))
+gpu = info.get("hardware", {}).get("gpu", "")
+if not gpu:
+    sys.exit(f"Info names no GPU: {info.get('hardware')}")
+cats = json.load(open(f"{out}/serve-cats.json"))
+t = cats["summary"]["timing"]
+print(f"  serve on {gpu}: cats 0.5 stream {t['decode_tok_s']:.0f} tok/s, GPU dense reference {t['dense_decode_tok_s']:.0f} tok/s, speedup {t['speedup']:.2f}x")
+lt = json.load(open(f"{out}/serve-loadtest.json"))
+print(f"  loadtest: {json.dumps({k: v for k, v in lt.items() if not isinstance(v, (list, dict))})}")
+PY
+kill $SERVER; wait $SERVER 2>/dev/null || true
+trap - EXIT
 
 say "synthetic Llama-3-8B"
 "$BIN" bench gpu-synthetic --methods teal-uniform:0.25,teal-uniform:0.5,cats:0.5 | tee "$OUT/synthetic-8b.md"

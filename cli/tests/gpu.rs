@@ -90,3 +90,84 @@ fn synthetic_benchmark_refuses_unknown_shapes_and_methods() {
     assert_fails_with(&sieve(&["bench", "gpu-synthetic", "--methods", "teal-uniform:1.2"]), "sparsity");
     assert_fails_with(&sieve(&["bench", "gpu-synthetic", "--steps", "0"]), "--steps");
 }
+
+/// `sieve serve --device cuda` on 127.0.0.1:0: with a GPU, a greedy stream equals `sieve
+/// generate --device cuda`, Info names the GPU, two concurrent streams both finish (the second
+/// waits its turn), an audit is refused by name, and the summary compares with a dense
+/// reference measured on the GPU. Without one, the server refuses to start, clearly.
+#[test]
+fn serve_on_cuda_streams_what_generate_prints_or_refuses_clearly() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    use sieve_proto::v1;
+    use sieve_proto::v1::sieve_client::SieveClient;
+
+    let mut child = Command::new(sieve_bin())
+        .arg("--model")
+        .arg(model_path())
+        .args(["serve", "--device", "cuda", "--addr", "127.0.0.1:0", "--predictors", "/nonexistent-predictors"])
+        .env_remove("SIEVE_MODEL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sieve serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr =
+        lines.by_ref().map_while(Result::ok).find_map(|l| l.strip_prefix("sieve listening on ").map(String::from));
+    let Some(addr) = addr else {
+        let status = child.wait().expect("wait");
+        let mut err = String::new();
+        child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read stderr");
+        assert!(!status.success());
+        assert!(gpu_refusal(&err), "unclear refusal: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        return;
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let prompt = "The capital of France is";
+    let want = sieve(&["generate", "--device", "cuda", "--max-tokens", "12", "--temperature", "0", prompt]);
+    assert!(want.status.success(), "{}", stderr(&want));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let mut client = SieveClient::connect(format!("http://{addr}")).await.expect("connect");
+        let request = |max_tokens: u32| v1::GenerateRequest {
+            input: Some(v1::generate_request::Input::Prompt(prompt.into())),
+            max_tokens,
+            ..Default::default()
+        };
+        let info = client.info(v1::InfoRequest::default()).await.expect("info").into_inner();
+        assert!(!info.hardware.expect("hardware").gpu.is_empty(), "Info names no GPU");
+        // Two streams at once: the second waits for the GPU, both finish whole.
+        let (mut a, mut b) = (client.clone(), client.clone());
+        let (first, second) = tokio::join!(async move { collect_text(&mut a, request(12)).await }, async move {
+            collect_text(&mut b, request(12)).await
+        });
+        let (text, summary) = first.expect("first stream");
+        assert_eq!(text.trim(), stdout(&want).trim(), "GPU stream differs from generate --device cuda");
+        assert_eq!(second.expect("second stream").0, text);
+        let timing = summary.timing.expect("timing");
+        assert!(timing.decode_tok_s > 0.0 && timing.dense_decode_tok_s > 0.0, "{timing:?}");
+        let mut audited = request(4);
+        audited.audit_every = 2;
+        audited.sparsity = Some(v1::Sparsity { method: v1::Method::Dense as i32, target: 0.0 });
+        let err = collect_text(&mut client, audited).await.expect_err("an audit on the GPU");
+        assert!(err.message().contains("CPU only"), "{err:?}");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The text and summary of one stream.
+async fn collect_text(
+    client: &mut sieve_proto::v1::sieve_client::SieveClient<tonic::transport::Channel>,
+    req: sieve_proto::v1::GenerateRequest,
+) -> Result<(String, sieve_proto::v1::GenerationSummary), tonic::Status> {
+    let mut stream = client.generate(req).await?.into_inner();
+    let (mut text, mut summary) = (String::new(), None);
+    while let Some(m) = stream.message().await? {
+        text.push_str(&m.text);
+        summary = m.summary.or(summary);
+    }
+    Ok((text, summary.ok_or_else(|| tonic::Status::internal("no summary"))?))
+}

@@ -3,7 +3,7 @@
 //! (CATS, TEAL or CETT at a target sparsity, bit-packed), with a manifest. A lookahead
 //! predictor of layer l reads layer l-1's recorded input, so one trace serves both taps.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use half::f16;
@@ -106,25 +106,27 @@ impl Trace {
             ));
         }
         let (layers, n, d, f) = (manifest.n_layers, manifest.tokens, manifest.d_model, manifest.d_ff);
-        let raw = std::fs::read(dir.join(INPUTS)).map_err(|e| bad(INPUTS, e.to_string()))?;
-        if raw.len() != layers * n * d * 2 {
-            return Err(bad(INPUTS, format!("{} bytes, want {} (truncated?)", raw.len(), layers * n * d * 2)));
+        // Read a layer at a time: a 200k-token trace is 6.9 GB of inputs, and a whole-file
+        // buffer beside its decoded copy would double the peak memory.
+        let layer_bytes = [n * d * 2, n * f.div_ceil(64) * 8];
+        let mut files = Vec::with_capacity(2);
+        for (name, per_layer) in [INPUTS, LABELS].into_iter().zip(layer_bytes) {
+            let path = dir.join(name);
+            let file = std::fs::File::open(&path).map_err(|e| bad(name, e.to_string()))?;
+            let len = file.metadata().map_err(|e| bad(name, e.to_string()))?.len();
+            if len != (layers * per_layer) as u64 {
+                return Err(bad(name, format!("{len} bytes, want {} (truncated?)", layers * per_layer)));
+            }
+            files.push((name, std::io::BufReader::new(file), vec![0u8; per_layer]));
         }
-        let inputs = raw
-            .chunks_exact(n * d * 2)
-            .map(|layer| layer.chunks_exact(2).map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect())
-            .collect();
-        let raw = std::fs::read(dir.join(LABELS)).map_err(|e| bad(LABELS, e.to_string()))?;
-        let words_per_layer = n * f.div_ceil(64);
-        if raw.len() != layers * words_per_layer * 8 {
-            return Err(bad(
-                LABELS,
-                format!("{} bytes, want {} (truncated?)", raw.len(), layers * words_per_layer * 8),
-            ));
-        }
-        let mut labels = Vec::with_capacity(layers);
-        for layer in raw.chunks_exact(words_per_layer * 8) {
-            let words = layer.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect();
+        let (mut inputs, mut labels) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+        for _ in 0..layers {
+            let (name, reader, buf) = &mut files[0];
+            reader.read_exact(buf).map_err(|e| bad(name, e.to_string()))?;
+            inputs.push(buf.chunks_exact(2).map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect());
+            let (name, reader, buf) = &mut files[1];
+            reader.read_exact(buf).map_err(|e| bad(name, e.to_string()))?;
+            let words = buf.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).collect();
             labels.push(Labels::from_words(n, f, words)?);
         }
         Ok(Self { manifest, inputs, labels })

@@ -5,6 +5,17 @@ use std::time::Duration;
 
 use sieve_engine::Precision;
 
+/// Where generations decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The CPU kernels: streams interleave token by token.
+    #[default]
+    Cpu,
+    /// NVIDIA GPU `ordinal` (a build with the `cuda` feature): one stream decodes at a time,
+    /// the others wait their turn; Compare and the mask audit stay on the CPU.
+    Cuda(usize),
+}
+
 /// Settings of one server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -24,11 +35,13 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// The dense reference timing is measured again when older than this and the engine is idle.
     pub dense_refresh: Duration,
+    /// Where generations decode.
+    pub device: Device,
 }
 
 impl ServerConfig {
     /// Defaults for `model`: fast precision, default profile and predictors, 16 requests,
-    /// 1024 tokens, 10 s grace, dense reference refreshed every 5 minutes.
+    /// 1024 tokens, 10 s grace, dense reference refreshed every 5 minutes, on the CPU.
     pub fn new(model: PathBuf) -> Self {
         Self {
             model,
@@ -39,6 +52,7 @@ impl ServerConfig {
             max_tokens_limit: 1024,
             grace: Duration::from_secs(10),
             dense_refresh: Duration::from_secs(300),
+            device: Device::Cpu,
         }
     }
 }

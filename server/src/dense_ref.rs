@@ -18,6 +18,12 @@ pub const ROUNDS: usize = 3;
 /// Prompt length.
 pub const PROMPT_TOKENS: usize = 16;
 
+/// The measurement's fixed, ordinary-looking prompt: ids spread over the vocabulary.
+pub fn reference_prompt(vocab_size: usize) -> Vec<u32> {
+    let vocab = vocab_size.max(1) as u32;
+    (0..PROMPT_TOKENS as u32).map(|i| (1000 + 977 * i) % vocab).collect()
+}
+
 /// A dense decode measurement.
 #[derive(Debug, Clone)]
 pub struct DenseReference {
@@ -39,9 +45,7 @@ impl DenseReference {
     }
 
     fn round(model: &Model) -> sieve_engine::Result<Self> {
-        let vocab = model.config().vocab_size as u32;
-        // A fixed, ordinary-looking prompt: ids spread over the vocabulary.
-        let prompt: Vec<u32> = (0..PROMPT_TOKENS as u32).map(|i| (1000 + 977 * i) % vocab).collect();
+        let prompt = reference_prompt(model.config().vocab_size);
         let opts = GenerateOptions::new(STEPS + 1, SamplingParams::default(), Vec::new());
         let mut session = Session::start(model, &prompt, opts)?.with_layer_timing();
         while matches!(session.step()?, Step::Token(_)) {}

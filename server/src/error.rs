@@ -15,6 +15,10 @@ pub enum ServerError {
     /// A socket or thread failed.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// The GPU could not be used (no driver or GPU, a build without `cuda`, or a model the
+    /// GPU path does not support).
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// The engine thread ended unexpectedly.
     #[error("the engine thread stopped: {0}")]
     EngineThread(String),

@@ -71,6 +71,7 @@ pub fn info(shared: &Shared) -> v1::InfoResponse {
             cpu: cpu_name(),
             threads: sieve_kernels::pool::global().threads() as u32,
             simd: vec![sieve_kernels::isa::describe()],
+            gpu: shared.gpu.clone().unwrap_or_default(),
         }),
         limits: Some(v1::Limits { max_queue: shared.max_queue as u32, max_tokens: shared.max_tokens_limit as u32 }),
         dense_reference: Some(shared.dense().to_wire()),

@@ -12,6 +12,11 @@ pub mod compare;
 pub mod config;
 pub mod dense_ref;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
+#[cfg(not(feature = "cuda"))]
+#[path = "gpu_stub.rs"]
+pub mod gpu;
 pub mod info;
 pub mod metrics;
 pub mod report;
@@ -31,7 +36,7 @@ use sieve_proto::v1::sieve_server::SieveServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use config::ServerConfig;
+pub use config::{Device, ServerConfig};
 pub use error::ServerError;
 
 use crate::assets::Assets;
@@ -57,16 +62,54 @@ impl Server {
             )));
         }
         let (assets, model) = Assets::load(cfg)?;
-        let dense = DenseReference::measure(&model)?;
-        tracing::info!(tok_s = dense.decode_tok_s, "dense reference measured");
-        let shared = Arc::new(Shared::new(Arc::new(assets), dense, cfg.max_queue, cfg.max_tokens_limit));
+        // The engine thread opens the GPU itself: CUDA graphs are tied to the thread that
+        // uses them (cudarc's are not Send). It reports the dense reference (or why it could
+        // not start), then waits for the shared state built from it.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(DenseReference, Option<String>), ServerError>>();
+        let (shared_tx, shared_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
         let (jobs, rx) = std::sync::mpsc::channel();
-        let engine_shared = shared.clone();
-        let refresh = cfg.dense_refresh;
+        let (device, refresh) = (cfg.device, cfg.dense_refresh);
         let engine = std::thread::Builder::new()
             .name("sieve-engine".into())
-            .spawn(move || scheduler::run(model, engine_shared, rx, refresh))
+            .spawn(move || {
+                let opened = match device {
+                    config::Device::Cpu => Ok(None),
+                    config::Device::Cuda(ordinal) => gpu::GpuBackend::open(&model, ordinal).map(Some),
+                };
+                let started = opened.and_then(|mut gpu| {
+                    let dense = match gpu.as_mut() {
+                        Some(g) => g.dense_reference()?,
+                        None => DenseReference::measure(&model)?,
+                    };
+                    Ok((gpu, dense))
+                });
+                let gpu = match started {
+                    Ok((gpu, dense)) => {
+                        let name = gpu.as_ref().map(|g| g.name().to_string());
+                        if ready_tx.send(Ok((dense, name))).is_err() {
+                            return;
+                        }
+                        gpu
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if let Ok(shared) = shared_rx.recv() {
+                    scheduler::run(model, gpu, shared, rx, refresh);
+                }
+            })
             .map_err(|source| ServerError::Io { what: "starting the engine thread".into(), source })?;
+        let (dense, gpu_name) =
+            ready_rx.recv().map_err(|_| ServerError::EngineThread("it ended while starting".into()))??;
+        tracing::info!(
+            tok_s = dense.decode_tok_s,
+            gpu = gpu_name.as_deref().unwrap_or("none"),
+            "dense reference measured"
+        );
+        let shared = Arc::new(Shared::new(Arc::new(assets), dense, cfg.max_queue, cfg.max_tokens_limit, gpu_name));
+        shared_tx.send(shared.clone()).map_err(|_| ServerError::EngineThread("it ended while starting".into()))?;
         Ok(Self { shared, jobs, engine, grace: cfg.grace })
     }
 

@@ -1,16 +1,19 @@
 //! The engine thread: it owns the model, takes jobs from the handlers over a channel, and
 //! advances every running generation by one token in turn (round-robin per decode step), so
-//! concurrent streams progress fairly. A stream whose client went away stops at its next
+//! concurrent streams progress fairly. On a GPU ([`GpuBackend`]) one generation decodes at a
+//! time (the GPU model holds one KV cache) and the admitted others wait in arrival order. A stream whose client went away stops at its next
 //! step; a deadline ends it with DEADLINE_EXCEEDED; a shutdown lets running streams finish
 //! within the grace period and cancels the rest. When idle it re-measures a stale dense
 //! reference.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 use sieve_engine::Model;
-use sieve_engine::generate::{Session, Step};
+use sieve_engine::generate::{Generation, Session, Step};
+use sieve_engine::model::LayerTimes;
 use sieve_engine::stop::StopStrings;
 use sieve_engine::tokenizer::StreamDecoder;
 use sieve_proto::v1;
@@ -19,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tonic::{Code, Status};
 
 use crate::dense_ref::DenseReference;
+use crate::gpu::{GpuBackend, GpuStream};
 use crate::request::{CompareSpec, GenerateSpec};
 use crate::state::Shared;
 
@@ -48,9 +52,51 @@ pub struct CompareJob {
     pub permit: OwnedSemaphorePermit,
 }
 
+/// Where a running generation decodes.
+enum Runner<'m> {
+    Cpu(Session<'m>),
+    Gpu(GpuStream),
+}
+
+impl Runner<'_> {
+    fn step(&mut self, gpu: Option<&mut GpuBackend>) -> sieve_engine::Result<Step> {
+        match (self, gpu) {
+            (Runner::Cpu(s), _) => s.step(),
+            (Runner::Gpu(s), Some(g)) => g.step(s),
+            (Runner::Gpu(_), None) => {
+                Err(sieve_engine::EngineError::InvalidInput("a GPU stream without the GPU backend".into()))
+            }
+        }
+    }
+    fn cancel(&mut self) {
+        match self {
+            Runner::Cpu(s) => s.cancel(),
+            Runner::Gpu(s) => s.cancel(),
+        }
+    }
+    fn options(&self) -> &sieve_engine::generate::GenerateOptions {
+        match self {
+            Runner::Cpu(s) => s.options(),
+            Runner::Gpu(s) => s.options(),
+        }
+    }
+    fn layer_times(&self) -> Option<&LayerTimes> {
+        match self {
+            Runner::Cpu(s) => s.layer_times(),
+            Runner::Gpu(_) => None,
+        }
+    }
+    fn snapshot(&self) -> Generation {
+        match self {
+            Runner::Cpu(s) => s.snapshot(),
+            Runner::Gpu(s) => s.snapshot(),
+        }
+    }
+}
+
 /// A running generation.
 struct Active<'m> {
-    session: Session<'m>,
+    session: Runner<'m>,
     decoder: StreamDecoder,
     stops: StopStrings,
     tx: UnboundedSender<Result<v1::GenerateResponse, Status>>,
@@ -73,7 +119,7 @@ impl Active<'_> {
     }
 
     /// Advances the stream by one token.
-    fn advance(&mut self, shared: &Shared) -> Outcome {
+    fn advance(&mut self, shared: &Shared, gpu: Option<&mut GpuBackend>) -> Outcome {
         if self.tx.is_closed() {
             self.session.cancel();
             return Outcome::Ended(Code::Cancelled);
@@ -84,7 +130,7 @@ impl Active<'_> {
             return Outcome::Ended(Code::DeadlineExceeded);
         }
         let tok = &shared.assets.tokenizer;
-        let step = match self.session.step() {
+        let step = match self.session.step(gpu) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("generation failed: {e}");
@@ -133,27 +179,33 @@ impl Active<'_> {
     /// Records the ended stream in the aggregates and metrics.
     fn record(self, shared: &Shared, code: Code) {
         let times = self.session.layer_times().cloned();
-        let g = self.session.finish();
+        let g = self.session.snapshot();
         shared.metrics.request("Generate", code);
         shared.metrics.tokens(&self.method.label(), g.tokens.len());
         shared.aggregates().add(self.method, &g, times.as_ref(), shared.assets.config.n_layers);
     }
 }
 
-/// Runs the engine until every job sender is gone (and the running streams ended).
-pub fn run(model: Model, shared: Arc<Shared>, jobs: Receiver<Job>, refresh: Duration) {
+/// Runs the engine until every job sender is gone (and the running streams ended);
+/// generations decode on `gpu` when there is one.
+pub fn run(model: Model, mut gpu: Option<GpuBackend>, shared: Arc<Shared>, jobs: Receiver<Job>, refresh: Duration) {
     let mut active: Vec<Active<'_>> = Vec::new();
+    let mut waiting: VecDeque<GenerateJob> = VecDeque::new();
     let mut drain_until: Option<Instant> = None;
     let mut senders_gone = false;
     loop {
         // Take new work: wait when idle, otherwise only what is already queued.
         loop {
-            let job = if active.is_empty() {
+            let job = if active.is_empty() && waiting.is_empty() {
                 if senders_gone {
                     return;
                 }
                 if drain_until.is_none() && shared.dense().measured.elapsed() >= refresh {
-                    match DenseReference::measure(&model) {
+                    let measured = match gpu.as_mut() {
+                        Some(g) => g.dense_reference(),
+                        None => DenseReference::measure(&model),
+                    };
+                    match measured {
                         Ok(d) => shared.set_dense(d),
                         Err(e) => tracing::warn!("dense reference not refreshed: {e}"),
                     }
@@ -183,7 +235,8 @@ pub fn run(model: Model, shared: Arc<Shared>, jobs: Receiver<Job>, refresh: Dura
                     let _ = j.reply.send(Err(Status::unavailable("the server is shutting down")));
                     shared.metrics.request("Compare", Code::Unavailable);
                 }
-                Job::Generate(j) => start(&model, &shared, *j, &mut active),
+                Job::Generate(j) if gpu.is_some() => waiting.push_back(*j),
+                Job::Generate(j) => start(&model, &shared, *j, &mut active, None),
                 Job::Compare(j) => {
                     let result = crate::compare::run(&model, &shared.assets, &j.spec, j.deadline);
                     shared.metrics.request("Compare", result.as_ref().map_or_else(Status::code, |_| Code::Ok));
@@ -197,11 +250,20 @@ pub fn run(model: Model, shared: Arc<Shared>, jobs: Receiver<Job>, refresh: Dura
                 let _ = a.tx.send(Err(Status::unavailable("the server shut down before the generation finished")));
                 a.record(&shared, Code::Unavailable);
             }
+            for j in waiting.drain(..) {
+                let _ = j.tx.send(Err(Status::unavailable("the server shut down before the generation started")));
+                shared.metrics.request("Generate", Code::Unavailable);
+            }
             continue;
+        }
+        // The GPU holds one sequence: the next waiting generation starts when it is free.
+        while active.is_empty() {
+            let Some(j) = waiting.pop_front() else { break };
+            start(&model, &shared, j, &mut active, gpu.as_mut());
         }
         let mut i = 0;
         while i < active.len() {
-            match active[i].advance(&shared) {
+            match active[i].advance(&shared, gpu.as_mut()) {
                 Outcome::Running => i += 1,
                 Outcome::Ended(code) => active.swap_remove(i).record(&shared, code),
             }
@@ -209,8 +271,14 @@ pub fn run(model: Model, shared: Arc<Shared>, jobs: Receiver<Job>, refresh: Dura
     }
 }
 
-/// Runs the prompt of a new generation and adds it to the running set.
-fn start<'m>(model: &'m Model, shared: &Shared, j: GenerateJob, active: &mut Vec<Active<'m>>) {
+/// Runs the prompt of a new generation (on `gpu` when given) and adds it to the running set.
+fn start<'m>(
+    model: &'m Model,
+    shared: &Shared,
+    j: GenerateJob,
+    active: &mut Vec<Active<'m>>,
+    gpu: Option<&mut GpuBackend>,
+) {
     if j.tx.is_closed() {
         shared.metrics.request("Generate", Code::Cancelled);
         return;
@@ -221,9 +289,16 @@ fn start<'m>(model: &'m Model, shared: &Shared, j: GenerateJob, active: &mut Vec
         return;
     }
     let GenerateSpec { prompt, options, stops, method } = j.spec;
-    match Session::start(model, &prompt, options) {
+    let started = match gpu {
+        // The CPU model's checks first, so both devices refuse the same requests alike.
+        Some(g) => sieve_engine::generate::validate(model, &prompt, &options)
+            .and_then(|()| g.start(&prompt, options))
+            .map(Runner::Gpu),
+        None => Session::start(model, &prompt, options).map(|s| Runner::Cpu(s.with_layer_timing())),
+    };
+    match started {
         Ok(session) => active.push(Active {
-            session: session.with_layer_timing(),
+            session,
             decoder: StreamDecoder::default(),
             stops: StopStrings::new(stops),
             tx: j.tx,

@@ -66,6 +66,12 @@ impl Sieve for SieveService {
 
     async fn generate(&self, req: Request<v1::GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
         let deadline = deadline(req.metadata()).map_err(|s| self.refuse("Generate", s))?;
+        if let Some(gpu) = self.shared.gpu.as_deref().filter(|_| req.get_ref().audit_every > 0) {
+            let why = format!(
+                "audit_every: the mask audit runs on the CPU only (it needs the dense MLP); this server decodes on the GPU ({gpu})"
+            );
+            return Err(self.refuse("Generate", Status::invalid_argument(why)));
+        }
         let spec = request::generate(req.get_ref(), &self.shared.assets, self.shared.max_tokens_limit)
             .map_err(|s| self.refuse("Generate", s))?;
         let permit = self.shared.admit().map_err(|s| self.refuse("Generate", s))?;

@@ -16,19 +16,29 @@ pub struct Shared {
     pub metrics: Metrics,
     pub max_queue: usize,
     pub max_tokens_limit: usize,
+    /// The GPU generations decode on (`None`: the CPU).
+    pub gpu: Option<String>,
     permits: Arc<Semaphore>,
     dense: Mutex<DenseReference>,
     aggregates: Mutex<Aggregates>,
 }
 
 impl Shared {
-    /// State for a server admitting `max_queue` requests at once.
-    pub fn new(assets: Arc<Assets>, dense: DenseReference, max_queue: usize, max_tokens_limit: usize) -> Self {
+    /// State for a server admitting `max_queue` requests at once, decoding on `gpu` (its
+    /// name) or the CPU.
+    pub fn new(
+        assets: Arc<Assets>,
+        dense: DenseReference,
+        max_queue: usize,
+        max_tokens_limit: usize,
+        gpu: Option<String>,
+    ) -> Self {
         Self {
             assets,
             metrics: Metrics::default(),
             max_queue,
             max_tokens_limit,
+            gpu,
             permits: Arc::new(Semaphore::new(max_queue)),
             dense: Mutex::new(dense),
             aggregates: Mutex::new(Aggregates::default()),

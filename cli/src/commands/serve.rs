@@ -39,6 +39,13 @@ pub struct Args {
     /// Predictor set directory (default: the one `sieve train-predictors` wrote).
     #[arg(long)]
     predictors: Option<PathBuf>,
+    /// Where generations decode: cpu, or cuda (an NVIDIA GPU, one stream at a time; needs a
+    /// build with `--features cuda`). Compare and the mask audit run on the CPU either way.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: super::gpu_decode::Device,
+    /// GPU ordinal for --device cuda.
+    #[arg(long, default_value_t = 0)]
+    gpu: usize,
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
@@ -88,6 +95,10 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
         max_tokens_limit: a.max_tokens_limit,
         grace: seconds("grace-s", a.grace_s)?,
         dense_refresh: seconds("dense-refresh-s", a.dense_refresh_s)?.max(Duration::from_secs(1)),
+        device: match a.device {
+            super::gpu_decode::Device::Cpu => sieve_server::Device::Cpu,
+            super::gpu_decode::Device::Cuda => sieve_server::Device::Cuda(a.gpu),
+        },
         ..ServerConfig::new(model_path.to_path_buf())
     };
     // One I/O thread: the engine and its pool own the cores, and gRPC work per token is small.

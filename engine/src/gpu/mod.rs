@@ -10,8 +10,10 @@
 
 mod model;
 mod plan;
+mod session;
 mod step;
 
 pub use model::{GpuModel, step_weight_bytes};
 pub use plan::{GpuLayerPlan, GpuPlan, calibrate_uniform};
+pub use session::GpuSession;
 pub use step::StepTiming;

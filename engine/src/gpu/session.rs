@@ -1,0 +1,128 @@
+//! A generation on the GPU advanced one token at a time, as [`crate::generate::Session`] is on
+//! the CPU, so a server can stream it: the prompt runs in [`GpuSession::start`] (one graph
+//! replay per prompt token), each [`GpuSession::step`] samples one token on the host from the
+//! downloaded logits and replays the step graph for it. The session owns no device memory:
+//! the [`GpuModel`]'s single KV cache holds one sequence, so the caller runs one session at a
+//! time on a model and passes that model to every call.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{EngineError, Result};
+use crate::generate::{FinishReason, GenerateOptions, Generation, Step};
+use crate::sampling::Sampler;
+
+use super::{GpuModel, GpuPlan};
+
+/// One generation on a [`GpuModel`].
+pub struct GpuSession {
+    plan: GpuPlan,
+    opts: GenerateOptions,
+    sampler: Sampler,
+    logits: Vec<f32>,
+    tokens: Vec<u32>,
+    prompt_tokens: usize,
+    prefill: Duration,
+    decode: Duration,
+    timed_steps: usize,
+    finish: Option<FinishReason>,
+}
+
+impl GpuSession {
+    /// Checks the request against the GPU model (prompt, options, and a plan the GPU can run:
+    /// no mask audit, which needs the CPU's dense MLP), restarts the model's sequence and runs
+    /// the prompt.
+    pub fn start(gm: &mut GpuModel, prompt: &[u32], opts: GenerateOptions) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(EngineError::InvalidInput("the prompt is empty".into()));
+        }
+        if prompt.len() >= gm.max_len() {
+            return Err(EngineError::ContextOverflow { needed: prompt.len() + 1, max: gm.max_len() });
+        }
+        if opts.max_tokens == 0 {
+            return Err(EngineError::InvalidInput("max_tokens must be at least 1".into()));
+        }
+        if opts.audit_every > 0 {
+            return Err(EngineError::InvalidInput(
+                "the mask audit runs on the CPU only (it needs the dense MLP); decode on the CPU to audit".into(),
+            ));
+        }
+        let plan = match &opts.sparsity {
+            Some(p) => GpuPlan::from_plan(p)?,
+            None => GpuPlan::dense(gm.shape().n_layers),
+        };
+        let sampler = Sampler::new(opts.sampling)?;
+        gm.reset();
+        let t0 = Instant::now();
+        let mut logits = Vec::new();
+        for &t in prompt {
+            logits = gm.step(t, &plan)?;
+        }
+        Ok(Self {
+            plan,
+            opts,
+            sampler,
+            logits,
+            tokens: Vec::new(),
+            prompt_tokens: prompt.len(),
+            prefill: t0.elapsed(),
+            decode: Duration::ZERO,
+            timed_steps: 0,
+            finish: None,
+        })
+    }
+
+    /// Samples the next token and, unless the generation ends with it, runs it through `gm`
+    /// (the model the session started on). After the end it returns the same [`Step::Done`].
+    pub fn step(&mut self, gm: &mut GpuModel) -> Result<Step> {
+        if let Some(reason) = self.finish {
+            return Ok(Step::Done(reason));
+        }
+        let next = self.sampler.sample(&self.logits);
+        if self.opts.stop_ids.contains(&next) {
+            self.finish = Some(FinishReason::Stop);
+            return Ok(Step::Done(FinishReason::Stop));
+        }
+        self.tokens.push(next);
+        let end = if self.tokens.len() >= self.opts.max_tokens {
+            Some(FinishReason::Length)
+        } else if gm.position() >= gm.max_len() {
+            Some(FinishReason::ContextFull)
+        } else {
+            None
+        };
+        if let Some(reason) = end {
+            self.finish = Some(reason);
+            return Ok(Step::Last(next, reason));
+        }
+        let t = Instant::now();
+        self.logits = gm.step(next, &self.plan)?;
+        self.decode += t.elapsed();
+        self.timed_steps += 1;
+        Ok(Step::Token(next))
+    }
+
+    /// Ends the generation early (the caller stopped it).
+    pub fn cancel(&mut self) {
+        self.finish.get_or_insert(FinishReason::Cancelled);
+    }
+
+    /// The options the session runs under.
+    pub fn options(&self) -> &GenerateOptions {
+        &self.opts
+    }
+
+    /// A copy of the generation so far (finish `Cancelled` if it has not ended; no sparsity
+    /// statistics or audit: the GPU step does not count masks).
+    pub fn snapshot(&self) -> Generation {
+        Generation {
+            tokens: self.tokens.clone(),
+            finish: self.finish.unwrap_or(FinishReason::Cancelled),
+            prompt_tokens: self.prompt_tokens,
+            prefill: self.prefill,
+            decode: self.decode,
+            timed_steps: self.timed_steps,
+            stats: None,
+            audit: None,
+        }
+    }
+}
