@@ -15,22 +15,33 @@
 #   MODEL_GGUF  default: the installed SmolLM2; a machine that cannot receive the 98 MB file gets
 #               a copy of its first blocks: `python3 scripts/gguf_truncate.py IN OUT 6`
 #   OUT_DIR     where the JSON and tables go (default gpu-results)
+#   SIEVE_GPU_STEPS  which parts to run (default "kernels model serve synthetic"; serve needs model's
+#               profile and predictors, so it runs the calibration itself when model is left out)
 set -euo pipefail
 BIN="${1:-target/release/sieve}"
 MODEL="${2:-${SIEVE_MODEL:-$HOME/.cache/sieve/models/SmolLM2-135M-Instruct.Q4_1.gguf}}"
 OUT="${3:-gpu-results}"
 mkdir -p "$OUT"
 say() { printf '[gpu-check] %s\n' "$*" >&2; }
+STEPS=" ${SIEVE_GPU_STEPS:-kernels model serve synthetic} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
 
+if want kernels; then
 say "kernels: correctness and timings"
 "$BIN" gpu-bench | tee "$OUT/gpu-bench.md"
 "$BIN" gpu-bench --json --replays 10 > "$OUT/gpu-bench.json"
+fi
 
-say "model on the GPU: $MODEL"
 PROFILE="$OUT/profile.json"
+if want model || want serve; then
+say "profile and predictors for $MODEL"
 "$BIN" --model "$MODEL" calibrate --tokens "${SIEVE_GPU_CALIBRATION_TOKENS:-4096}" --out "$PROFILE" >&2
 "$BIN" --model "$MODEL" train-predictors --profile "$PROFILE" --tokens "${SIEVE_GPU_PREDICTOR_TOKENS:-4096}" \
   --rank 64 --out "$OUT/predictors" >&2
+fi
+
+if want model; then
+say "model on the GPU: $MODEL"
 for spec in dense:0 teal:0.25 teal:0.5 teal-uniform:0.5 cats:0.25 cats:0.5 predictor:0.5; do
   method="${spec%%:*}"; s="${spec##*:}"
   say "bench decode --device cuda --method $method --sparsity $s"
@@ -51,7 +62,9 @@ for key in ("dense_check", "method_check"):
 print(f"  dense {r['dense_tok_s']:.0f} tok/s, {r['method']} {r['method_tok_s']:.0f} tok/s, speedup {r['decode_speedup']:.2f}x")
 PY
 done
+fi
 
+if want serve; then
 say "serve --device cuda"
 "$BIN" --model "$MODEL" serve --device cuda --addr 127.0.0.1:0 --profile "$PROFILE" \
   --predictors "$OUT/predictors" > "$OUT/serve.log" 2>&1 &
@@ -72,7 +85,7 @@ want="$("$BIN" --model "$MODEL" generate --device cuda --max-tokens 24 --tempera
 got="$("$BIN" "${C[@]}" generate --addr "http://$ADDR" --max-tokens 24 --temperature 0 "$PROMPT")"
 [ "$(echo "$want" | tr -d '[:space:]')" = "$(echo "$got" | tr -d '[:space:]')" ] \
   || { printf 'gRPC stream differs from generate --device cuda:\n%s\n---\n%s\n' "$want" "$got" >&2; exit 1; }
-"$BIN" "${C[@]}" generate --addr "http://$ADDR" --max-tokens 64 --method cats --sparsity 0.5 --json \
+"$BIN" "${C[@]}" generate --addr "http://$ADDR" --max-tokens 64 --method cats --sparsity 0.5 --json "$PROMPT" \
   > "$OUT/serve-cats.json"
 "$BIN" --model "$MODEL" loadtest --addr "http://$ADDR" --clients 8 --duration 10 --max-tokens 32 --json \
   > "$OUT/serve-loadtest.json"
@@ -91,8 +104,11 @@ print(f"  loadtest: {json.dumps({k: v for k, v in lt.items() if not isinstance(v
 PY
 kill $SERVER; wait $SERVER 2>/dev/null || true
 trap - EXIT
+fi
 
+if want synthetic; then
 say "synthetic Llama-3-8B"
 "$BIN" bench gpu-synthetic --methods teal-uniform:0.25,teal-uniform:0.5,cats:0.5 | tee "$OUT/synthetic-8b.md"
 "$BIN" bench gpu-synthetic --methods teal-uniform:0.5 --steps 32 --json > "$OUT/synthetic-8b.json"
+fi
 say "all GPU checks passed; results in $OUT"
