@@ -1,8 +1,11 @@
 //! Cold-cache GEMV benchmark, as in decode: per shape, enough distinct matrices (at least
 //! 64, at least 32 MiB per set) that each product reads its weights from L3 rather than L2,
-//! cycled through one after another. Per GEMV time of the dense `matmul_q4_1` (activations
-//! pre-quantized, and with the quantization) against `gemv_input_sparse_q4_1` at sparsity
-//! s in {0.25, 0.5, 0.75}, SmolLM2-135M shapes.
+//! cycled through one after another (a matrix larger than that, as at Llama-3-8B's shapes, is
+//! read from L3 on every product by itself). Per GEMV time of the dense `matmul_q4_1`
+//! (activations pre-quantized, and with the quantization) against `gemv_input_sparse_q4_1`
+//! (TEAL: inputs of magnitude above the s-quantile) and the output-sparse `gemv_rows` (a
+//! spread-out (1 - s) of the rows) at sparsity s in {0.25, 0.5, 0.75}, SmolLM2-135M and
+//! Llama-3-8B MLP shapes.
 //!
 //! The variants are timed alternately (one pass over the whole set each, round after round)
 //! and the median GEMV time is reported, so that a machine shared with other jobs affects
@@ -12,13 +15,19 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use sieve_kernels::sparse::SparseScratch;
+use sieve_kernels::sparse::{RowMajor, SparseScratch, Vector, gemv_rows};
 use sieve_kernels::testdata::values;
 use sieve_kernels::{ActsQ8, InputMajorQ4_1, MatQ4_1, gemv_input_sparse_q4_1, matmul_q4_1};
 
 /// (name, outputs, inputs)
-const SHAPES: &[(&str, usize, usize)] =
-    &[("gate_up", 1536, 576), ("down", 576, 1536), ("q_o", 576, 576), ("k_v", 192, 576)];
+const SHAPES: &[(&str, usize, usize)] = &[
+    ("gate_up", 1536, 576),
+    ("down", 576, 1536),
+    ("q_o", 576, 576),
+    ("k_v", 192, 576),
+    ("l3_8b_up", 14336, 4096),
+    ("l3_8b_down", 4096, 14336),
+];
 const SPARSITY: &[f64] = &[0.25, 0.5, 0.75];
 /// Distinct input vectors, cycled with the matrices.
 const XS: usize = 8;
@@ -39,15 +48,16 @@ fn main() {
     let threads = sieve_kernels::pool::global().threads();
     println!("sparse_cold: {threads} thread(s), {rounds} rounds, median µs per GEMV");
     println!(
-        "{:<18} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9}",
-        "shape", "dense", "dense+q", "s", "sparse", "vs dense", "vs d+q"
+        "{:<24} {:>8} {:>8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "shape", "dense", "dense+q", "s", "in-sp", "vs dense", "vs d+q", "out-sp", "vs dense"
     );
     for &(name, outputs, inputs) in SHAPES {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
         let bytes = outputs * inputs / 32 * 24;
-        let copies = copies.unwrap_or(MIN_COPIES.max(MIN_SET_BYTES.div_ceil(bytes)));
+        let copies =
+            copies.unwrap_or(if bytes >= MIN_SET_BYTES { 1 } else { MIN_COPIES.max(MIN_SET_BYTES.div_ceil(bytes)) });
         let dense: Vec<MatQ4_1> = (0..copies)
             .map(|k| MatQ4_1::quantize(outputs, inputs, &values(outputs * inputs, 1000 + k as u64)).expect("q4_1"))
             .collect();
@@ -75,11 +85,20 @@ fn main() {
                     .collect()
             })
             .collect();
+        // Per sparsity, the rows an output-sparse product keeps: spread over the matrix.
+        let row_lists: Vec<Vec<u32>> = SPARSITY
+            .iter()
+            .map(|&s| {
+                let keep = ((1.0 - s) * outputs as f64) as usize;
+                (0..outputs as u32).filter(|r| (*r as usize * 7919) % outputs < keep).collect()
+            })
+            .collect();
         let mut out = vec![0f32; outputs];
         let mut acts2 = ActsQ8::default();
         let mut scratch = SparseScratch::default();
-        // Variant 0: dense, 1: dense with quantize, 2..: sparse at SPARSITY[v - 2].
-        let variants = 2 + SPARSITY.len();
+        // Variant 0: dense, 1: dense with quantize, then input-sparse and output-sparse at
+        // each of SPARSITY.
+        let variants = 2 + 2 * SPARSITY.len();
         let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds * copies); variants];
         for round in 0..rounds + 1 {
             for (v, t) in times.iter_mut().enumerate() {
@@ -91,6 +110,12 @@ fn main() {
                         1 => {
                             acts2.quantize_from(black_box(&xs[x]), 1, inputs).expect("acts");
                             matmul_q4_1(black_box(&dense[k]), &acts2, &mut out).expect("dense")
+                        }
+                        v if v >= 2 + SPARSITY.len() => {
+                            let rows = &row_lists[v - 2 - SPARSITY.len()];
+                            let vector = Vector::Q8(&acts[x]);
+                            gemv_rows(&RowMajor::Q4(black_box(&dense[k])), &vector, rows, &mut out[..rows.len()])
+                                .expect("rows")
                         }
                         _ => {
                             let th = thresholds[v - 2][x];
@@ -110,16 +135,18 @@ fn main() {
         let med: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
         let label = format!("{name} {outputs}x{inputs}");
         for (i, &s) in SPARSITY.iter().enumerate() {
-            let sp = med[2 + i];
+            let (sp, rows) = (med[2 + i], med[2 + SPARSITY.len() + i]);
             println!(
-                "{:<18} {:>8.2} {:>8.2} {:>6.2} {:>9.2} {:>8.2}x {:>8.2}x",
+                "{:<24} {:>8.2} {:>8.2} {:>5.2} {:>9.2} {:>8.2}x {:>8.2}x {:>9.2} {:>8.2}x",
                 if i == 0 { label.as_str() } else { "" },
                 med[0],
                 med[1],
                 s,
                 sp,
                 med[0] / sp,
-                med[1] / sp
+                med[1] / sp,
+                rows,
+                med[0] / rows
             );
         }
     }
