@@ -221,3 +221,81 @@ pub fn collect_trace(
 pub fn default_trace_dir(profile_dir: &Path) -> PathBuf {
     profile_dir.join("trace")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small trace of `layers` x `tokens` for a model of `d` x `f` (Llama-3-8B's config with
+    /// the layer count and widths replaced).
+    fn small(layers: usize, tokens: usize, d: usize, f: usize) -> (Trace, Config) {
+        let cfg = Config { n_layers: layers, d_model: d, d_ff: f, ..Config::llama3_8b() };
+        let manifest = TraceManifest {
+            version: TRACE_VERSION,
+            model_sha256: "a".repeat(64),
+            n_layers: layers,
+            d_model: d,
+            d_ff: f,
+            tokens,
+            label: LabelKind::Cats,
+            sparsity: 0.5,
+            source: "test".into(),
+        };
+        let inputs =
+            (0..layers).map(|l| (0..tokens * d).map(|i| f16::from_f32((i + l) as f32 / 8.0)).collect()).collect();
+        let labels = (0..layers)
+            .map(|l| {
+                let mut y = Labels::zeros(tokens, f);
+                for t in 0..tokens {
+                    y.set_row(t, |i| (i + t + l) % 3 == 0);
+                }
+                y
+            })
+            .collect();
+        (Trace { manifest, inputs, labels }, cfg)
+    }
+
+    fn reason(r: Result<Trace>) -> String {
+        match r {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a bad trace was loaded"),
+        }
+    }
+
+    #[test]
+    fn a_saved_trace_loads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, cfg) = small(3, 5, 32, 70);
+        t.save(dir.path()).unwrap();
+        let back = Trace::load(dir.path(), &t.manifest.model_sha256, &cfg).unwrap();
+        assert_eq!(back.manifest, t.manifest);
+        for l in 0..3 {
+            assert_eq!(back.inputs(l), t.inputs(l));
+            assert_eq!(back.labels(l).words(), t.labels(l).words());
+        }
+    }
+
+    #[test]
+    fn truncated_foreign_or_misshapen_traces_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, cfg) = small(3, 5, 32, 70);
+        let sha = t.manifest.model_sha256.clone();
+        t.save(dir.path()).unwrap();
+        let other_model = reason(Trace::load(dir.path(), &"b".repeat(64), &cfg));
+        assert!(other_model.contains("another model"), "{other_model}");
+        let fewer_layers = Config { n_layers: 2, ..cfg.clone() };
+        let layers = reason(Trace::load(dir.path(), &sha, &fewer_layers));
+        assert!(layers.contains("3 layers") && layers.contains("has 2 layers"), "{layers}");
+        for file in [INPUTS, LABELS] {
+            let path = dir.path().join(file);
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+            let truncated = reason(Trace::load(dir.path(), &sha, &cfg));
+            assert!(truncated.contains(file) && truncated.contains("truncated"), "{truncated}");
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        std::fs::write(dir.path().join(MANIFEST), "{\"version\": 1, \"model").unwrap();
+        let corrupt = reason(Trace::load(dir.path(), &sha, &cfg));
+        assert!(corrupt.contains(MANIFEST) && corrupt.contains("corrupt"), "{corrupt}");
+    }
+}

@@ -178,6 +178,24 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
             t
         }
         other => {
+            // Say why a trace that is there was not used (a fresh one replaces it).
+            match &other {
+                Some((dir, Err(e))) if dir.join("trace.json").exists() => {
+                    eprintln!("not reusing the trace in {}: {e}; tracing again", dir.display())
+                }
+                Some((dir, Ok(t))) => eprintln!(
+                    "not reusing the trace in {}: it has {} tokens of {:?} labels at {}, this run asks for {} of {:?} at {}; \
+                     tracing again",
+                    dir.display(),
+                    t.manifest.tokens,
+                    t.manifest.label,
+                    t.manifest.sparsity,
+                    a.tokens,
+                    a.label,
+                    a.label_sparsity
+                ),
+                _ => {}
+            }
             let sequences = training_text(&model, &tok, &a)?;
             let source = a.corpus.as_ref().map_or("self-generated".into(), |p| format!("corpus:{}", p.display()));
             let bar = super::progress(sequences.len() as u64, "tracing");
