@@ -122,7 +122,7 @@ fn cholesky(m: &Array2<f64>, ridge: f64) -> Option<Array2<f64>> {
     for j in 0..d {
         let row_j = l.row(j).to_owned();
         let pivot = m[[j, j]] + ridge - row_j.slice(ndarray::s![..j]).dot(&row_j.slice(ndarray::s![..j]));
-        if !(pivot > 0.0) {
+        if pivot.is_nan() || pivot <= 0.0 {
             return None;
         }
         let ljj = pivot.sqrt();

@@ -54,7 +54,7 @@ pub struct CompareJob {
 
 /// Where a running generation decodes.
 enum Runner<'m> {
-    Cpu(Session<'m>),
+    Cpu(Box<Session<'m>>),
     Gpu(GpuStream),
 }
 
@@ -294,7 +294,7 @@ fn start<'m>(
         Some(g) => sieve_engine::generate::validate(model, &prompt, &options)
             .and_then(|()| g.start(&prompt, options))
             .map(Runner::Gpu),
-        None => Session::start(model, &prompt, options).map(|s| Runner::Cpu(s.with_layer_timing())),
+        None => Session::start(model, &prompt, options).map(|s| Runner::Cpu(Box::new(s.with_layer_timing()))),
     };
     match started {
         Ok(session) => active.push(Active {
