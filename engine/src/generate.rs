@@ -193,26 +193,18 @@ impl<'m> Session<'m> {
     /// Samples the next token and, unless the generation ends with it, runs it through the
     /// model. Calling it again after the end returns the same [`Step::Done`].
     pub fn step(&mut self) -> Result<Step> {
-        if let Some(reason) = self.finish {
-            return Ok(Step::Done(reason));
-        }
-        let next = self.sampler.sample(&self.logits);
-        if self.opts.stop_ids.contains(&next) {
-            self.finish = Some(FinishReason::Stop);
-            return Ok(Step::Done(FinishReason::Stop));
-        }
-        self.tokens.push(next);
-        let end = if self.tokens.len() >= self.opts.max_tokens {
-            Some(FinishReason::Length)
-        } else if self.cache.len() >= self.cache.max_len() {
-            Some(FinishReason::ContextFull)
-        } else {
-            None
+        let context_full = self.cache.len() >= self.cache.max_len();
+        let next = match choose_next(
+            &mut self.sampler,
+            &self.logits,
+            &self.opts,
+            context_full,
+            &mut self.tokens,
+            &mut self.finish,
+        ) {
+            ControlFlow::Break(step) => return Ok(step),
+            ControlFlow::Continue(next) => next,
         };
-        if let Some(reason) = end {
-            self.finish = Some(reason);
-            return Ok(Step::Last(next, reason));
-        }
         self.steps += 1;
         let plan = self.opts.sparsity.as_ref();
         let every = self.opts.audit_every;
@@ -275,6 +267,43 @@ impl<'m> Session<'m> {
             stats: self.stats,
             audit: self.audit,
         }
+    }
+}
+
+/// The token-choosing half of a decode step, shared by the CPU and GPU sessions: samples the
+/// next token from `logits` and records it in `tokens`. `Break` when the generation ends
+/// (a stop token; the budget or a full context `context_full`, after this token; or it had
+/// already ended, in `finish`), `Continue(next)` when `next` must be run through the model.
+pub(crate) fn choose_next(
+    sampler: &mut Sampler,
+    logits: &[f32],
+    opts: &GenerateOptions,
+    context_full: bool,
+    tokens: &mut Vec<u32>,
+    finish: &mut Option<FinishReason>,
+) -> ControlFlow<Step, u32> {
+    if let Some(reason) = *finish {
+        return ControlFlow::Break(Step::Done(reason));
+    }
+    let next = sampler.sample(logits);
+    if opts.stop_ids.contains(&next) {
+        *finish = Some(FinishReason::Stop);
+        return ControlFlow::Break(Step::Done(FinishReason::Stop));
+    }
+    tokens.push(next);
+    let end = if tokens.len() >= opts.max_tokens {
+        Some(FinishReason::Length)
+    } else if context_full {
+        Some(FinishReason::ContextFull)
+    } else {
+        None
+    };
+    match end {
+        Some(reason) => {
+            *finish = Some(reason);
+            ControlFlow::Break(Step::Last(next, reason))
+        }
+        None => ControlFlow::Continue(next),
     }
 }
 

@@ -394,21 +394,9 @@ pub fn percentiles(v: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn pseudo(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s % 20_001) as f32 / 10_000.0 - 1.0
-            })
-            .collect()
-    }
-
     /// Inputs whose channel k has scale 0.7^k: a spectrum with clear gaps.
     fn inputs(n: usize, d: usize) -> Array2<f32> {
-        let raw = pseudo(n * d, 3);
+        let raw = sieve_kernels::testdata::values(n * d, 3);
         Array2::from_shape_fn((n, d), |(t, k)| raw[t * d + k] * 0.7f32.powi(k as i32))
     }
 
@@ -431,7 +419,7 @@ mod tests {
     fn gate_projection_matches_the_f_space_eigenvectors() {
         let (n, d, f, r) = (2000, 16, 40, 4);
         let x = inputs(n, d);
-        let w: Vec<f32> = pseudo(f * d, 9);
+        let w: Vec<f32> = sieve_kernels::testdata::values(f * d, 9);
         let Body::LowRank { w2, .. } = fit_gate_regression(x.view(), &w, f, r).unwrap() else {
             panic!("low-rank body expected");
         };
@@ -449,7 +437,7 @@ mod tests {
     fn a_dead_input_channel_still_factors() {
         let mut x = inputs(500, 8);
         x.column_mut(3).fill(0.0);
-        let w = pseudo(10 * 8, 4);
+        let w = sieve_kernels::testdata::values(10 * 8, 4);
         assert!(fit_gate_regression(x.view(), &w, 10, 3).is_ok());
         let zeros = Array2::<f32>::zeros((50, 8));
         assert!(matches!(fit_gate_regression(zeros.view(), &w, 10, 3), Err(PredictorError::TooLittleData(_))));

@@ -5,10 +5,11 @@
 //! the [`GpuModel`]'s single KV cache holds one sequence, so the caller runs one session at a
 //! time on a model and passes that model to every call.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
-use crate::generate::{FinishReason, GenerateOptions, Generation, Step};
+use crate::generate::{FinishReason, GenerateOptions, Generation, Step, choose_next};
 use crate::sampling::Sampler;
 
 use super::{GpuModel, GpuPlan};
@@ -74,26 +75,18 @@ impl GpuSession {
     /// Samples the next token and, unless the generation ends with it, runs it through `gm`
     /// (the model the session started on). After the end it returns the same [`Step::Done`].
     pub fn step(&mut self, gm: &mut GpuModel) -> Result<Step> {
-        if let Some(reason) = self.finish {
-            return Ok(Step::Done(reason));
-        }
-        let next = self.sampler.sample(&self.logits);
-        if self.opts.stop_ids.contains(&next) {
-            self.finish = Some(FinishReason::Stop);
-            return Ok(Step::Done(FinishReason::Stop));
-        }
-        self.tokens.push(next);
-        let end = if self.tokens.len() >= self.opts.max_tokens {
-            Some(FinishReason::Length)
-        } else if gm.position() >= gm.max_len() {
-            Some(FinishReason::ContextFull)
-        } else {
-            None
+        let context_full = gm.position() >= gm.max_len();
+        let next = match choose_next(
+            &mut self.sampler,
+            &self.logits,
+            &self.opts,
+            context_full,
+            &mut self.tokens,
+            &mut self.finish,
+        ) {
+            ControlFlow::Break(step) => return Ok(step),
+            ControlFlow::Continue(next) => next,
         };
-        if let Some(reason) = end {
-            self.finish = Some(reason);
-            return Ok(Step::Last(next, reason));
-        }
         let t = Instant::now();
         self.logits = gm.step(next, &self.plan)?;
         self.decode += t.elapsed();
