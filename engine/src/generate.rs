@@ -137,19 +137,13 @@ pub enum Step {
 pub struct Session<'m> {
     model: &'m Model,
     opts: GenerateOptions,
-    sampler: Sampler,
+    progress: Progress,
     cache: KvCache,
     logits: Vec<f32>,
-    tokens: Vec<u32>,
-    prompt_tokens: usize,
-    prefill: Duration,
-    decode: Duration,
-    timed_steps: usize,
     steps: usize,
     stats: Option<SparsityStats>,
     audit: Option<MaskAudit>,
     timing: Option<LayerTimes>,
-    finish: Option<FinishReason>,
 }
 
 impl<'m> Session<'m> {
@@ -166,19 +160,13 @@ impl<'m> Session<'m> {
         let audit = if opts.audit_every > 0 { opts.audit.clone() } else { None };
         Ok(Self {
             model,
-            sampler,
+            progress: Progress::new(sampler, prompt.len(), prefill),
             cache,
             logits,
-            tokens: Vec::new(),
-            prompt_tokens: prompt.len(),
-            prefill,
-            decode: Duration::ZERO,
-            timed_steps: 0,
             steps: 0,
             stats,
             audit,
             timing: None,
-            finish: None,
             opts,
         })
     }
@@ -194,14 +182,7 @@ impl<'m> Session<'m> {
     /// model. Calling it again after the end returns the same [`Step::Done`].
     pub fn step(&mut self) -> Result<Step> {
         let context_full = self.cache.len() >= self.cache.max_len();
-        let next = match choose_next(
-            &mut self.sampler,
-            &self.logits,
-            &self.opts,
-            context_full,
-            &mut self.tokens,
-            &mut self.finish,
-        ) {
+        let next = match self.progress.choose(&self.logits, &self.opts, context_full) {
             ControlFlow::Break(step) => return Ok(step),
             ControlFlow::Continue(next) => next,
         };
@@ -216,19 +197,18 @@ impl<'m> Session<'m> {
         let t = Instant::now();
         let mut hooks = Hooks { plan, stats: self.stats.as_mut(), timing: self.timing.as_mut(), ..Hooks::default() };
         self.logits = self.model.forward_with(&[next], &mut self.cache, Logits::Last, &mut hooks)?;
-        self.decode += t.elapsed();
-        self.timed_steps += 1;
+        self.progress.timed(t.elapsed());
         Ok(Step::Token(next))
     }
 
     /// Ends the generation early (the caller stopped it).
     pub fn cancel(&mut self) {
-        self.finish.get_or_insert(FinishReason::Cancelled);
+        self.progress.cancel();
     }
 
     /// New tokens so far.
     pub fn tokens(&self) -> &[u32] {
-        &self.tokens
+        self.progress.tokens()
     }
 
     /// The options the session runs under.
@@ -243,6 +223,94 @@ impl<'m> Session<'m> {
 
     /// A copy of the generation so far (finish `Cancelled` if it has not ended).
     pub fn snapshot(&self) -> Generation {
+        self.progress.generation(self.stats.clone(), self.audit.clone())
+    }
+
+    /// The generation so far (finish `Cancelled` if it has not ended).
+    pub fn finish(self) -> Generation {
+        self.progress.generation(self.stats, self.audit)
+    }
+}
+
+/// What a session has produced so far, shared by the CPU and GPU sessions: the sampler, the
+/// new tokens, how the generation ended, and its timing.
+pub(crate) struct Progress {
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    finish: Option<FinishReason>,
+    prompt_tokens: usize,
+    prefill: Duration,
+    decode: Duration,
+    timed_steps: usize,
+}
+
+impl Progress {
+    /// A generation whose prompt of `prompt_tokens` took `prefill`.
+    pub(crate) fn new(sampler: Sampler, prompt_tokens: usize, prefill: Duration) -> Self {
+        Self {
+            sampler,
+            tokens: Vec::new(),
+            finish: None,
+            prompt_tokens,
+            prefill,
+            decode: Duration::ZERO,
+            timed_steps: 0,
+        }
+    }
+
+    /// The token-choosing half of a decode step: samples the next token from `logits` and
+    /// records it. `Break` when the generation ends (a stop token; the budget, or a full
+    /// context `context_full`, after this token; or it had already ended), `Continue(next)`
+    /// when `next` must be run through the model.
+    pub(crate) fn choose(
+        &mut self,
+        logits: &[f32],
+        opts: &GenerateOptions,
+        context_full: bool,
+    ) -> ControlFlow<Step, u32> {
+        if let Some(reason) = self.finish {
+            return ControlFlow::Break(Step::Done(reason));
+        }
+        let next = self.sampler.sample(logits);
+        if opts.stop_ids.contains(&next) {
+            self.finish = Some(FinishReason::Stop);
+            return ControlFlow::Break(Step::Done(FinishReason::Stop));
+        }
+        self.tokens.push(next);
+        let end = if self.tokens.len() >= opts.max_tokens {
+            Some(FinishReason::Length)
+        } else if context_full {
+            Some(FinishReason::ContextFull)
+        } else {
+            None
+        };
+        match end {
+            Some(reason) => {
+                self.finish = Some(reason);
+                ControlFlow::Break(Step::Last(next, reason))
+            }
+            None => ControlFlow::Continue(next),
+        }
+    }
+
+    /// Adds one timed decode step.
+    pub(crate) fn timed(&mut self, d: Duration) {
+        self.decode += d;
+        self.timed_steps += 1;
+    }
+
+    /// Ends the generation early (the caller stopped it).
+    pub(crate) fn cancel(&mut self) {
+        self.finish.get_or_insert(FinishReason::Cancelled);
+    }
+
+    /// New tokens so far.
+    pub(crate) fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The generation so far (finish `Cancelled` if it has not ended).
+    pub(crate) fn generation(&self, stats: Option<SparsityStats>, audit: Option<MaskAudit>) -> Generation {
         Generation {
             tokens: self.tokens.clone(),
             finish: self.finish.unwrap_or(FinishReason::Cancelled),
@@ -250,60 +318,9 @@ impl<'m> Session<'m> {
             prefill: self.prefill,
             decode: self.decode,
             timed_steps: self.timed_steps,
-            stats: self.stats.clone(),
-            audit: self.audit.clone(),
+            stats,
+            audit,
         }
-    }
-
-    /// The generation so far (finish `Cancelled` if it has not ended).
-    pub fn finish(self) -> Generation {
-        Generation {
-            tokens: self.tokens,
-            finish: self.finish.unwrap_or(FinishReason::Cancelled),
-            prompt_tokens: self.prompt_tokens,
-            prefill: self.prefill,
-            decode: self.decode,
-            timed_steps: self.timed_steps,
-            stats: self.stats,
-            audit: self.audit,
-        }
-    }
-}
-
-/// The token-choosing half of a decode step, shared by the CPU and GPU sessions: samples the
-/// next token from `logits` and records it in `tokens`. `Break` when the generation ends
-/// (a stop token; the budget or a full context `context_full`, after this token; or it had
-/// already ended, in `finish`), `Continue(next)` when `next` must be run through the model.
-pub(crate) fn choose_next(
-    sampler: &mut Sampler,
-    logits: &[f32],
-    opts: &GenerateOptions,
-    context_full: bool,
-    tokens: &mut Vec<u32>,
-    finish: &mut Option<FinishReason>,
-) -> ControlFlow<Step, u32> {
-    if let Some(reason) = *finish {
-        return ControlFlow::Break(Step::Done(reason));
-    }
-    let next = sampler.sample(logits);
-    if opts.stop_ids.contains(&next) {
-        *finish = Some(FinishReason::Stop);
-        return ControlFlow::Break(Step::Done(FinishReason::Stop));
-    }
-    tokens.push(next);
-    let end = if tokens.len() >= opts.max_tokens {
-        Some(FinishReason::Length)
-    } else if context_full {
-        Some(FinishReason::ContextFull)
-    } else {
-        None
-    };
-    match end {
-        Some(reason) => {
-            *finish = Some(reason);
-            ControlFlow::Break(Step::Last(next, reason))
-        }
-        None => ControlFlow::Continue(next),
     }
 }
 

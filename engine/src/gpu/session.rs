@@ -6,10 +6,10 @@
 //! time on a model and passes that model to every call.
 
 use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::error::{EngineError, Result};
-use crate::generate::{FinishReason, GenerateOptions, Generation, Step, choose_next};
+use crate::generate::{GenerateOptions, Generation, Progress, Step};
 use crate::sampling::Sampler;
 
 use super::{GpuModel, GpuPlan};
@@ -18,14 +18,8 @@ use super::{GpuModel, GpuPlan};
 pub struct GpuSession {
     plan: GpuPlan,
     opts: GenerateOptions,
-    sampler: Sampler,
+    progress: Progress,
     logits: Vec<f32>,
-    tokens: Vec<u32>,
-    prompt_tokens: usize,
-    prefill: Duration,
-    decode: Duration,
-    timed_steps: usize,
-    finish: Option<FinishReason>,
 }
 
 impl GpuSession {
@@ -58,45 +52,26 @@ impl GpuSession {
         for &t in prompt {
             logits = gm.step(t, &plan)?;
         }
-        Ok(Self {
-            plan,
-            opts,
-            sampler,
-            logits,
-            tokens: Vec::new(),
-            prompt_tokens: prompt.len(),
-            prefill: t0.elapsed(),
-            decode: Duration::ZERO,
-            timed_steps: 0,
-            finish: None,
-        })
+        Ok(Self { plan, opts, progress: Progress::new(sampler, prompt.len(), t0.elapsed()), logits })
     }
 
     /// Samples the next token and, unless the generation ends with it, runs it through `gm`
     /// (the model the session started on). After the end it returns the same [`Step::Done`].
     pub fn step(&mut self, gm: &mut GpuModel) -> Result<Step> {
         let context_full = gm.position() >= gm.max_len();
-        let next = match choose_next(
-            &mut self.sampler,
-            &self.logits,
-            &self.opts,
-            context_full,
-            &mut self.tokens,
-            &mut self.finish,
-        ) {
+        let next = match self.progress.choose(&self.logits, &self.opts, context_full) {
             ControlFlow::Break(step) => return Ok(step),
             ControlFlow::Continue(next) => next,
         };
         let t = Instant::now();
         self.logits = gm.step(next, &self.plan)?;
-        self.decode += t.elapsed();
-        self.timed_steps += 1;
+        self.progress.timed(t.elapsed());
         Ok(Step::Token(next))
     }
 
     /// Ends the generation early (the caller stopped it).
     pub fn cancel(&mut self) {
-        self.finish.get_or_insert(FinishReason::Cancelled);
+        self.progress.cancel();
     }
 
     /// The options the session runs under.
@@ -107,15 +82,6 @@ impl GpuSession {
     /// A copy of the generation so far (finish `Cancelled` if it has not ended; no sparsity
     /// statistics or audit: the GPU step does not count masks).
     pub fn snapshot(&self) -> Generation {
-        Generation {
-            tokens: self.tokens.clone(),
-            finish: self.finish.unwrap_or(FinishReason::Cancelled),
-            prompt_tokens: self.prompt_tokens,
-            prefill: self.prefill,
-            decode: self.decode,
-            timed_steps: self.timed_steps,
-            stats: None,
-            audit: None,
-        }
+        self.progress.generation(None, None)
     }
 }
