@@ -97,7 +97,9 @@ impl GpuModel {
                 (Some(_), None) => return Err(GpuError::Unsupported("the predictor set is not on the device".into())),
                 _ => None,
             };
-            if let Some(p) = predictor {
+            // The MLP's front half, per method; it leaves the down GEMV's input (and SwiGLU's
+            // second operand when the down GEMV forms silu(gate) * up itself).
+            let (down_in, down_x2) = if let Some(p) = predictor {
                 let hidden = g.view(&p.hidden);
                 g.rows_gemv(WeightType::F16, g.view(&p.w1), normed, hidden, None, false)?;
                 let lr = LowRankPredictor {
@@ -108,35 +110,23 @@ impl GpuModel {
                     gate_output: p.gate_output,
                 };
                 g.predicted_swiglu(&lr, hidden, lp.predict, g.view(&w.gate_rows), g.view(&w.up_rows), normed, h)?;
-                self.gemv.launch(
-                    g,
-                    h,
-                    None,
-                    &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }],
-                    true,
-                    None,
-                )?;
+                (h, None)
             } else if plan.is_cats() {
                 // CATS needs the whole gate: whole rows are the fastest dense read.
                 g.rows_gemv(WeightType::F16, g.view(&w.gate_rows), normed, gate, None, false)?;
                 tap(taps.map(|t| &t.gate_up[l]), gate_up)?;
                 g.up_gated(WeightType::F16, g.view(&w.up_rows), normed, gate, lp.gate_act, h)?;
-                self.gemv.launch(
-                    g,
-                    h,
-                    None,
-                    &[GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t }],
-                    true,
-                    None,
-                )?;
+                (h, None)
             } else {
                 let og = GemvOut { weights: wv(Proj::Gate), out: gate, threshold: lp.proj[Proj::Gate.index()] };
                 let ou = GemvOut { weights: wv(Proj::Up), out: up, threshold: lp.proj[Proj::Up.index()] };
                 self.gemv.launch(g, normed, None, &[og, ou], true, None)?;
                 tap(taps.map(|t| &t.gate_up[l]), gate_up)?;
-                let od = GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t };
-                self.gemv.launch(g, gate, Some(up), &[od], true, None)?;
-            }
+                // Dense and TEAL: silu(gate) * up is formed while the down GEMV reads it.
+                (gate, Some(up))
+            };
+            let od = GemvOut { weights: wv(Proj::Down), out: x, threshold: down_t };
+            self.gemv.launch(g, down_in, down_x2, &[od], true, None)?;
         }
         g.rms_norm(x, g.view(&self.out_norm), normed, s.rms_eps, None)?;
         let head = g.view(self.head.as_ref().unwrap_or(&self.embed));
