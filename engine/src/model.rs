@@ -214,6 +214,7 @@ impl Model {
             &mut s.decode,
             &mut hooks.stats,
             predictors,
+            plan.lookahead_overlap.then(|| plan.layers.get(l + 1)).flatten(),
         )?;
         add_into(x, &s.proj);
         if let (Some(t0), Some(t1), Some(timing)) = (t0, t1, hooks.timing.as_mut()) {

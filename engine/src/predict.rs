@@ -3,9 +3,10 @@
 //! layer's), on the accuracy path by zeroing and on the decode path by reading only the
 //! kept rows: output-sparse gate and up, input-sparse down.
 
-use sieve_kernels::ActsQ8;
-use sieve_kernels::ops;
+use std::sync::{Mutex, PoisonError};
+
 use sieve_kernels::sparse::{gemv_rows, swiglu_rows};
+use sieve_kernels::{ActsQ8, ops, pool};
 use sieve_predictor::model::Scratch as PredictorScratch;
 use sieve_predictor::store::Tap as PredictorTap;
 use sieve_predictor::{LayerPredictor, PredictorSet};
@@ -18,17 +19,38 @@ use crate::weights::LayerWeights;
 /// Buffers of the predictor methods, reused across layers and steps.
 #[derive(Debug, Default)]
 pub(crate) struct PredictScratch {
+    proposal: Proposal,
+    /// The next layer's proposal, made while this layer's MLP runs (lookahead overlap).
+    ahead: Mutex<Ahead>,
+    confirm: Confirm,
+    keep: Vec<bool>,
+    /// The previous layer's MLP input (one row per token), for lookahead predictors.
+    pub(crate) prev_mlp_in: Vec<f32>,
+}
+
+/// One layer's proposal: the predictor's scores and the neurons it proposes.
+#[derive(Debug, Default)]
+struct Proposal {
     inner: PredictorScratch,
     scores: Vec<f32>,
     rows: Vec<u32>,
+}
+
+/// A proposal made ahead, and the layer it is for.
+#[derive(Debug, Default)]
+struct Ahead {
+    proposal: Proposal,
+    layer: Option<usize>,
+}
+
+/// Buffers of the rows a proposal leads to (values, confirmations).
+#[derive(Debug, Default)]
+struct Confirm {
     confirmed: Vec<u32>,
     values: Vec<f32>,
     up: Vec<f32>,
     acts: Vec<f32>,
-    keep: Vec<bool>,
     qa: ActsQ8,
-    /// The previous layer's MLP input (one row per token), for lookahead predictors.
-    pub(crate) prev_mlp_in: Vec<f32>,
 }
 
 /// The input layer `l`'s predictor reads: this layer's MLP input, or the previous layer's.
@@ -62,20 +84,22 @@ fn layer(set: &PredictorSet, l: usize) -> Result<&LayerPredictor> {
     set.layers.get(l).ok_or_else(|| EngineError::InvalidInput(format!("the predictor set has no layer {l}")))
 }
 
-/// Scores one token and lists the neurons the method proposes: above the plan's threshold
-/// (predictor), or by the predictor's trained rule (predictor-verify).
-fn propose(p: &LayerPredictor, method: Method, lp: &LayerPlan, x: &[f32], s: &mut PredictScratch) -> Result<()> {
-    s.scores.resize(p.f(), 0.0);
-    p.scores(x, &mut s.inner, &mut s.scores)?;
-    match method {
-        Method::Predictor => {
-            let t = lp.predict_threshold;
-            s.rows.clear();
-            s.rows.extend((0..s.scores.len() as u32).filter(|&i| s.scores[i as usize] > t));
+impl Proposal {
+    /// Scores one token and lists the neurons the method proposes: above the plan's
+    /// threshold (predictor), or by the predictor's trained rule (predictor-verify).
+    fn propose(&mut self, p: &LayerPredictor, method: Method, lp: &LayerPlan, x: &[f32]) -> Result<()> {
+        self.scores.resize(p.f(), 0.0);
+        p.scores(x, &mut self.inner, &mut self.scores)?;
+        match method {
+            Method::Predictor => {
+                let t = lp.predict_threshold;
+                self.rows.clear();
+                self.rows.extend((0..self.scores.len() as u32).filter(|&i| self.scores[i as usize] > t));
+            }
+            _ => p.select(&self.scores, &mut self.rows),
         }
-        _ => p.select(&s.scores, &mut s.rows),
+        Ok(())
     }
-    Ok(())
 }
 
 /// Accuracy path: zeroes `act` (silu(g), tokens x f) where the method drops a neuron, from
@@ -94,11 +118,11 @@ pub(crate) fn drop_neurons(
     on_source(set, l, mlp_in, s, |src, s| {
         let (mut skipped, mut dropped) = (0, 0);
         for (x, a) in src.chunks_exact(d).zip(act.chunks_exact_mut(f)) {
-            propose(p, method, lp, x, s)?;
-            skipped += f - s.rows.len();
+            s.proposal.propose(p, method, lp, x)?;
+            skipped += f - s.proposal.rows.len();
             s.keep.clear();
             s.keep.resize(f, false);
-            for &i in &s.rows {
+            for &i in &s.proposal.rows {
                 let i = i as usize;
                 s.keep[i] = method == Method::Predictor || a[i].abs() > lp.gate_act;
             }
@@ -115,11 +139,16 @@ pub(crate) fn drop_neurons(
 
 /// Decode path for one position: `h` (f) receives silu(g)·u on the kept neurons and zeros
 /// elsewhere, reading only the proposed gate rows and the kept up rows.
+///
+/// With a lookahead set and the next layer's plan `next` given, its proposal (its input is this
+/// layer's `x`) is made as a side task of this layer's first parallel product, on whichever
+/// core is free, and this layer uses the proposal the previous layer made for it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn front_half(
     set: &PredictorSet,
     method: Method,
     lp: &LayerPlan,
+    next: Option<&LayerPlan>,
     l: usize,
     w: &LayerWeights,
     x: &[f32],
@@ -127,54 +156,89 @@ pub(crate) fn front_half(
     s: &mut PredictScratch,
 ) -> Result<Skipped> {
     let p = layer(set, l)?;
-    let f = p.f();
-    on_source(set, l, x, s, |src, s| propose(p, method, lp, src, s))?;
-    s.qa.quantize_from(x, 1, x.len())?;
-    let (gate_w, up_w, vector) = gate_up_rows(w, x, &s.qa)?;
-    h.fill(0.0);
-    let skipped = f - s.rows.len();
-    if method == Method::Predictor {
-        s.values.resize(s.rows.len(), 0.0);
-        swiglu_rows(&gate_w, &up_w, &vector, &s.rows, &mut s.values)?;
-        for (&i, &v) in s.rows.iter().zip(&s.values) {
-            h[i as usize] = v;
-        }
-        return Ok(Skipped { gate: skipped, up: skipped, down: skipped });
+    let lookahead = set.manifest.tap == PredictorTap::Lookahead;
+    let ahead = s.ahead.get_mut().unwrap_or_else(PoisonError::into_inner);
+    if lookahead && ahead.layer == Some(l) {
+        std::mem::swap(&mut s.proposal.rows, &mut ahead.proposal.rows);
+        ahead.layer = None;
+        s.prev_mlp_in.clear();
+        s.prev_mlp_in.extend_from_slice(x);
+    } else {
+        ahead.layer = None;
+        on_source(set, l, x, s, |src, s| s.proposal.propose(p, method, lp, src))?;
     }
-    if lp.gate_act > 0.0 {
-        // CATS confirms: the exact gate of the proposed rows, then up where |silu(g)| > t.
-        s.values.resize(s.rows.len(), 0.0);
-        gemv_rows(&gate_w, &vector, &s.rows, &mut s.values)?;
-        ops::silu_in_place(&mut s.values);
-        s.confirmed.clear();
-        s.acts.clear();
-        for (&i, &a) in s.rows.iter().zip(&s.values) {
-            if a.abs() > lp.gate_act {
-                s.confirmed.push(i);
-                s.acts.push(a);
+    let next = next.filter(|_| lookahead).and_then(|next_lp| Some((set.layers.get(l + 1)?, next_lp)));
+    let (rows, ahead, confirm) = (&s.proposal.rows, &s.ahead, &mut s.confirm);
+    let make_next = || {
+        let Some((next_p, next_lp)) = next else { return };
+        let mut a = ahead.lock().unwrap_or_else(PoisonError::into_inner);
+        // A failed proposal is not kept: the next layer then makes it itself and reports
+        // the error.
+        a.layer = a.proposal.propose(next_p, method, next_lp, x).ok().map(|()| l + 1);
+    };
+    pool::alongside(&make_next, || confirm.apply(method, lp, w, x, h, rows))
+}
+
+impl Confirm {
+    /// Computes `h` from the proposed `rows`: directly (predictor), or after the label's
+    /// rule confirms each neuron on its exact values (predictor-verify).
+    fn apply(
+        &mut self,
+        method: Method,
+        lp: &LayerPlan,
+        w: &LayerWeights,
+        x: &[f32],
+        h: &mut [f32],
+        rows: &[u32],
+    ) -> Result<Skipped> {
+        let f = h.len();
+        self.qa.quantize_from(x, 1, x.len())?;
+        let (gate_w, up_w, vector) = gate_up_rows(w, x, &self.qa)?;
+        h.fill(0.0);
+        let skipped = f - rows.len();
+        if method == Method::Predictor {
+            self.values.resize(rows.len(), 0.0);
+            swiglu_rows(&gate_w, &up_w, &vector, rows, &mut self.values)?;
+            for (&i, &v) in rows.iter().zip(&self.values) {
+                h[i as usize] = v;
+            }
+            return Ok(Skipped { gate: skipped, up: skipped, down: skipped });
+        }
+        if lp.gate_act > 0.0 {
+            // CATS confirms: the exact gate of the proposed rows, then up where |silu(g)| > t.
+            self.values.resize(rows.len(), 0.0);
+            gemv_rows(&gate_w, &vector, rows, &mut self.values)?;
+            ops::silu_in_place(&mut self.values);
+            self.confirmed.clear();
+            self.acts.clear();
+            for (&i, &a) in rows.iter().zip(&self.values) {
+                if a.abs() > lp.gate_act {
+                    self.confirmed.push(i);
+                    self.acts.push(a);
+                }
+            }
+            self.up.resize(self.confirmed.len(), 0.0);
+            gemv_rows(&up_w, &vector, &self.confirmed, &mut self.up)?;
+            for ((&i, &a), &u) in self.confirmed.iter().zip(&self.acts).zip(&self.up) {
+                h[i as usize] = a * u;
+            }
+            return Ok(Skipped { gate: skipped, up: f - self.confirmed.len(), down: f - self.confirmed.len() });
+        }
+        // TEAL's or CETT's rule confirms on the exact h of the proposed neurons.
+        self.values.resize(rows.len(), 0.0);
+        swiglu_rows(&gate_w, &up_w, &vector, rows, &mut self.values)?;
+        let t = lp.proj[Proj::Down.index()];
+        for (&i, &v) in rows.iter().zip(&self.values) {
+            if v.abs() > t {
+                h[i as usize] = v;
             }
         }
-        s.up.resize(s.confirmed.len(), 0.0);
-        gemv_rows(&up_w, &vector, &s.confirmed, &mut s.up)?;
-        for ((&i, &a), &u) in s.confirmed.iter().zip(&s.acts).zip(&s.up) {
-            h[i as usize] = a * u;
+        if lp.cett_keep > 0 {
+            keep_top_importance(h, f, &lp.down_col_norms, lp.cett_keep, &mut self.confirmed);
         }
-        return Ok(Skipped { gate: skipped, up: f - s.confirmed.len(), down: f - s.confirmed.len() });
+        let kept = h.iter().filter(|v| **v != 0.0).count();
+        Ok(Skipped { gate: skipped, up: skipped, down: f - kept })
     }
-    // TEAL's or CETT's rule confirms on the exact h of the proposed neurons.
-    s.values.resize(s.rows.len(), 0.0);
-    swiglu_rows(&gate_w, &up_w, &vector, &s.rows, &mut s.values)?;
-    let t = lp.proj[Proj::Down.index()];
-    for (&i, &v) in s.rows.iter().zip(&s.values) {
-        if v.abs() > t {
-            h[i as usize] = v;
-        }
-    }
-    if lp.cett_keep > 0 {
-        keep_top_importance(h, f, &lp.down_col_norms, lp.cett_keep, &mut s.confirmed);
-    }
-    let kept = h.iter().filter(|v| **v != 0.0).count();
-    Ok(Skipped { gate: skipped, up: skipped, down: f - kept })
 }
 
 /// Rows a predictor method did not read, per projection, in one layer and position.

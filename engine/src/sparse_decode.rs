@@ -191,7 +191,8 @@ pub(crate) fn gate_up_rows<'a>(
 }
 
 /// The MLP of one position: `out = Wd h`, reading only the weights the method keeps.
-/// `gate` and `h` are `d_ff` scratch vectors.
+/// `gate` and `h` are `d_ff` scratch vectors. `next`: the next layer's plan, when a
+/// lookahead predictor may propose its neurons while this MLP runs.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mlp(
     sw: &SparseWeights,
@@ -206,11 +207,12 @@ pub(crate) fn mlp(
     scratch: &mut DecodeScratch,
     stats: &mut Option<&mut SparsityStats>,
     predictors: Option<&PredictorSet>,
+    next: Option<&LayerPlan>,
 ) -> Result<()> {
     match method {
         Method::Predictor | Method::PredictorVerify => {
             let set = predictors.ok_or_else(|| EngineError::InvalidInput(format!("{method} needs a predictor set")))?;
-            let skipped = predict::front_half(set, method, lp, l, w, x, h, &mut scratch.predict)?;
+            let skipped = predict::front_half(set, method, lp, next, l, w, x, h, &mut scratch.predict)?;
             sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
             if let Some(s) = stats.as_mut() {
                 predict::count(s, l, h.len(), skipped);

@@ -188,6 +188,9 @@ pub struct SparsityPlan {
     pub layers: Vec<LayerPlan>,
     /// The trained predictors of the predictor methods.
     pub predictors: Option<Predictors>,
+    /// With a lookahead predictor set, on sparse decode: propose the next layer's neurons
+    /// while this layer's MLP runs, on whichever core is free (else just before its MLP).
+    pub lookahead_overlap: bool,
 }
 
 /// A shared, loaded predictor set; plans holding the same set compare equal.
@@ -203,7 +206,13 @@ impl PartialEq for Predictors {
 impl SparsityPlan {
     /// The plan of the dense model.
     pub fn dense(layers: usize) -> Self {
-        Self { method: Method::Dense, target: 0.0, layers: vec![LayerPlan::default(); layers], predictors: None }
+        Self {
+            method: Method::Dense,
+            target: 0.0,
+            layers: vec![LayerPlan::default(); layers],
+            predictors: None,
+            lookahead_overlap: true,
+        }
     }
     /// Whether the plan drops nothing.
     pub fn is_dense(&self) -> bool {

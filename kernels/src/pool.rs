@@ -9,7 +9,13 @@
 //! One job runs at a time. A job submitted while another runs (another thread, or a task
 //! that submits a job itself) runs inline on the submitting thread: correct, never a
 //! deadlock, just not parallel.
+//!
+//! [`alongside`] lets a small independent piece of work (a lookahead predictor) ride along
+//! with the next job a thread submits, as one more task: whichever thread takes it, the
+//! other keeps working on the job's tasks, so the side work overlaps the job instead of
+//! following it.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
@@ -96,18 +102,29 @@ impl Pool {
         self.threads
     }
 
-    /// Runs `f(0..n)` across the pool and returns when every task has finished.
+    /// Runs `f(0..n)` across the pool and returns when every task has finished. A side task
+    /// waiting in [`alongside`] on this thread runs as one more task of the job.
     pub fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
         if n == 0 {
             return;
         }
         let guard = match self.submit.try_lock() {
-            Ok(g) if n > 1 && self.threads > 1 => g,
+            Ok(g) if self.threads > 1 && (n > 1 || side_waiting()) => g,
             _ => {
                 (0..n).for_each(f);
                 return;
             }
         };
+        let side = take_side();
+        let with_side = |i: usize| match side {
+            // The side task first: the submitter takes it at once while the workers are still
+            // seeing the job, and the job's own tasks fill in around it.
+            Some(side) if i == 0 => side(),
+            Some(_) => f(i - 1),
+            None => f(i),
+        };
+        let n = n + usize::from(side.is_some());
+        let f: &(dyn Fn(usize) + Sync) = &with_side;
         let job = Job { f, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
         let s = &*self.shared;
         // SAFETY: the lifetime is erased only for publication; this function does not return
@@ -206,6 +223,62 @@ pub fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
     global().run(n, &f);
 }
 
+/// A side task of [`alongside`]: the work, and whether a job has taken it.
+struct Side<'a> {
+    f: &'a (dyn Fn() + Sync),
+    taken: Cell<bool>,
+}
+
+thread_local! {
+    /// The side task waiting for this thread's next job, if any (set only inside
+    /// [`alongside`], which keeps it alive).
+    static SIDE: Cell<*const Side<'static>> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Whether a side task waits on this thread.
+fn side_waiting() -> bool {
+    SIDE.with(|s| !s.get().is_null())
+}
+
+/// Takes the side task waiting on this thread, if any; later jobs of the same
+/// [`alongside`] run without it.
+fn take_side<'a>() -> Option<&'a (dyn Fn() + Sync)> {
+    let ptr = SIDE.with(|s| s.replace(std::ptr::null()));
+    // SAFETY: a non-null pointer was set by `alongside`, whose frame owns the `Side` and
+    // clears the slot before returning; `run` is called from inside that frame (this thread,
+    // under `body`), and the job that uses the task ends before `run` returns, so the task
+    // outlives every use. Nothing here outlives `alongside`'s borrow of the closure.
+    let side = unsafe { ptr.as_ref() }?;
+    side.taken.set(true);
+    Some(side.f)
+}
+
+/// Runs `body`; `side` runs once, as an extra task of the first pool job `body` submits on
+/// this thread (so it overlaps that job on another thread), or after `body` if no job
+/// took it (`body` ran no parallel job, or the pool has one thread).
+pub fn alongside<R>(side: &(dyn Fn() + Sync), body: impl FnOnce() -> R) -> R {
+    let task = Side { f: side, taken: Cell::new(false) };
+    /// Clears the slot when `alongside` returns or unwinds: the task dies with the frame.
+    struct Clear(*const Side<'static>);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            SIDE.with(|s| s.set(self.0));
+        }
+    }
+    let previous = SIDE.with(|s| s.get());
+    // SAFETY: only the lifetime is erased; `Clear` takes the pointer out of the slot before
+    // `task` goes out of scope, on return and on unwinding alike.
+    let erased = unsafe { std::mem::transmute::<*const Side<'_>, *const Side<'static>>(&task as *const Side<'_>) };
+    SIDE.with(|s| s.set(erased));
+    let clear = Clear(previous);
+    let out = body();
+    drop(clear);
+    if !task.taken.get() {
+        side();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +323,69 @@ mod tests {
             count.fetch_add(1, SeqCst);
         });
         assert_eq!(count.load(SeqCst), 8);
+    }
+
+    #[test]
+    fn a_side_task_runs_once_with_the_first_job() {
+        let pool = Pool::new(2);
+        let side_runs = AtomicUsize::new(0);
+        let tasks = AtomicUsize::new(0);
+        let side = || {
+            side_runs.fetch_add(1, SeqCst);
+        };
+        let count = |_| {
+            tasks.fetch_add(1, SeqCst);
+        };
+        // Two jobs in the body: the side task rides with the first only.
+        alongside(&side, || {
+            pool.run(5, &count);
+            assert_eq!(side_runs.load(SeqCst), 1, "the side task ran with the first job");
+            pool.run(3, &count);
+        });
+        assert_eq!((side_runs.load(SeqCst), tasks.load(SeqCst)), (1, 8));
+        // No job in the body: the side task runs afterwards.
+        let value = alongside(&side, || 7);
+        assert_eq!((value, side_runs.load(SeqCst)), (7, 2));
+        // A one-task job still takes the side task, and nothing is left waiting after.
+        alongside(&side, || pool.run(1, &count));
+        assert_eq!((side_runs.load(SeqCst), tasks.load(SeqCst)), (3, 9));
+        assert!(!side_waiting());
+    }
+
+    #[test]
+    fn side_tasks_overlap_the_job_on_two_threads() {
+        let pool = Pool::new(2);
+        // The side task waits until a job task has started on another thread: it can only
+        // finish if the two really run at the same time.
+        let job_started = AtomicBool::new(false);
+        let side = || {
+            let t0 = Instant::now();
+            while !job_started.load(SeqCst) && t0.elapsed() < Duration::from_secs(10) {
+                std::hint::spin_loop();
+            }
+        };
+        let overlapped = alongside(&side, || {
+            pool.run(1, &|_| {
+                job_started.store(true, SeqCst);
+            });
+            job_started.load(SeqCst)
+        });
+        assert!(overlapped);
+    }
+
+    #[test]
+    fn a_panicking_side_task_is_reported() {
+        let pool = Pool::new(2);
+        let r = std::panic::catch_unwind(|| {
+            alongside(&|| panic!("side fails"), || pool.run(4, &|_| {}));
+        });
+        assert!(r.is_err());
+        assert!(!side_waiting(), "the slot is cleared on unwinding");
+        let count = AtomicUsize::new(0);
+        pool.run(4, &|_| {
+            count.fetch_add(1, SeqCst);
+        });
+        assert_eq!(count.load(SeqCst), 4);
     }
 
     #[test]

@@ -57,6 +57,20 @@ pub struct SparsityArgs {
     /// wrote beside the profile).
     #[arg(long)]
     pub predictors: Option<std::path::PathBuf>,
+    /// With a lookahead predictor set (`train-predictors --tap lookahead`), on decode: make
+    /// each layer's proposal while the previous layer's MLP runs, on the free core (on), or
+    /// just before its own MLP (off).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub lookahead_overlap: Switch,
+}
+
+/// An on/off command-line setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 impl SparsityArgs {
@@ -72,7 +86,9 @@ impl SparsityArgs {
         } else {
             None
         };
-        Ok(Some(profile.plan_with_predictors(self.method, self.sparsity, predictors)?))
+        let mut plan = profile.plan_with_predictors(self.method, self.sparsity, predictors)?;
+        plan.lookahead_overlap = self.lookahead_overlap == Switch::On;
+        Ok(Some(plan))
     }
 }
 
