@@ -19,12 +19,25 @@ pub struct Args {
     /// Also time the input-sparse kernel aiming at these numbers of warp units per SM (tuning aid).
     #[arg(long, value_delimiter = ',')]
     pub units_sweep: Vec<usize>,
+    /// Which inputs are active: the largest of a random vector (random), or evenly spaced
+    /// (even: every warp unit gets the same count, to see what uneven units cost).
+    #[arg(long, value_enum, default_value_t = Mask::Random)]
+    pub mask: Mask,
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub gpu: usize,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How the benchmark picks the active inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mask {
+    /// The largest magnitudes of a fresh random vector, as activations give.
+    Random,
+    /// Evenly spaced inputs.
+    Even,
 }
 
 /// Parses `KxN` into (inputs, outputs).
@@ -83,6 +96,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.sparsities = sparsities;
     cfg.replays = a.replays;
     cfg.units_sweep = a.units_sweep.clone();
+    cfg.even_mask = a.mask == Mask::Even;
     let bar = super::progress(cfg.shapes.len() as u64, "gpu-bench");
     let report = bench::run(&gpu, &cfg, |shape| {
         bar.set_message(format!("gpu-bench {shape}"));

@@ -2,7 +2,7 @@
 //! input-sparse GEMVs, a row-major copy of the up projection for CATS, a row-major LM head),
 //! the fp16 KV cache and the step's activation buffers.
 
-use sieve_kernels::gpu::{AttentionShape, CudaSlice, Gpu, GpuError, Reduction, SparseGemv, WeightType};
+use sieve_kernels::gpu::{AttentionShape, CudaSlice, Gather, Gpu, GpuError, Reduction, SparseGemv, WeightType};
 
 use crate::config::Config;
 use crate::error::{EngineError, Result};
@@ -160,7 +160,12 @@ impl GpuModel {
             },
             step: gpu.zeros(2)?,
         };
-        let gemv = SparseGemv { weight_type: WeightType::F16, reduction: Reduction::Atomic, units_per_sm: None };
+        let gemv = SparseGemv {
+            weight_type: WeightType::F16,
+            reduction: Reduction::Atomic,
+            gather: Gather::Auto,
+            units_per_sm: None,
+        };
         Ok(GpuModel {
             gpu,
             shape,

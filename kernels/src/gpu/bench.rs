@@ -6,7 +6,7 @@
 use cudarc::driver::CudaSlice;
 
 use super::device::GpuInfo;
-use super::gemv::{GemvOut, Reduction, SparseGemv};
+use super::gemv::{Gather, GemvOut, Reduction, SparseGemv};
 use super::{CublasGemv, Gpu, GpuError, WeightType};
 
 /// What to run.
@@ -24,6 +24,9 @@ pub struct BenchConfig {
     pub rotate_bytes: usize,
     /// Extra timings of the input-sparse kernel aiming at these warp units per SM (tuning aid).
     pub units_sweep: Vec<usize>,
+    /// Keep evenly spaced inputs instead of the largest of a random vector (a diagnostic:
+    /// every warp unit then has the same number of active rows).
+    pub even_mask: bool,
     /// Seed of the random weights and inputs.
     pub seed: u64,
 }
@@ -47,6 +50,7 @@ impl BenchConfig {
             replays: 20,
             rotate_bytes: (4 * l2_bytes).max(64 << 20),
             units_sweep: Vec::new(),
+            even_mask: false,
             seed: 7,
         }
     }
@@ -260,18 +264,29 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
         timings.push(Timing { k, n, kernel: "cublas fp16".into(), sparsity: 0.0, us: cublas_us, cublas_us, bytes });
 
         for &s in &cfg.sparsities {
-            let fresh: Vec<f32> = (0..k).map(|_| rng.normal()).collect();
+            let mut fresh: Vec<f32> = (0..k).map(|_| rng.normal()).collect();
+            if cfg.even_mask {
+                // The kept inputs evenly spaced, so every unit gets the same count: the random
+                // mask's cost of uneven units is the difference.
+                let kept_share = 1.0 - s as f64;
+                let keep = |i: usize| ((i + 1) as f64 * kept_share).floor() > (i as f64 * kept_share).floor();
+                for (i, v) in fresh.iter_mut().enumerate() {
+                    *v = if keep(i) { 2.0 + v.abs() } else { v.clamp(-1.0, 1.0) };
+                }
+            }
             gpu.write(&fresh, &mut x_dev)?;
             let t = threshold_for(&fresh, s);
             let kept = fresh.iter().filter(|v| v.abs() > t).count();
             let want = data.reference(&fresh, t);
             let variants = [
-                ("input-sparse fp16", WeightType::F16, Reduction::Atomic, 1e-2),
-                ("input-sparse fp16 deterministic", WeightType::F16, Reduction::Deterministic, 1e-2),
-                ("input-sparse bf16", WeightType::Bf16, Reduction::Atomic, 3e-2),
+                ("input-sparse fp16", WeightType::F16, Reduction::Atomic, Gather::Auto, 1e-2),
+                ("input-sparse fp16 narrow", WeightType::F16, Reduction::Atomic, Gather::Narrow, 1e-2),
+                ("input-sparse fp16 wide", WeightType::F16, Reduction::Atomic, Gather::Wide, 1e-2),
+                ("input-sparse fp16 deterministic", WeightType::F16, Reduction::Deterministic, Gather::Auto, 1e-2),
+                ("input-sparse bf16", WeightType::Bf16, Reduction::Atomic, Gather::Auto, 3e-2),
             ];
-            for (name, wt, reduction, bound) in variants {
-                let gemv = SparseGemv { weight_type: wt, reduction, units_per_sm: None };
+            for (name, wt, reduction, gather, bound) in variants {
+                let gemv = SparseGemv { weight_type: wt, reduction, gather, units_per_sm: None };
                 let scratch = gpu.zeros::<f32>(gemv.scratch_len(gpu, k, &[n]).max(1))?;
                 let layout = if wt == WeightType::F16 { &data.in_f16 } else { &data.in_bf16 };
                 let run_one = |c: usize| {
@@ -296,18 +311,30 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                 }
                 let us = time_graph(gpu, cfg, copies, run_one)?;
                 timings.push(Timing { k, n, kernel: name.into(), sparsity: s, us, cublas_us, bytes: kept * n * 2 });
+                if reduction == Reduction::Atomic && wt == WeightType::F16 {
+                    // As the decode step runs it: the output's zeroing is folded into the kernel
+                    // before (rms_norm clears it), so the product is this one launch.
+                    let us = time_graph(gpu, cfg, copies, |c| {
+                        let out = GemvOut { weights: gpu.view(&layout[c]), out: gpu.view(&y), threshold: t };
+                        gemv.launch(gpu, gpu.view(&x_dev), None, &[out], true, None)
+                    })?;
+                    let kernel = format!("{name}, output zeroed upstream");
+                    timings.push(Timing { k, n, kernel, sparsity: s, us, cublas_us, bytes: kept * n * 2 });
+                }
             }
-            for &units in &cfg.units_sweep {
+            for (&units, gather) in cfg.units_sweep.iter().flat_map(|u| [Gather::Narrow, Gather::Wide].map(|g| (u, g)))
+            {
                 let gemv = SparseGemv {
                     weight_type: WeightType::F16,
                     reduction: Reduction::Atomic,
+                    gather,
                     units_per_sm: Some(units),
                 };
                 let us = time_graph(gpu, cfg, copies, |c| {
                     let out = GemvOut { weights: gpu.view(&data.in_f16[c]), out: gpu.view(&y), threshold: t };
-                    gemv.launch(gpu, gpu.view(&x_dev), None, &[out], false, None)
+                    gemv.launch(gpu, gpu.view(&x_dev), None, &[out], true, None)
                 })?;
-                let name = format!("input-sparse fp16 {units} units/SM");
+                let name = format!("input-sparse fp16 {gather:?} {units} units/SM, zeroed upstream");
                 timings.push(Timing { k, n, kernel: name, sparsity: s, us, cublas_us, bytes: kept * n * 2 });
             }
 

@@ -29,6 +29,7 @@ pub struct GpuInfo {
 /// Kernels of one weight type.
 pub(crate) struct TypedKernels {
     pub sparse_gemv: CudaFunction,
+    pub sparse_gemv_wide: CudaFunction,
     pub rows_gemv: CudaFunction,
     pub swiglu_rows: CudaFunction,
     pub up_gated: CudaFunction,
@@ -127,6 +128,7 @@ impl Gpu {
             };
             Ok(TypedKernels {
                 sparse_gemv: g("sparse_gemv")?,
+                sparse_gemv_wide: g("sparse_gemv_wide2")?,
                 rows_gemv: g("rows_gemv")?,
                 swiglu_rows: g("swiglu_rows")?,
                 up_gated: g("up_gated")?,
