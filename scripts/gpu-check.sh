@@ -5,8 +5,9 @@
 #  2. the loaded model decoding on the GPU (fp16 weights and KV cache, one CUDA graph per step):
 #     logits against the CPU f32 path, then GPU step times, for dense, TEAL and CATS (the
 #     thresholds come from a profile calibrated here on the model's own text);
-#  3. `sieve serve --device cuda`: a greedy stream through gRPC equals `generate --device cuda`,
-#     Info names the GPU, a CATS stream reports its speedup, concurrent clients all finish;
+#  3. `sieve serve --device cuda --gpu-streams 2`: three greedy streams at once through gRPC
+#     (two interleaved, one waiting) each equal `generate --device cuda` on their prompt, Info
+#     names the GPU, a CATS stream reports its speedup, concurrent clients all finish;
 #  4. a synthetic Llama-3-8B (random weights, real shape) against the bandwidth roofline.
 # Every command exits non-zero when a check fails.
 #
@@ -66,7 +67,7 @@ fi
 
 if want serve; then
 say "serve --device cuda"
-"$BIN" --model "$MODEL" serve --device cuda --addr 127.0.0.1:0 --profile "$PROFILE" \
+"$BIN" --model "$MODEL" serve --device cuda --gpu-streams 2 --addr 127.0.0.1:0 --profile "$PROFILE" \
   --predictors "$OUT/predictors" > "$OUT/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
@@ -80,11 +81,23 @@ done
 [ -n "$ADDR" ] || { echo "serve --device cuda did not start in 120 s" >&2; exit 1; }
 C=(--model "$MODEL" client)
 "$BIN" "${C[@]}" info --addr "http://$ADDR" --json > "$OUT/serve-info.json"
-PROMPT="The capital of France is"
-want="$("$BIN" --model "$MODEL" generate --device cuda --max-tokens 24 --temperature 0 "$PROMPT")"
-got="$("$BIN" "${C[@]}" generate --addr "http://$ADDR" --max-tokens 24 --temperature 0 "$PROMPT")"
-[ "$(echo "$want" | tr -d '[:space:]')" = "$(echo "$got" | tr -d '[:space:]')" ] \
-  || { printf 'gRPC stream differs from generate --device cuda:\n%s\n---\n%s\n' "$want" "$got" >&2; exit 1; }
+# Three greedy streams at once on two slots (two take turns in their own KV caches, the third
+# waits): each must equal generate --device cuda on its prompt.
+PROMPTS=("The capital of France is" "Once upon a time, in a small village" "The capital of France is")
+for i in 0 1 2; do
+  "$BIN" "${C[@]}" generate --addr "http://$ADDR" --max-tokens 24 --temperature 0 "${PROMPTS[$i]}" \
+    > "$OUT/serve-stream-$i.txt" &
+  PIDS[$i]=$!
+done
+for i in 0 1 2; do wait "${PIDS[$i]}"; done
+for i in 0 1 2; do
+  want="$("$BIN" --model "$MODEL" generate --device cuda --max-tokens 24 --temperature 0 "${PROMPTS[$i]}")"
+  got="$(cat "$OUT/serve-stream-$i.txt")"
+  [ "$(echo "$want" | tr -d '[:space:]')" = "$(echo "$got" | tr -d '[:space:]')" ] \
+    || { printf 'gRPC stream %s differs from generate --device cuda:\n%s\n---\n%s\n' "$i" "$want" "$got" >&2; exit 1; }
+done
+rm -f "$OUT"/serve-stream-*.txt
+PROMPT="${PROMPTS[0]}"
 "$BIN" "${C[@]}" generate --addr "http://$ADDR" --max-tokens 64 --method cats --sparsity 0.5 --json "$PROMPT" \
   > "$OUT/serve-cats.json"
 "$BIN" --model "$MODEL" loadtest --addr "http://$ADDR" --clients 8 --duration 10 --max-tokens 32 --json \

@@ -96,6 +96,13 @@ fn synthetic_benchmark_refuses_unknown_shapes_and_methods() {
 /// waits its turn), an audit is refused by name, and the summary compares with a dense
 /// reference measured on the GPU. Without one, the server refuses to start, clearly.
 #[test]
+fn serve_refuses_a_gpu_stream_count_out_of_range() {
+    for n in ["0", "65"] {
+        assert_fails_with(&sieve(&["serve", "--device", "cuda", "--gpu-streams", n]), "--gpu-streams");
+    }
+}
+
+#[test]
 fn serve_on_cuda_streams_what_generate_prints_or_refuses_clearly() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::{Command, Stdio};
@@ -106,7 +113,8 @@ fn serve_on_cuda_streams_what_generate_prints_or_refuses_clearly() {
     let mut child = Command::new(sieve_bin())
         .arg("--model")
         .arg(model_path())
-        .args(["serve", "--device", "cuda", "--addr", "127.0.0.1:0", "--predictors", "/nonexistent-predictors"])
+        .args(["serve", "--device", "cuda", "--gpu-streams", "2", "--addr", "127.0.0.1:0"])
+        .args(["--predictors", "/nonexistent-predictors"])
         .env_remove("SIEVE_MODEL")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -125,27 +133,35 @@ fn serve_on_cuda_streams_what_generate_prints_or_refuses_clearly() {
         return;
     };
     std::thread::spawn(move || for _ in lines {});
-    let prompt = "The capital of France is";
+    let (prompt, other) = ("The capital of France is", "Once upon a time, in a small village");
     let want = sieve(&["generate", "--device", "cuda", "--max-tokens", "12", "--temperature", "0", prompt]);
     assert!(want.status.success(), "{}", stderr(&want));
+    let want_other = sieve(&["generate", "--device", "cuda", "--max-tokens", "12", "--temperature", "0", other]);
+    assert!(want_other.status.success(), "{}", stderr(&want_other));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let mut client = SieveClient::connect(format!("http://{addr}")).await.expect("connect");
-        let request = |max_tokens: u32| v1::GenerateRequest {
-            input: Some(v1::generate_request::Input::Prompt(prompt.into())),
+        let request_for = |text: &str, max_tokens: u32| v1::GenerateRequest {
+            input: Some(v1::generate_request::Input::Prompt(text.into())),
             max_tokens,
             ..Default::default()
         };
+        let request = |max_tokens: u32| request_for(prompt, max_tokens);
         let info = client.info(v1::InfoRequest::default()).await.expect("info").into_inner();
         assert!(!info.hardware.expect("hardware").gpu.is_empty(), "Info names no GPU");
-        // Two streams at once: the second waits for the GPU, both finish whole.
-        let (mut a, mut b) = (client.clone(), client.clone());
-        let (first, second) = tokio::join!(async move { collect_text(&mut a, request(12)).await }, async move {
-            collect_text(&mut b, request(12)).await
-        });
+        // Three streams at once on two slots: two take turns token by token (each in its own
+        // KV cache), the third waits for a slot; each equals its prompt's generate.
+        let (mut a, mut b, mut c) = (client.clone(), client.clone(), client.clone());
+        let (first, second, third) = tokio::join!(
+            async move { collect_text(&mut a, request(12)).await },
+            async move { collect_text(&mut b, request_for(other, 12)).await },
+            async move { collect_text(&mut c, request(12)).await }
+        );
         let (text, summary) = first.expect("first stream");
         assert_eq!(text.trim(), stdout(&want).trim(), "GPU stream differs from generate --device cuda");
-        assert_eq!(second.expect("second stream").0, text);
+        let other_text = second.expect("second stream").0;
+        assert_eq!(other_text.trim(), stdout(&want_other).trim(), "interleaved GPU stream differs");
+        assert_eq!(third.expect("third stream").0, text);
         let timing = summary.timing.expect("timing");
         assert!(timing.decode_tok_s > 0.0 && timing.dense_decode_tok_s > 0.0, "{timing:?}");
         let mut audited = request(4);

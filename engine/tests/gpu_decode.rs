@@ -118,3 +118,36 @@ fn split_attention_over_long_caches_matches_the_single_block_attention() {
         }
     }
 }
+
+#[test]
+fn sequences_taking_turns_decode_as_each_would_alone() {
+    let Some(gpu) = gpu() else { return };
+    let shape = small(256, 512, 4, 500);
+    let mut gm = GpuModel::synthetic(gpu, shape, 64, 5).unwrap();
+    let plan = GpuPlan::dense(2);
+    let a: Vec<u32> = (0..20).map(|i| (i * 13 + 1) % 500).collect();
+    let b: Vec<u32> = (0..20).map(|i| (i * 29 + 7) % 500).collect();
+    // Each sequence alone, one after the other on sequence 0.
+    let mut alone = Vec::new();
+    for tokens in [&a, &b] {
+        gm.reset();
+        alone.push(tokens.iter().map(|&t| gm.step(t, &plan).unwrap()).collect::<Vec<_>>());
+    }
+    // Both at once on sequences 0 and 1, a token of each in turn: bit-identical logits.
+    gm.set_sequences(2).unwrap();
+    assert_eq!(gm.sequences(), 2);
+    for seq in 0..2 {
+        gm.select(seq).unwrap();
+        gm.reset();
+    }
+    for i in 0..a.len() {
+        for (seq, tokens) in [&a, &b].into_iter().enumerate() {
+            gm.select(seq).unwrap();
+            let logits = gm.step(tokens[i], &plan).unwrap();
+            assert_eq!(gm.position(), i + 1);
+            let differ = logits.iter().zip(&alone[seq][i]).filter(|(x, y)| x != y).count();
+            assert_eq!(differ, 0, "sequence {seq}, position {i}: {differ} logits differ");
+        }
+    }
+    assert!(gm.select(2).is_err(), "a sequence the model does not hold is refused");
+}

@@ -11,8 +11,9 @@ pub enum Device {
     /// The CPU kernels: streams interleave token by token.
     #[default]
     Cpu,
-    /// NVIDIA GPU `ordinal` (a build with the `cuda` feature): one stream decodes at a time,
-    /// the others wait their turn; Compare and the mask audit stay on the CPU.
+    /// NVIDIA GPU `ordinal` (a build with the `cuda` feature): up to
+    /// [`ServerConfig::gpu_streams`] streams take turns token by token (one KV cache each),
+    /// the others wait; Compare and the mask audit stay on the CPU.
     Cuda(usize),
 }
 
@@ -37,11 +38,15 @@ pub struct ServerConfig {
     pub dense_refresh: Duration,
     /// Where generations decode.
     pub device: Device,
+    /// On a GPU, generations decoding at once (each holds a KV cache of the model's context
+    /// on the device); later ones wait in arrival order.
+    pub gpu_streams: usize,
 }
 
 impl ServerConfig {
     /// Defaults for `model`: fast precision, default profile and predictors, 16 requests,
-    /// 1024 tokens, 10 s grace, dense reference refreshed every 5 minutes, on the CPU.
+    /// 1024 tokens, 10 s grace, dense reference refreshed every 5 minutes, on the CPU (4
+    /// streams at once on a GPU).
     pub fn new(model: PathBuf) -> Self {
         Self {
             model,
@@ -53,6 +58,7 @@ impl ServerConfig {
             grace: Duration::from_secs(10),
             dense_refresh: Duration::from_secs(300),
             device: Device::Cpu,
+            gpu_streams: 4,
         }
     }
 }

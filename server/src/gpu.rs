@@ -1,7 +1,7 @@
 //! The engine thread's GPU backend (feature `cuda`): the model's weights in fp16 on an NVIDIA
-//! GPU, generations decoded there one at a time (the GPU model holds one KV cache; the
-//! scheduler queues the others), and the dense reference measured there, so a stream's
-//! speedup compares like with like.
+//! GPU with a KV cache per stream slot, generations decoded there taking turns token by token
+//! (the scheduler queues those beyond the slots), and the dense reference measured there, so
+//! a stream's speedup compares like with like.
 
 use std::time::{Instant, SystemTime};
 
@@ -21,17 +21,27 @@ pub type GpuStream = GpuSession;
 pub struct GpuBackend {
     model: GpuModel,
     name: String,
+    /// Sequences of the model no stream holds.
+    free: Vec<usize>,
 }
 
 impl GpuBackend {
-    /// Opens GPU `ordinal` and uploads `model` with a KV cache of the model's context.
-    pub fn open(model: &Model, ordinal: usize) -> Result<Self, ServerError> {
+    /// Opens GPU `ordinal` and uploads `model` with `streams` KV caches of the model's context.
+    pub fn open(model: &Model, ordinal: usize, streams: usize) -> Result<Self, ServerError> {
         let gpu = Gpu::open(ordinal).map_err(|e| ServerError::Gpu(e.to_string()))?;
         let name = gpu.info().name.clone();
         let ctx = model.config().context_len;
-        let model = GpuModel::from_model(model, gpu, ctx).map_err(|e| ServerError::Gpu(e.to_string()))?;
-        tracing::info!(gpu = %name, "model uploaded to the GPU");
-        Ok(Self { model, name })
+        let gpu_err = |e: sieve_engine::EngineError| ServerError::Gpu(e.to_string());
+        let mut model = GpuModel::from_model(model, gpu, ctx).map_err(gpu_err)?;
+        model.set_sequences(streams.max(1)).map_err(gpu_err)?;
+        tracing::info!(gpu = %name, streams = model.sequences(), "model uploaded to the GPU");
+        let free = (0..model.sequences()).rev().collect();
+        Ok(Self { model, name, free })
+    }
+
+    /// Whether a stream slot is free for [`GpuBackend::start`].
+    pub fn has_free_slot(&self) -> bool {
+        !self.free.is_empty()
     }
 
     /// The GPU's name.
@@ -39,14 +49,30 @@ impl GpuBackend {
         &self.name
     }
 
-    /// Starts a generation (its prompt runs now); the previous one is over.
+    /// Starts a generation in a free slot (its prompt runs now); the slot stays taken until
+    /// [`GpuBackend::finish`].
     pub fn start(&mut self, prompt: &[u32], opts: GenerateOptions) -> sieve_engine::Result<GpuStream> {
-        GpuSession::start(&mut self.model, prompt, opts)
+        let Some(seq) = self.free.pop() else {
+            return Err(sieve_engine::EngineError::InvalidInput("every GPU stream slot is busy".into()));
+        };
+        let started = self.model.select(seq).and_then(|()| GpuSession::start(&mut self.model, prompt, opts));
+        if started.is_err() {
+            self.free.push(seq);
+        }
+        started
     }
 
-    /// Advances `stream`, the last one started.
+    /// Advances `stream` by one token.
     pub fn step(&mut self, stream: &mut GpuStream) -> sieve_engine::Result<Step> {
         stream.step(&mut self.model)
+    }
+
+    /// Frees the slot of an ended (or abandoned) stream.
+    pub fn finish(&mut self, stream: &GpuStream) {
+        let seq = stream.sequence();
+        if !self.free.contains(&seq) {
+            self.free.push(seq);
+        }
     }
 
     /// The dense reference on the GPU: the CPU measurement's prompt, steps and rounds, median
@@ -58,7 +84,12 @@ impl GpuBackend {
         for _ in 0..ROUNDS {
             let opts = GenerateOptions::new(STEPS + 1, SamplingParams::default(), Vec::new());
             let mut s = self.start(&prompt, opts)?;
-            while matches!(self.step(&mut s)?, Step::Token(_)) {}
+            let ran = (|| {
+                while matches!(self.step(&mut s)?, Step::Token(_)) {}
+                Ok::<_, sieve_engine::EngineError>(())
+            })();
+            self.finish(&s);
+            ran?;
             let g = s.snapshot();
             rounds.push(DenseReference {
                 decode_tok_s: g.decode_tok_s(),

@@ -30,7 +30,7 @@ pub enum GpuBackend {}
 
 impl GpuBackend {
     /// Refuses: this build has no GPU path.
-    pub fn open(_model: &Model, _ordinal: usize) -> Result<Self, ServerError> {
+    pub fn open(_model: &Model, _ordinal: usize, _streams: usize) -> Result<Self, ServerError> {
         Err(ServerError::Gpu(sieve_kernels::gpu::GpuError::NotBuilt.to_string()))
     }
     /// Never called: no backend exists.
@@ -43,6 +43,14 @@ impl GpuBackend {
     }
     /// Never called: no backend exists.
     pub fn step(&mut self, _stream: &mut GpuStream) -> sieve_engine::Result<Step> {
+        match *self {}
+    }
+    /// Never called: no backend exists.
+    pub fn has_free_slot(&self) -> bool {
+        match *self {}
+    }
+    /// Never called: no backend exists.
+    pub fn finish(&mut self, _stream: &GpuStream) {
         match *self {}
     }
     /// Never called: no backend exists.

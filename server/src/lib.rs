@@ -56,9 +56,9 @@ pub struct Server {
 impl Server {
     /// Loads everything `cfg` names, measures the dense reference and starts the engine thread.
     pub fn start(cfg: &ServerConfig) -> Result<Self, ServerError> {
-        if cfg.max_queue == 0 || cfg.max_tokens_limit == 0 {
+        if cfg.max_queue == 0 || cfg.max_tokens_limit == 0 || cfg.gpu_streams == 0 {
             return Err(ServerError::Engine(sieve_engine::EngineError::InvalidInput(
-                "--max-queue and --max-tokens-limit must be at least 1".into(),
+                "--max-queue, --max-tokens-limit and --gpu-streams must be at least 1".into(),
             )));
         }
         let (assets, model) = Assets::load(cfg)?;
@@ -68,13 +68,13 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(DenseReference, Option<String>), ServerError>>();
         let (shared_tx, shared_rx) = std::sync::mpsc::channel::<Arc<Shared>>();
         let (jobs, rx) = std::sync::mpsc::channel();
-        let (device, refresh) = (cfg.device, cfg.dense_refresh);
+        let (device, refresh, streams) = (cfg.device, cfg.dense_refresh, cfg.gpu_streams);
         let engine = std::thread::Builder::new()
             .name("sieve-engine".into())
             .spawn(move || {
                 let opened = match device {
                     config::Device::Cpu => Ok(None),
-                    config::Device::Cuda(ordinal) => gpu::GpuBackend::open(&model, ordinal).map(Some),
+                    config::Device::Cuda(ordinal) => gpu::GpuBackend::open(&model, ordinal, streams).map(Some),
                 };
                 let started = opened.and_then(|mut gpu| {
                     let dense = match gpu.as_mut() {

@@ -1,8 +1,8 @@
 //! The engine thread: it owns the model, takes jobs from the handlers over a channel, and
 //! advances every running generation by one token in turn (round-robin per decode step), so
-//! concurrent streams progress fairly. On a GPU ([`GpuBackend`]) one generation decodes at a
-//! time (the GPU model holds one KV cache) and the admitted others wait in arrival order. A stream whose client went away stops at its next
-//! step; a deadline ends it with DEADLINE_EXCEEDED; a shutdown lets running streams finish
+//! concurrent streams progress fairly. On a GPU ([`GpuBackend`]) as many generations as it
+//! has stream slots (one KV cache each) take turns the same way, and the admitted others wait
+//! in arrival order for a slot. A stream whose client went away stops at its next step; a deadline ends it with DEADLINE_EXCEEDED; a shutdown lets running streams finish
 //! within the grace period and cancels the rest. When idle it re-measures a stale dense
 //! reference.
 
@@ -176,8 +176,11 @@ impl Active<'_> {
         )
     }
 
-    /// Records the ended stream in the aggregates and metrics.
-    fn record(self, shared: &Shared, code: Code) {
+    /// Records the ended stream in the aggregates and metrics, and frees its GPU slot.
+    fn record(self, shared: &Shared, code: Code, gpu: Option<&mut GpuBackend>) {
+        if let (Runner::Gpu(s), Some(g)) = (&self.session, gpu) {
+            g.finish(s);
+        }
         let times = self.session.layer_times().cloned();
         let g = self.session.snapshot();
         shared.metrics.request("Generate", code);
@@ -248,7 +251,7 @@ pub fn run(model: Model, mut gpu: Option<GpuBackend>, shared: Arc<Shared>, jobs:
         if drain_until.is_some_and(|t| Instant::now() >= t) {
             for a in active.drain(..) {
                 let _ = a.tx.send(Err(Status::unavailable("the server shut down before the generation finished")));
-                a.record(&shared, Code::Unavailable);
+                a.record(&shared, Code::Unavailable, gpu.as_mut());
             }
             for j in waiting.drain(..) {
                 let _ = j.tx.send(Err(Status::unavailable("the server shut down before the generation started")));
@@ -256,8 +259,8 @@ pub fn run(model: Model, mut gpu: Option<GpuBackend>, shared: Arc<Shared>, jobs:
             }
             continue;
         }
-        // The GPU holds one sequence: the next waiting generation starts when it is free.
-        while active.is_empty() {
+        // Waiting generations start as GPU stream slots free up.
+        while gpu.as_ref().is_some_and(GpuBackend::has_free_slot) {
             let Some(j) = waiting.pop_front() else { break };
             start(&model, &shared, j, &mut active, gpu.as_mut());
         }
@@ -265,7 +268,7 @@ pub fn run(model: Model, mut gpu: Option<GpuBackend>, shared: Arc<Shared>, jobs:
         while i < active.len() {
             match active[i].advance(&shared, gpu.as_mut()) {
                 Outcome::Running => i += 1,
-                Outcome::Ended(code) => active.swap_remove(i).record(&shared, code),
+                Outcome::Ended(code) => active.swap_remove(i).record(&shared, code, gpu.as_mut()),
             }
         }
     }

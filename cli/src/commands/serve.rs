@@ -39,13 +39,17 @@ pub struct Args {
     /// Predictor set directory (default: the one `sieve train-predictors` wrote).
     #[arg(long)]
     predictors: Option<PathBuf>,
-    /// Where generations decode: cpu, or cuda (an NVIDIA GPU, one stream at a time; needs a
-    /// build with `--features cuda`). Compare and the mask audit run on the CPU either way.
+    /// Where generations decode: cpu, or cuda (an NVIDIA GPU; needs a build with
+    /// `--features cuda`). Compare and the mask audit run on the CPU either way.
     #[arg(long, value_enum, default_value = "cpu")]
     device: super::gpu_decode::Device,
     /// GPU ordinal for --device cuda.
     #[arg(long, default_value_t = 0)]
     gpu: usize,
+    /// With --device cuda: generations decoding at once, taking turns token by token (each
+    /// holds a KV cache of the model's context on the GPU); later ones wait for a slot.
+    #[arg(long, default_value_t = 4)]
+    gpu_streams: usize,
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
@@ -87,6 +91,9 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     if a.max_tokens_limit == 0 {
         bail!("--max-tokens-limit must be at least 1");
     }
+    if !(1..=64).contains(&a.gpu_streams) {
+        bail!("--gpu-streams {} must be between 1 and 64", a.gpu_streams);
+    }
     let cfg = ServerConfig {
         precision: a.precision,
         profile: a.profile,
@@ -99,6 +106,7 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
             super::gpu_decode::Device::Cpu => sieve_server::Device::Cpu,
             super::gpu_decode::Device::Cuda => sieve_server::Device::Cuda(a.gpu),
         },
+        gpu_streams: a.gpu_streams,
         ..ServerConfig::new(model_path.to_path_buf())
     };
     // One I/O thread: the engine and its pool own the cores, and gRPC work per token is small.

@@ -110,13 +110,31 @@ pub struct GpuModel {
     pub(crate) head: Option<CudaSlice<u16>>,
     pub(crate) out_norm: CudaSlice<f32>,
     pub(crate) layers: Vec<GpuLayer>,
-    pub(crate) caches: Vec<(CudaSlice<u16>, CudaSlice<u16>)>,
+    /// The sequences the model holds, each with its own KV cache; steps run on `current`.
+    pub(crate) seqs: Vec<Sequence>,
+    pub(crate) current: usize,
     pub(crate) act: Activations,
     pub(crate) gemv: SparseGemv,
-    pub(crate) graph: Option<(super::GpuPlan, sieve_kernels::gpu::CudaGraph)>,
     /// The uploaded predictor set (keyed by the plan's shared set) and its layers.
     pub(crate) predictors: Option<(crate::sparsity::Predictors, Vec<GpuPredictor>)>,
-    pub(crate) pos: usize,
+}
+
+/// One sequence on the GPU: its KV cache (per layer keys and values), how many positions it
+/// holds, and the step graph captured for it (a graph bakes in the cache's addresses, so each
+/// sequence has its own; the activations are shared, as steps run one at a time).
+pub(crate) struct Sequence {
+    pub caches: Vec<(CudaSlice<u16>, CudaSlice<u16>)>,
+    pub pos: usize,
+    pub graph: Option<(super::GpuPlan, sieve_kernels::gpu::CudaGraph)>,
+}
+
+impl Sequence {
+    fn alloc(gpu: &Gpu, s: &Config, max_len: usize) -> Result<Sequence> {
+        let caches = (0..s.n_layers)
+            .map(|_| Ok((gpu.zeros::<u16>(max_len * s.kv_dim())?, gpu.zeros::<u16>(max_len * s.kv_dim())?)))
+            .collect::<std::result::Result<Vec<_>, GpuError>>()?;
+        Ok(Sequence { caches, pos: 0, graph: None })
+    }
 }
 
 /// Row-major (rows x cols) values to input-major fp16.
@@ -142,9 +160,7 @@ impl GpuModel {
     ) -> Result<GpuModel> {
         let s = &shape;
         let max_len = max_len.clamp(1, sieve_kernels::gpu::MAX_ATTENTION_LEN);
-        let caches = (0..s.n_layers)
-            .map(|_| Ok((gpu.zeros::<u16>(max_len * s.kv_dim())?, gpu.zeros::<u16>(max_len * s.kv_dim())?)))
-            .collect::<std::result::Result<Vec<_>, GpuError>>()?;
+        let seqs = vec![Sequence::alloc(&gpu, s, max_len)?];
         let act = Activations {
             x: gpu.zeros(s.d_model)?,
             normed: gpu.zeros(s.d_model)?,
@@ -174,12 +190,11 @@ impl GpuModel {
             head,
             out_norm,
             layers,
-            caches,
+            seqs,
+            current: 0,
             act,
             gemv,
-            graph: None,
             predictors: None,
-            pos: 0,
         })
     }
 
@@ -306,14 +321,46 @@ impl GpuModel {
         self.max_len
     }
 
-    /// Positions decoded since the last [`GpuModel::reset`].
+    /// Positions the current sequence holds (decoded since its last [`GpuModel::reset`]).
     pub fn position(&self) -> usize {
-        self.pos
+        self.seqs[self.current].pos
     }
 
-    /// Starts a new sequence (the cache is overwritten from position 0).
+    /// Restarts the current sequence (its cache is overwritten from position 0).
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.seqs[self.current].pos = 0;
+    }
+
+    /// Sequences the model holds at once (one KV cache each).
+    pub fn sequences(&self) -> usize {
+        self.seqs.len()
+    }
+
+    /// Allocates KV caches until the model holds `n` sequences (a cache of `max_len`
+    /// positions each); a model never drops sequences.
+    pub fn set_sequences(&mut self, n: usize) -> Result<()> {
+        while self.seqs.len() < n {
+            self.seqs.push(Sequence::alloc(&self.gpu, &self.shape, self.max_len)?);
+        }
+        Ok(())
+    }
+
+    /// The sequence later steps, [`GpuModel::position`] and [`GpuModel::reset`] refer to.
+    pub fn current(&self) -> usize {
+        self.current
+    }
+
+    /// Makes sequence `seq` (below [`GpuModel::sequences`]) the current one; the others keep
+    /// their caches and positions.
+    pub fn select(&mut self, seq: usize) -> Result<()> {
+        if seq >= self.seqs.len() {
+            return Err(EngineError::InvalidInput(format!(
+                "sequence {seq} of a GPU model holding {}",
+                self.seqs.len()
+            )));
+        }
+        self.current = seq;
+        Ok(())
     }
 
     /// Uploads the plan's predictor set unless it is the one already on the device.
@@ -363,8 +410,9 @@ impl GpuModel {
                 self.shape.vocab_size
             )));
         }
-        if self.pos >= self.max_len {
-            return Err(EngineError::ContextOverflow { needed: self.pos + 1, max: self.max_len });
+        let pos = self.position();
+        if pos >= self.max_len {
+            return Err(EngineError::ContextOverflow { needed: pos + 1, max: self.max_len });
         }
         Ok(())
     }

@@ -1,9 +1,10 @@
 //! A generation on the GPU advanced one token at a time, as [`crate::generate::Session`] is on
 //! the CPU, so a server can stream it: the prompt runs in [`GpuSession::start`] (one graph
 //! replay per prompt token), each [`GpuSession::step`] samples one token on the host from the
-//! downloaded logits and replays the step graph for it. The session owns no device memory:
-//! the [`GpuModel`]'s single KV cache holds one sequence, so the caller runs one session at a
-//! time on a model and passes that model to every call.
+//! downloaded logits and replays the step graph for it. The session owns no device memory: it
+//! runs on the sequence of the [`GpuModel`] that was current when it started (one KV cache
+//! each), so sessions on different sequences of one model can take turns step by step; the
+//! caller passes that model to every call.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -16,6 +17,8 @@ use super::{GpuModel, GpuPlan};
 
 /// One generation on a [`GpuModel`].
 pub struct GpuSession {
+    /// The model's sequence this session decodes on.
+    seq: usize,
     plan: GpuPlan,
     opts: GenerateOptions,
     progress: Progress,
@@ -24,8 +27,8 @@ pub struct GpuSession {
 
 impl GpuSession {
     /// Checks the request against the GPU model (prompt, options, and a plan the GPU can run:
-    /// no mask audit, which needs the CPU's dense MLP), restarts the model's sequence and runs
-    /// the prompt.
+    /// no mask audit, which needs the CPU's dense MLP), restarts the model's current sequence
+    /// and runs the prompt on it.
     pub fn start(gm: &mut GpuModel, prompt: &[u32], opts: GenerateOptions) -> Result<Self> {
         if prompt.is_empty() {
             return Err(EngineError::InvalidInput("the prompt is empty".into()));
@@ -52,12 +55,13 @@ impl GpuSession {
         for &t in prompt {
             logits = gm.step(t, &plan)?;
         }
-        Ok(Self { plan, opts, progress: Progress::new(sampler, prompt.len(), t0.elapsed()), logits })
+        Ok(Self { seq: gm.current(), plan, opts, progress: Progress::new(sampler, prompt.len(), t0.elapsed()), logits })
     }
 
     /// Samples the next token and, unless the generation ends with it, runs it through `gm`
     /// (the model the session started on). After the end it returns the same [`Step::Done`].
     pub fn step(&mut self, gm: &mut GpuModel) -> Result<Step> {
+        gm.select(self.seq)?;
         let context_full = gm.position() >= gm.max_len();
         let next = match self.progress.choose(&self.logits, &self.opts, context_full) {
             ControlFlow::Break(step) => return Ok(step),
@@ -67,6 +71,11 @@ impl GpuSession {
         self.logits = gm.step(next, &self.plan)?;
         self.progress.timed(t.elapsed());
         Ok(Step::Token(next))
+    }
+
+    /// The model's sequence this session decodes on.
+    pub fn sequence(&self) -> usize {
+        self.seq
     }
 
     /// Ends the generation early (the caller stopped it).

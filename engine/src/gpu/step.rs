@@ -1,6 +1,6 @@
 //! One decode step on the GPU: the launches of a whole step, captured into a CUDA graph per
-//! plan and replayed for every token; the token and position are written to the device
-//! before each replay, so the graph never changes between steps.
+//! plan and sequence and replayed for every token; the token and position are written to
+//! the device before each replay, so the graph never changes between steps.
 
 use sieve_kernels::gpu::{DevPtr, GemvOut, GpuError, LowRankPredictor, StepArgs, WeightType};
 
@@ -56,13 +56,14 @@ impl GpuModel {
             }
         };
 
+        let caches = &self.seqs[self.current].caches;
         g.embed(g.view(&self.embed), &step, x)?;
         // Dense reads whole rows (faster than the input-sparse kernel at s = 0); calibration
         // taps need gate and up apart, so they take the general path.
         let dense_rows = plan.method == crate::sparsity::Method::Dense && taps.is_none();
         for (l, (w, lp)) in self.layers.iter().zip(&plan.layers).enumerate() {
             if dense_rows {
-                let (kc, vc) = (&self.caches[l].0, &self.caches[l].1);
+                let (kc, vc) = (&caches[l].0, &caches[l].1);
                 let f16 = WeightType::F16;
                 g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, None)?;
                 g.rows_gemv(f16, g.view(&w.qkv_rows), normed, qkv, None, false)?;
@@ -74,7 +75,7 @@ impl GpuModel {
                 g.rows_gemv(f16, g.view(&w.down_rows), h, x, None, true)?;
                 continue;
             }
-            let (kc, vc) = (&self.caches[l].0, &self.caches[l].1);
+            let (kc, vc) = (&caches[l].0, &caches[l].1);
             let wv = |p: Proj| g.view(&w.proj[p.index()]);
             g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, Some(qkv))?;
             tap(taps.map(|t| &t.attn_in[l]), normed)?;
@@ -166,25 +167,27 @@ impl GpuModel {
         if let Some(set) = &plan.predictors {
             self.ensure_predictors(set)?;
         }
-        if self.graph.as_ref().is_some_and(|(p, _)| p == plan) {
+        let current = self.current;
+        if self.seqs[current].graph.as_ref().is_some_and(|(p, _)| p == plan) {
             return Ok(());
         }
-        self.graph = None;
+        self.seqs[current].graph = None;
         let graph = self.gpu.capture(|| self.record(plan, None))?;
-        self.graph = Some((plan.clone(), graph));
+        self.seqs[current].graph = Some((plan.clone(), graph));
         Ok(())
     }
 
     fn launch_step(&mut self, token: u32, plan: &GpuPlan) -> Result<()> {
         self.check_token(token)?;
         self.ensure_graph(plan)?;
-        let args = [token as i32, self.pos as i32];
+        let args = [token as i32, self.position() as i32];
         self.gpu.write(&args, &mut self.act.step)?;
-        let Some((_, graph)) = self.graph.as_ref() else {
+        let seq = &mut self.seqs[self.current];
+        let Some((_, graph)) = seq.graph.as_ref() else {
             return Err(EngineError::InvalidInput("no captured decode graph".into()));
         };
         self.gpu.replay(graph)?;
-        self.pos += 1;
+        seq.pos += 1;
         Ok(())
     }
 
@@ -223,9 +226,9 @@ impl GpuModel {
         let mut samples = vec![Vec::with_capacity(tokens.len()); n];
         for &t in tokens {
             self.check_token(t)?;
-            self.gpu.write(&[t as i32, self.pos as i32], &mut self.act.step)?;
+            self.gpu.write(&[t as i32, self.position() as i32], &mut self.act.step)?;
             self.record(&plan, Some(&taps))?;
-            self.pos += 1;
+            self.seqs[self.current].pos += 1;
             for (l, layer) in samples.iter_mut().enumerate() {
                 let gu = self.gpu.download(&gate_up[l])?;
                 layer.push(LayerSample {
