@@ -73,11 +73,16 @@ fn on_source<T>(
     let prev = std::mem::take(&mut s.prev_mlp_in);
     let out = f(source(set, l, mlp_in, &prev), s);
     s.prev_mlp_in = prev;
+    remember(set, mlp_in, s);
+    out
+}
+
+/// Keeps `mlp_in` as the previous layer's input for the next layer (lookahead sets only).
+fn remember(set: &PredictorSet, mlp_in: &[f32], s: &mut PredictScratch) {
     if set.manifest.tap == PredictorTap::Lookahead {
         s.prev_mlp_in.clear();
         s.prev_mlp_in.extend_from_slice(mlp_in);
     }
-    out
 }
 
 fn layer(set: &PredictorSet, l: usize) -> Result<&LayerPredictor> {
@@ -161,8 +166,7 @@ pub(crate) fn front_half(
     if lookahead && ahead.layer == Some(l) {
         std::mem::swap(&mut s.proposal.rows, &mut ahead.proposal.rows);
         ahead.layer = None;
-        s.prev_mlp_in.clear();
-        s.prev_mlp_in.extend_from_slice(x);
+        remember(set, x, s);
     } else {
         ahead.layer = None;
         on_source(set, l, x, s, |src, s| s.proposal.propose(p, method, lp, src))?;
