@@ -121,7 +121,7 @@ fi
 
 if want synthetic; then
 say "synthetic Llama-3-8B"
-"$BIN" bench gpu-synthetic --methods teal-uniform:0.25,teal-uniform:0.5,cats:0.5 | tee "$OUT/synthetic-8b.md"
+"$BIN" bench gpu-synthetic --methods teal-uniform:0.25,teal-uniform:0.5,teal-uniform:0.75,cats:0.5 | tee "$OUT/synthetic-8b.md"
 "$BIN" bench gpu-synthetic --methods teal-uniform:0.5 --steps 32 --json > "$OUT/synthetic-8b.json"
 fi
 say "all GPU checks passed; results in $OUT"

@@ -151,3 +151,37 @@ fn sequences_taking_turns_decode_as_each_would_alone() {
     }
     assert!(gm.select(2).is_err(), "a sequence the model does not hold is refused");
 }
+
+#[test]
+fn early_launch_changes_no_result() {
+    let Some(gpu) = gpu() else { return };
+    if !gpu.early_launch() {
+        eprintln!("skipped: this GPU has no programmatic dependent launch (sm_90+)");
+        return;
+    }
+    let shape = small(512, 1536, 8, 1000);
+    let mut gm = GpuModel::synthetic(gpu, shape, 64, 3).unwrap();
+    let cal: Vec<u32> = (0..8).collect();
+    let samples = gm.sample_activations(&cal).unwrap();
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 1000).collect();
+    let run = |gm: &mut GpuModel, plan: &GpuPlan, early: bool| {
+        gm.set_early_launch(early);
+        assert_eq!(gm.gpu().early_launch(), early);
+        gm.reset();
+        tokens.iter().map(|&t| gm.step(t, plan).unwrap()).collect::<Vec<_>>()
+    };
+    // Dense reads whole rows with no atomics: the same logits to the bit, launched either way
+    // (a kernel reading before the previous one finished would change them).
+    let dense = GpuPlan::dense(2);
+    let (on, off) = (run(&mut gm, &dense, true), run(&mut gm, &dense, false));
+    for (i, (a, b)) in on.iter().zip(&off).enumerate() {
+        let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
+        assert_eq!(differ, 0, "dense, position {i}: {differ} logits differ");
+    }
+    // TEAL sums with atomics in any order: equal up to rounding.
+    let teal = calibrate_uniform(Method::TealUniform, 0.5, &samples).unwrap();
+    let (on, off) = (run(&mut gm, &teal, true), run(&mut gm, &teal, false));
+    for (i, (a, b)) in on.iter().zip(&off).enumerate() {
+        assert!(cosine(a, b) > 0.99999, "TEAL, position {i}: cosine {}", cosine(a, b));
+    }
+}

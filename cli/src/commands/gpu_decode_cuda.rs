@@ -197,16 +197,22 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
     let dense = GpuPlan::dense(shape.n_layers);
     let roofline_us = bytes as f64 / copy_bw * 1e6;
     let mut rows = Vec::new();
+    // Every method with kernels launched early (PDL) and one after the other, in one run.
+    let modes: Vec<bool> = if gm.gpu().early_launch() { vec![true, false] } else { vec![false] };
     for &(m, s) in &methods {
         let plan = calibrate_uniform(m, s, &samples)?;
-        let (dense_us, method_us) = paired_times(&mut gm, &steps, &dense, &plan, 3)?;
-        rows.push(serde_json::json!({
-            "method": plan.method, "sparsity": s,
-            "dense_us_per_step": dense_us, "method_us_per_step": method_us,
-            "speedup": dense_us / method_us,
-            "dense_of_roofline": roofline_us / dense_us,
-        }));
+        for &early in &modes {
+            gm.set_early_launch(early);
+            let (dense_us, method_us) = paired_times(&mut gm, &steps, &dense, &plan, 3)?;
+            rows.push(serde_json::json!({
+                "method": plan.method, "sparsity": s, "early_launch": early,
+                "dense_us_per_step": dense_us, "method_us_per_step": method_us,
+                "speedup": dense_us / method_us,
+                "dense_of_roofline": roofline_us / dense_us,
+            }));
+        }
     }
+    gm.set_early_launch(modes[0]);
     let out = serde_json::json!({
         "gpu": gm.gpu().info().name,
         "shape": a.shape,
@@ -229,14 +235,15 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
         roofline_us,
         1e6 / roofline_us
     );
-    println!("| method | sparsity | dense µs/step | dense of roofline | method µs/step | tok/s | speedup |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| method | sparsity | early launch | dense µs/step | dense of roofline | method µs/step | tok/s | speedup |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2}x |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2}x |",
             r["method"].as_str().unwrap_or("?"),
             f("sparsity"),
+            if r["early_launch"].as_bool().unwrap_or(false) { "on" } else { "off" },
             f("dense_us_per_step"),
             f("dense_of_roofline"),
             f("method_us_per_step"),

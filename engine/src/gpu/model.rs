@@ -316,6 +316,15 @@ impl GpuModel {
         &self.gpu
     }
 
+    /// Launches each step's kernels early (programmatic dependent launch, sm_90+) or one after
+    /// the other; the captured step graphs are dropped when this changes.
+    pub fn set_early_launch(&mut self, on: bool) {
+        if self.gpu.early_launch() != on {
+            self.gpu.set_early_launch(on);
+            self.seqs.iter_mut().for_each(|s| s.graph = None);
+        }
+    }
+
     /// Positions the KV cache holds.
     pub fn max_len(&self) -> usize {
         self.max_len

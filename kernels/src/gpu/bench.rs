@@ -241,6 +241,9 @@ fn time_graph(
 pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchReport, GpuError> {
     let blas = CublasGemv::new(gpu)?;
     let copy_bandwidth = gpu.copy_bandwidth(1 << 30)?;
+    // Kernels alone launch one after the other, as cuBLAS does; the decode-form rows add
+    // early launch (PDL), as the decode step runs them, where the GPU has it.
+    let early = EarlyLaunchOff::new(gpu);
     let mut rng = Rng(cfg.seed);
     let (mut checks, mut timings) = (Vec::new(), Vec::new());
     for &(k, n) in &cfg.shapes {
@@ -320,6 +323,16 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                     })?;
                     let kernel = format!("{name}, output zeroed upstream");
                     timings.push(Timing { k, n, kernel, sparsity: s, us, cublas_us, bytes: kept * n * 2 });
+                    if early.available {
+                        let us = early.with(|| {
+                            time_graph(gpu, cfg, copies, |c| {
+                                let out = GemvOut { weights: gpu.view(&layout[c]), out: gpu.view(&y), threshold: t };
+                                gemv.launch(gpu, gpu.view(&x_dev), None, &[out], true, None)
+                            })
+                        })?;
+                        let kernel = format!("{name}, output zeroed upstream, early launch");
+                        timings.push(Timing { k, n, kernel, sparsity: s, us, cublas_us, bytes: kept * n * 2 });
+                    }
                 }
             }
             for (&units, gather) in cfg.units_sweep.iter().flat_map(|u| [Gather::Narrow, Gather::Wide].map(|g| (u, g)))
@@ -369,25 +382,26 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                 rel_err: rel_err(&g, &w),
                 bound: 1e-2,
             });
-            let us = time_graph(gpu, cfg, copies, |c| {
-                gpu.rows_gemv(
-                    WeightType::F16,
-                    gpu.view(&data.row_f16[c]),
-                    gpu.view(&x_dev),
-                    gpu.view(&y),
-                    Some(gpu.view(&rows_dev)),
-                    false,
-                )
-            })?;
-            timings.push(Timing {
-                k,
-                n,
-                kernel: "output-sparse rows fp16".into(),
-                sparsity: s,
-                us,
-                cublas_us,
-                bytes: rows.len() * k * 2,
-            });
+            let time_rows = || {
+                time_graph(gpu, cfg, copies, |c| {
+                    gpu.rows_gemv(
+                        WeightType::F16,
+                        gpu.view(&data.row_f16[c]),
+                        gpu.view(&x_dev),
+                        gpu.view(&y),
+                        Some(gpu.view(&rows_dev)),
+                        false,
+                    )
+                })
+            };
+            let us = time_rows()?;
+            let row_bytes = rows.len() * k * 2;
+            timings.push(Timing { k, n, kernel: "output-sparse rows fp16".into(), sparsity: s, us, cublas_us, bytes: row_bytes });
+            if early.available {
+                let us = early.with(time_rows)?;
+                let kernel = "output-sparse rows fp16, early launch".into();
+                timings.push(Timing { k, n, kernel, sparsity: s, us, cublas_us, bytes: row_bytes });
+            }
 
             if n > k && copies >= 2 {
                 // Fused gate + up + silu*mul on the kept neurons (gate and up: two different copies).
@@ -438,6 +452,34 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
         }
     }
     Ok(BenchReport { gpu: gpu.info().clone(), copy_bandwidth, checks, timings })
+}
+
+/// Turns early launch off for the benchmark's lifetime (restored on drop, errors included)
+/// and back on around the decode-form timings.
+struct EarlyLaunchOff<'a> {
+    gpu: &'a Gpu,
+    available: bool,
+}
+
+impl<'a> EarlyLaunchOff<'a> {
+    fn new(gpu: &'a Gpu) -> EarlyLaunchOff<'a> {
+        let available = gpu.early_launch();
+        gpu.set_early_launch(false);
+        EarlyLaunchOff { gpu, available }
+    }
+
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.gpu.set_early_launch(true);
+        let out = f();
+        self.gpu.set_early_launch(false);
+        out
+    }
+}
+
+impl Drop for EarlyLaunchOff<'_> {
+    fn drop(&mut self) {
+        self.gpu.set_early_launch(self.available);
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! The token and position of a step live on the device ([`StepArgs`]), so one captured graph
 //! serves every step.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 use super::device::DevPtr;
+use super::launch::Launch;
 use super::{Gpu, GpuError};
 
 /// Largest context the attention kernel's shared-memory scores allow (32 KiB of f32, beside 8 KiB of partial sums).
@@ -106,10 +107,10 @@ impl Gpu {
         let (c_a, c_n) = (clear.map_or(0u64, |c| c.addr()), clear.map_or(0i32, |c| c.len() as i32));
         let d = x.len() as i32;
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.stream().launch_builder(&self.kernels.rms_norm);
+        let mut b = Launch::new(self, &self.kernels.rms_norm, "rms_norm");
         b.arg(&x_a).arg(&w_a).arg(&o_a).arg(&d).arg(&eps).arg(&c_a).arg(&c_n);
         // SAFETY: x, weight and out hold d values, clear its own length (checked above).
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("rms_norm", e))?;
+        unsafe { b.launch(cfg) }?;
         Ok(())
     }
 
@@ -121,11 +122,11 @@ impl Gpu {
             return Err(GpuError::Unsupported(format!("embedding table of {} for width {}", table.len(), x.len())));
         }
         let (t_a, s_a, x_a, d) = (table.addr(), step.0.addr(), x.addr(), x.len() as i32);
-        let mut b = self.stream().launch_builder(&self.kernels.embed_f16);
+        let mut b = Launch::new(self, &self.kernels.embed_f16, "embed");
         b.arg(&t_a).arg(&s_a).arg(&x_a).arg(&d);
         // SAFETY: x holds d values; the row read is token * d..(token + 1) * d, inside the
         // table for any token below the vocabulary size, which the caller guarantees.
-        unsafe { b.launch(grid_for(x.len())) }.map_err(|e| GpuError::driver("embed", e))?;
+        unsafe { b.launch(grid_for(x.len())) }?;
         Ok(())
     }
 
@@ -152,7 +153,7 @@ impl Gpu {
         let a = [q.addr(), k.addr(), v.addr(), k_cache.addr(), v_cache.addr(), step.0.addr()];
         let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32, shape.rot_pairs as i32];
         let pairs = (shape.n_heads + shape.n_kv_heads) * shape.head_dim / 2;
-        let mut b = self.stream().launch_builder(&self.kernels.rope_append);
+        let mut b = Launch::new(self, &self.kernels.rope_append, "rope_append");
         for p in &a {
             b.arg(p);
         }
@@ -162,7 +163,7 @@ impl Gpu {
         b.arg(&shape.theta);
         // SAFETY: q, k, v and the caches have the sizes the shape implies (checked above);
         // the position the kernel reads is kept below max_len by the caller.
-        unsafe { b.launch(grid_for(pairs)) }.map_err(|e| GpuError::driver("rope_append", e))?;
+        unsafe { b.launch(grid_for(pairs)) }?;
         Ok(())
     }
 
@@ -186,7 +187,7 @@ impl Gpu {
             block_dim: (256, 1, 1),
             shared_mem_bytes: (shape.max_len * 4) as u32,
         };
-        let mut b = self.stream().launch_builder(&self.kernels.attention);
+        let mut b = Launch::new(self, &self.kernels.attention, "attention");
         for p in &a {
             b.arg(p);
         }
@@ -196,7 +197,7 @@ impl Gpu {
         b.arg(&scale);
         // SAFETY: sizes checked above; scores for up to max_len positions fit the dynamic
         // shared memory requested.
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("attention", e))?;
+        unsafe { b.launch(cfg) }?;
         Ok(())
     }
 
@@ -231,7 +232,7 @@ impl Gpu {
             block_dim: (ATTENTION_CHUNK as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream().launch_builder(&self.kernels.attention_part);
+        let mut b = Launch::new(self, &self.kernels.attention_part, "attention_part");
         for p in &a {
             b.arg(p);
         }
@@ -241,14 +242,14 @@ impl Gpu {
         b.arg(&scale).arg(&splits_i);
         // SAFETY: sizes checked above; block (head, split) writes its own head_dim + 2 values
         // of scratch and reads cache rows below the step's position (< max_len).
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("attention_part", e))?;
+        unsafe { b.launch(cfg) }?;
         let (s_a, o_a, st_a, hd) = (scratch.addr(), out.addr(), step.0.addr(), shape.head_dim as i32);
         let cfg = LaunchConfig { grid_dim: (shape.n_heads as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.stream().launch_builder(&self.kernels.attention_combine);
+        let mut b = Launch::new(self, &self.kernels.attention_combine, "attention_combine");
         b.arg(&s_a).arg(&o_a).arg(&st_a).arg(&hd).arg(&splits_i);
         // SAFETY: reads the splits the launch above wrote for positions up to the step's, writes
         // n_heads * head_dim outputs (checked above).
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("attention_combine", e))?;
+        unsafe { b.launch(cfg) }?;
         Ok(())
     }
 
@@ -256,10 +257,10 @@ impl Gpu {
     pub fn to_f16(&self, x: DevPtr<'_, f32>, out: DevPtr<'_, u16>) -> Result<(), GpuError> {
         same_len("fp16 output", x.len(), out.len())?;
         let (x_a, o_a, n) = (x.addr(), out.addr(), x.len() as i32);
-        let mut b = self.stream().launch_builder(&self.kernels.to_f16);
+        let mut b = Launch::new(self, &self.kernels.to_f16, "to_f16");
         b.arg(&x_a).arg(&o_a).arg(&n);
         // SAFETY: both hold n values.
-        unsafe { b.launch(grid_for(x.len())) }.map_err(|e| GpuError::driver("to_f16", e))?;
+        unsafe { b.launch(grid_for(x.len())) }?;
         Ok(())
     }
 
@@ -282,10 +283,10 @@ impl Gpu {
         // Element i of the transpose (cols x rows) is element (i % rows, i / rows) of the matrix.
         let (t_rows, t_cols) = (rows, cols);
         let cfg = LaunchConfig { grid_dim: (4096, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let mut b = self.stream().launch_builder(&self.kernels.fill_uniform_f16);
+        let mut b = Launch::new(self, &self.kernels.fill_uniform_f16, "fill_uniform_f16");
         b.arg(&w_a).arg(&n).arg(&seed).arg(&scale).arg(&t_rows).arg(&t_cols);
         // SAFETY: writes w[0..n] only.
-        unsafe { b.launch(cfg) }.map_err(|e| GpuError::driver("fill_uniform_f16", e))?;
+        unsafe { b.launch(cfg) }?;
         Ok(())
     }
 }

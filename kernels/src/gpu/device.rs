@@ -9,6 +9,7 @@ use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
 };
 
+use super::launch::EarlyLaunch;
 use super::{GpuError, WeightType, module::compile_ptx};
 
 /// What the opened GPU is.
@@ -56,6 +57,7 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     pub(crate) kernels: Kernels,
     info: GpuInfo,
+    early: EarlyLaunch,
 }
 
 /// A read-only range of device memory borrowed from a live [`CudaSlice`].
@@ -148,12 +150,27 @@ impl Gpu {
             to_f16: f("to_f16")?,
             fill_uniform_f16: f("fill_uniform_f16")?,
         };
-        Ok(Gpu { stream, kernels, info })
+        // PDL needs sm_90; older GPUs launch every kernel after the previous one has drained.
+        let early = EarlyLaunch::new(cc.0 >= 9);
+        Ok(Gpu { stream, kernels, info, early })
     }
 
     /// What this GPU is.
     pub fn info(&self) -> &GpuInfo {
         &self.info
+    }
+
+    /// Whether kernels launch early (programmatic dependent launch): the next kernel's blocks
+    /// are scheduled while the previous one drains and wait for it on the device. On by
+    /// default on sm_90 and newer; results are the same either way.
+    pub fn early_launch(&self) -> bool {
+        self.early.get()
+    }
+
+    /// Turns early launch on or off for later launches and graph captures (ignored, off,
+    /// below sm_90).
+    pub fn set_early_launch(&self, on: bool) {
+        self.early.set(on && self.info.compute_capability.0 >= 9)
     }
 
     /// The stream every launch goes to.

@@ -63,6 +63,28 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
+// Programmatic dependent launch (sm_90+): with the launch attribute the next kernel's blocks
+// are scheduled while this one drains. Every kernel waits first, before touching global
+// memory: the wait holds it until the previous grid has finished and its writes are visible
+// (a no-op without the attribute). The trigger then lets the next kernel launch; waiting
+// before triggering keeps at most one kernel queued ahead on the SMs.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_begin() {
+    pdl_wait();
+    pdl_trigger();
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
@@ -128,7 +150,7 @@ __device__ __forceinline__ void sparse_gemv_staged_body(const Segs& segs, const 
     float* list_val = s_val[warp];
     const int unit = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int split = unit / total_tiles;
-    if (split >= splits) return;
+    if (split >= splits) return;  // exiting counts as the trigger
     int tile = unit - split * total_tiles;
     const int global_tile = tile;
     int seg = 0;
@@ -218,6 +240,9 @@ __device__ __forceinline__ void sparse_gemv_staged_body(const Segs& segs, const 
             if (last) break;
         }
     }
+    // One wave of units, each with a fixed share: the next kernel's blocks are let in only as
+    // these finish (placed while the wave still runs, they land unevenly and slow it down).
+    pdl_trigger();
 #pragma unroll
     for (int v = 0; v < VEC; v++) {
         if (!has[v]) continue;
@@ -242,6 +267,7 @@ __device__ __forceinline__ void sparse_gemv_staged_body(const Segs& segs, const 
 #define STAGED_KERNEL(NAME, BF16, VEC)                                                                           \
     extern "C" __global__ void NAME(Segs segs, const float* x, const float* x2, int k, int rows, int splits,     \
                                     float* partial, int total_tiles) {                                           \
+        pdl_wait();                                                                                          \
         sparse_gemv_staged_body<BF16, VEC>(segs, x, x2, k, rows, splits, partial, total_tiles);                  \
     }
 STAGED_KERNEL(sparse_gemv_f16, false, 1)
@@ -253,6 +279,7 @@ STAGED_KERNEL(sparse_gemv_wide2_bf16, true, 2)
 // always in split order. One block per tile of `tile_width` outputs.
 extern "C" __global__ void reduce_splits(Segs segs, const float* partial, int splits, int total_tiles, int tile_width,
                                          int accumulate) {
+    pdl_begin();
     int tile = blockIdx.x;
     int seg = 0;
     while (seg + 1 < segs.count && tile >= segs.s[seg].tiles) {
@@ -311,11 +338,13 @@ __device__ __forceinline__ void rows_gemv_body(const u16* w, const float* x, flo
 
 extern "C" __global__ void rows_gemv_f16(const u16* w, const float* x, float* y, int n, int k, const int* rows, int count,
                                          int accumulate) {
+    pdl_begin();
     rows_gemv_body<false>(w, x, y, n, k, rows, count, accumulate);
 }
 
 extern "C" __global__ void rows_gemv_bf16(const u16* w, const float* x, float* y, int n, int k, const int* rows,
                                           int count, int accumulate) {
+    pdl_begin();
     rows_gemv_body<true>(w, x, y, n, k, rows, count, accumulate);
 }
 
@@ -339,11 +368,13 @@ __device__ __forceinline__ void swiglu_rows_body(const u16* wg, const u16* wu, c
 
 extern "C" __global__ void swiglu_rows_f16(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
                                            const unsigned char* keep) {
+    pdl_begin();
     swiglu_rows_body<false>(wg, wu, x, h, f, k, keep);
 }
 
 extern "C" __global__ void swiglu_rows_bf16(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
                                             const unsigned char* keep) {
+    pdl_begin();
     swiglu_rows_body<true>(wg, wu, x, h, f, k, keep);
 }
 
@@ -365,10 +396,12 @@ __device__ __forceinline__ void up_gated_body(const u16* wu, const float* x, con
 }
 
 extern "C" __global__ void up_gated_f16(const u16* wu, const float* x, const float* g, float thr, float* h, int f, int k) {
+    pdl_begin();
     up_gated_body<false>(wu, x, g, thr, h, f, k);
 }
 
 extern "C" __global__ void up_gated_bf16(const u16* wu, const float* x, const float* g, float thr, float* h, int f, int k) {
+    pdl_begin();
     up_gated_body<true>(wu, x, g, thr, h, f, k);
 }
 
@@ -404,6 +437,7 @@ __device__ __forceinline__ void predicted_swiglu_body(const u16* w2, const float
 extern "C" __global__ void predicted_swiglu_f16(const u16* w2, const float* b2, const float* scale,
                                                 const float* hidden, int rank, int relu, int gate_output, float thr,
                                                 const u16* wg, const u16* wu, const float* x, float* h, int f, int k) {
+    pdl_begin();
     predicted_swiglu_body<false>(w2, b2, scale, hidden, rank, relu, gate_output, thr, wg, wu, x, h, f, k);
 }
 
@@ -414,6 +448,7 @@ extern "C" __global__ void predicted_swiglu_f16(const u16* w2, const float* b2, 
 // out = x / rms(x) * weight (one block), and zero `clear` (the next GEMVs accumulate into it).
 extern "C" __global__ void rms_norm(const float* x, const float* weight, float* out, int d, float eps, float* clear,
                                     int clear_len) {
+    pdl_begin();
     __shared__ float partial[32];
     float ss = 0.0f;
     for (int i = threadIdx.x; i < d; i += blockDim.x) ss += x[i] * x[i];
@@ -434,6 +469,7 @@ extern "C" __global__ void rms_norm(const float* x, const float* weight, float* 
 // x[i] = embedding[token][i]; the token id lives on the device (step[0]) so a captured graph
 // replays for any token.
 extern "C" __global__ void embed_f16(const u16* table, const int* step, float* x, int d) {
+    pdl_begin();
     const size_t row = (size_t)step[0] * d;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < d; i += gridDim.x * blockDim.x)
         x[i] = f16_to_f32(table[row + i]);
@@ -444,6 +480,7 @@ extern "C" __global__ void embed_f16(const u16* table, const int* step, float* x
 extern "C" __global__ void rope_append(float* q, const float* k, const float* v, u16* k_cache, u16* v_cache,
                                        const int* step, int n_heads, int n_kv_heads, int head_dim, int rot_pairs,
                                        float theta) {
+    pdl_begin();
     const int pos = step[1];
     const int half_dim = head_dim / 2;
     const int kv_dim = n_kv_heads * head_dim;
@@ -489,6 +526,7 @@ extern "C" __global__ void rope_append(float* q, const float* k, const float* v,
 #define ATT_MAX_WARPS 8
 extern "C" __global__ void attention(const float* q, const u16* k_cache, const u16* v_cache, float* out,
                                      const int* step, int n_heads, int n_kv_heads, int head_dim, float scale) {
+    pdl_begin();
     extern __shared__ float scores[];
     __shared__ float red[32];
     __shared__ float partial[ATT_MAX_WARPS][256];
@@ -571,6 +609,7 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
 extern "C" __global__ void __launch_bounds__(128)
     attention_part(const float* q, const u16* k_cache, const u16* v_cache, float* part, const int* step, int n_heads,
                    int n_kv_heads, int head_dim, float scale, int max_splits) {
+    pdl_begin();
     __shared__ float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float red[4];
@@ -634,6 +673,7 @@ extern "C" __global__ void __launch_bounds__(128)
 
 extern "C" __global__ void attention_combine(const float* part, float* out, const int* step, int head_dim,
                                              int max_splits) {
+    pdl_begin();
     const int head = blockIdx.x;
     const int splits = (step[1] + ATT_CHUNK) / ATT_CHUNK;
     const float* hp = part + (size_t)head * max_splits * (head_dim + 2);
@@ -653,6 +693,7 @@ extern "C" __global__ void attention_combine(const float* part, float* out, cons
 
 // out = f32 -> fp16 conversion (inputs of the cuBLAS baseline).
 extern "C" __global__ void to_f16(const float* x, u16* out, int n) {
+    pdl_begin();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) out[i] = f32_to_f16(x[i]);
 }
 
@@ -661,6 +702,7 @@ extern "C" __global__ void to_f16(const float* x, u16* out, int n) {
 // element i of w stands for element (i % rows, i / rows) of that matrix.
 extern "C" __global__ void fill_uniform_f16(u16* w, size_t n, unsigned long long seed, float scale, size_t rows,
                                             size_t cols) {
+    pdl_begin();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t logical = cols > 0 ? (i % rows) * cols + i / rows : i;
         unsigned long long z = seed + logical * 0x9E3779B97F4A7C15ull;

@@ -24,6 +24,8 @@ mod device;
 #[cfg(feature = "cuda")]
 mod gemv;
 #[cfg(feature = "cuda")]
+mod launch;
+#[cfg(feature = "cuda")]
 mod module;
 
 #[cfg(feature = "cuda")]

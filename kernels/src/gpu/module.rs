@@ -46,6 +46,9 @@ mod tests {
                 ] {
                     assert!(text.contains(name), "{name} missing from the PTX");
                 }
+                // Early launch depends on every kernel waiting for the previous grid.
+                let kernels = text.matches(".entry").count();
+                assert_eq!(text.matches("griddepcontrol.wait").count(), kernels, "a kernel without pdl_begin");
             }
             Err(GpuError::MissingLibrary(lib)) => eprintln!("skipped: {lib} not installed"),
             Err(e) => panic!("{e}"),
