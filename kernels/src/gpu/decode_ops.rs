@@ -12,7 +12,7 @@ use super::{Gpu, GpuError};
 /// Largest context the attention kernel's shared-memory scores allow (32 KiB of f32, beside 8 KiB of partial sums).
 pub const MAX_ATTENTION_LEN: usize = 8 * 1024;
 
-/// Positions per block of the split attention (`ATT_CHUNK` in kernels.cu).
+/// Positions per block of the split attention (`ATT_CHUNK` in cuda/decode.cu).
 const ATTENTION_CHUNK: usize = 128;
 
 /// The device-side step arguments: `[token, position]` as two i32.

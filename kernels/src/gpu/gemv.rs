@@ -9,7 +9,7 @@ use super::device::DevPtr;
 use super::launch::Launch;
 use super::{Gpu, GpuError, WeightType};
 
-/// Outputs per 16-byte load of a warp (`SG_TILE` in kernels.cu): a unit of the input-sparse
+/// Outputs per 16-byte load of a warp (`SG_TILE` in cuda/sparse_gemv.cu): a unit of the input-sparse
 /// kernel covers this many outputs times its gather's loads per row.
 const TILE: usize = 256;
 /// Threads per block of the input-sparse kernel (4 independent warps).
@@ -64,7 +64,7 @@ impl SplitPlan {
     }
 }
 
-/// Kernel-side segment descriptor (`Seg` in kernels.cu).
+/// Kernel-side segment descriptor (`Seg` in cuda/sparse_gemv.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct Seg {
@@ -76,7 +76,7 @@ struct Seg {
     pad: i32,
 }
 
-/// Kernel-side list of up to three segments (`Segs` in kernels.cu).
+/// Kernel-side list of up to three segments (`Segs` in cuda/sparse_gemv.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct Segs {

@@ -4,7 +4,7 @@
 //! one grid, then schedules the next one's blocks, a few microseconds each time. With PDL
 //! (`CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`) the next kernel's blocks are
 //! scheduled while the previous one still runs; every sieve kernel starts with
-//! `griddepcontrol.wait` (see `pdl_wait` in `kernels.cu`), which holds it until the previous
+//! `griddepcontrol.wait` (see `pdl_wait` in `cuda/common.cuh`), which holds it until the previous
 //! grid has finished and its writes are visible, so results are the same either way.
 //! cudarc's launch builder has no launch attributes, hence this one.
 

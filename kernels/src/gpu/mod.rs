@@ -1,5 +1,5 @@
 //! GPU kernels (feature `cuda`): cudarc over the CUDA driver, kernels compiled from
-//! `kernels.cu` by NVRTC when a [`Gpu`] opens, cuBLAS as the dense baseline.
+//! `cuda/*.cu` by NVRTC when a [`Gpu`] opens, cuBLAS as the dense baseline.
 //!
 //! The CUDA libraries are loaded at run time (cudarc's `dynamic-loading`), so a binary built
 //! on a machine without CUDA runs on one with a GPU; without a driver [`Gpu::open`] returns

@@ -3,8 +3,14 @@
 use super::GpuError;
 use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
-/// CUDA C++ source of every sieve GPU kernel.
-pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
+/// CUDA C++ source of every sieve GPU kernel: the shared helpers, then one file per family,
+/// compiled as one translation unit.
+pub const KERNEL_SOURCE: &str = concat!(
+    include_str!("cuda/common.cuh"),
+    include_str!("cuda/sparse_gemv.cu"),
+    include_str!("cuda/rows_gemv.cu"),
+    include_str!("cuda/decode.cu"),
+);
 
 /// Compiles [`KERNEL_SOURCE`] to PTX for a virtual architecture such as `compute_90`; the
 /// driver JIT-compiles the PTX for the GPU it runs on.

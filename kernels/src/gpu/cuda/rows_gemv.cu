@@ -1,0 +1,148 @@
+// Output-sparse GEMVs over row-major weights (CATS, predictors, dense rows); concatenated after
+// common.cuh by gpu/module.rs.
+
+// ---------------------------------------------------------------------------------------
+// Output-sparse GEMVs over row-major weights: one warp per output row, each lane 8 inputs
+// at a time (k a multiple of 8), four 16-byte loads in flight.
+// ---------------------------------------------------------------------------------------
+
+template <bool BF16>
+__device__ __forceinline__ float row_dot(const u16* __restrict__ row, const float* __restrict__ x, int k, int lane) {
+    float sum = 0.0f;
+    int c = lane * 8;
+    for (; c + 3 * 256 < k; c += 4 * 256) {
+        uint4 w[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) w[u] = load_stream(row + c + u * 256);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float4* xv = reinterpret_cast<const float4*>(x + c + u * 256);
+            sum += dot8<BF16>(w[u], __ldg(xv), __ldg(xv + 1));
+        }
+    }
+    for (; c < k; c += 256) {
+        const float4* xv = reinterpret_cast<const float4*>(x + c);
+        sum += dot8<BF16>(load_stream(row + c), __ldg(xv), __ldg(xv + 1));
+    }
+    return warp_sum(sum);
+}
+
+// y[r] = W[r] . x (or y[r] += W[r] . x with accumulate) for the listed rows (all rows 0..n when
+// rows is null); other outputs untouched.
+template <bool BF16>
+__device__ __forceinline__ void rows_gemv_body(const u16* w, const float* x, float* y, int n, int k, const int* rows,
+                                               int count, int accumulate) {
+    const int item = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (item >= count) return;
+    const int r = rows ? rows[item] : item;
+    if (r < 0 || r >= n) return;
+    const float s = row_dot<BF16>(w + (size_t)r * k, x, k, lane);
+    if (lane == 0) y[r] = accumulate ? y[r] + s : s;
+}
+
+extern "C" __global__ void rows_gemv_f16(const u16* w, const float* x, float* y, int n, int k, const int* rows, int count,
+                                         int accumulate) {
+    pdl_begin();
+    rows_gemv_body<false>(w, x, y, n, k, rows, count, accumulate);
+}
+
+extern "C" __global__ void rows_gemv_bf16(const u16* w, const float* x, float* y, int n, int k, const int* rows,
+                                          int count, int accumulate) {
+    pdl_begin();
+    rows_gemv_body<true>(w, x, y, n, k, rows, count, accumulate);
+}
+
+// Fused SwiGLU over selected neurons: h[j] = silu(Wg[j] . x) * (Wu[j] . x) where keep[j] != 0
+// (every j when keep is null), h[j] = 0 elsewhere. Gate and up rows of dropped neurons are
+// never read.
+template <bool BF16>
+__device__ __forceinline__ void swiglu_rows_body(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
+                                                 const unsigned char* keep) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (j >= f) return;
+    if (keep != nullptr && keep[j] == 0) {
+        if (lane == 0) h[j] = 0.0f;
+        return;
+    }
+    const float g = row_dot<BF16>(wg + (size_t)j * k, x, k, lane);
+    const float u = row_dot<BF16>(wu + (size_t)j * k, x, k, lane);
+    if (lane == 0) h[j] = silu(g) * u;
+}
+
+extern "C" __global__ void swiglu_rows_f16(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
+                                           const unsigned char* keep) {
+    pdl_begin();
+    swiglu_rows_body<false>(wg, wu, x, h, f, k, keep);
+}
+
+extern "C" __global__ void swiglu_rows_bf16(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
+                                            const unsigned char* keep) {
+    pdl_begin();
+    swiglu_rows_body<true>(wg, wu, x, h, f, k, keep);
+}
+
+// CATS: given the dense gate g, h[j] = silu(g[j]) * (Wu[j] . x) where |silu(g[j])| > thr,
+// else 0 (the up row is not read).
+template <bool BF16>
+__device__ __forceinline__ void up_gated_body(const u16* wu, const float* x, const float* g, float thr, float* h,
+                                              int f, int k) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (j >= f) return;
+    const float a = silu(g[j]);
+    if (!(fabsf(a) > thr)) {
+        if (lane == 0) h[j] = 0.0f;
+        return;
+    }
+    const float u = row_dot<BF16>(wu + (size_t)j * k, x, k, lane);
+    if (lane == 0) h[j] = a * u;
+}
+
+extern "C" __global__ void up_gated_f16(const u16* wu, const float* x, const float* g, float thr, float* h, int f, int k) {
+    pdl_begin();
+    up_gated_body<false>(wu, x, g, thr, h, f, k);
+}
+
+extern "C" __global__ void up_gated_bf16(const u16* wu, const float* x, const float* g, float thr, float* h, int f, int k) {
+    pdl_begin();
+    up_gated_body<true>(wu, x, g, thr, h, f, k);
+}
+
+// A low-rank predictor picks the neurons, then SwiGLU runs on them only. Per neuron j (one
+// warp): z = W2[j] . phi(hidden) + b2[j] (phi = ReLU when relu != 0), score = z, or with
+// gate_output |silu(z)| * scale[j] (scale may be null); where score > thr,
+// h[j] = silu(Wg[j] . x) * (Wu[j] . x), else h[j] = 0 without reading the gate and up rows.
+template <bool BF16>
+__device__ __forceinline__ void predicted_swiglu_body(const u16* w2, const float* b2, const float* scale,
+                                                      const float* hidden, int rank, int relu, int gate_output,
+                                                      float thr, const u16* wg, const u16* wu, const float* x,
+                                                      float* h, int f, int k) {
+    const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (j >= f) return;
+    const u16* row = w2 + (size_t)j * rank;
+    float z = 0.0f;
+    for (int r = lane; r < rank; r += 32) {
+        const float hv = relu ? fmaxf(hidden[r], 0.0f) : hidden[r];
+        z += hv * (BF16 ? bf16_to_f32(row[r]) : f16_to_f32(row[r]));
+    }
+    z = warp_sum(z) + b2[j];
+    const float score = gate_output ? fabsf(silu(z)) * (scale ? scale[j] : 1.0f) : z;
+    if (!(score > thr)) {
+        if (lane == 0) h[j] = 0.0f;
+        return;
+    }
+    const float g = row_dot<BF16>(wg + (size_t)j * k, x, k, lane);
+    const float u = row_dot<BF16>(wu + (size_t)j * k, x, k, lane);
+    if (lane == 0) h[j] = silu(g) * u;
+}
+
+extern "C" __global__ void predicted_swiglu_f16(const u16* w2, const float* b2, const float* scale,
+                                                const float* hidden, int rank, int relu, int gate_output, float thr,
+                                                const u16* wg, const u16* wu, const float* x, float* h, int f, int k) {
+    pdl_begin();
+    predicted_swiglu_body<false>(w2, b2, scale, hidden, rank, relu, gate_output, thr, wg, wu, x, h, f, k);
+}
+
