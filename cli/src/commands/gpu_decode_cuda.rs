@@ -235,7 +235,9 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
         roofline_us,
         1e6 / roofline_us
     );
-    println!("| method | sparsity | early launch | dense µs/step | dense of roofline | method µs/step | tok/s | speedup |");
+    println!(
+        "| method | sparsity | early launch | dense µs/step | dense of roofline | method µs/step | tok/s | speedup |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);

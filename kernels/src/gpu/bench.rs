@@ -396,7 +396,15 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
             };
             let us = time_rows()?;
             let row_bytes = rows.len() * k * 2;
-            timings.push(Timing { k, n, kernel: "output-sparse rows fp16".into(), sparsity: s, us, cublas_us, bytes: row_bytes });
+            timings.push(Timing {
+                k,
+                n,
+                kernel: "output-sparse rows fp16".into(),
+                sparsity: s,
+                us,
+                cublas_us,
+                bytes: row_bytes,
+            });
             if early.available {
                 let us = early.with(time_rows)?;
                 let kernel = "output-sparse rows fp16, early launch".into();
