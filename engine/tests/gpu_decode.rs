@@ -160,28 +160,35 @@ fn early_launch_changes_no_result() {
         return;
     }
     let shape = small(512, 1536, 8, 1000);
-    let mut gm = GpuModel::synthetic(gpu, shape, 64, 3).unwrap();
+    // A cache longer than 256 positions: attention runs split over positions (two kernels).
+    let mut gm = GpuModel::synthetic(gpu, shape, 300, 3).unwrap();
     let cal: Vec<u32> = (0..8).collect();
     let samples = gm.sample_activations(&cal).unwrap();
     let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 1000).collect();
+    // The flag says which mode the graphs are captured in; whether the driver overlapped the
+    // kernels is for the benchmarks to show. What this checks is that results do not depend
+    // on it: removing the waits from the kernels makes every comparison below fail.
     let run = |gm: &mut GpuModel, plan: &GpuPlan, early: bool| {
         gm.set_early_launch(early);
         assert_eq!(gm.gpu().early_launch(), early);
         gm.reset();
         tokens.iter().map(|&t| gm.step(t, plan).unwrap()).collect::<Vec<_>>()
     };
-    // Dense reads whole rows with no atomics: the same logits to the bit, launched either way
-    // (a kernel reading before the previous one finished would change them).
+    // Dense reads whole rows with no atomics: the same logits to the bit either way.
     let dense = GpuPlan::dense(2);
     let (on, off) = (run(&mut gm, &dense, true), run(&mut gm, &dense, false));
     for (i, (a, b)) in on.iter().zip(&off).enumerate() {
         let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
         assert_eq!(differ, 0, "dense, position {i}: {differ} logits differ");
     }
-    // TEAL sums with atomics in any order: equal up to rounding.
-    let teal = calibrate_uniform(Method::TealUniform, 0.5, &samples).unwrap();
-    let (on, off) = (run(&mut gm, &teal, true), run(&mut gm, &teal, false));
-    for (i, (a, b)) in on.iter().zip(&off).enumerate() {
-        assert!(cosine(a, b) > 0.99999, "TEAL, position {i}: cosine {}", cosine(a, b));
+    // TEAL and CATS sum with atomics in any order, which can flip an activation across its
+    // threshold (cosine down to ~0.9993 between two runs in the same mode); a kernel reading
+    // before the previous one finished gives ~0.2.
+    for (m, s) in [(Method::TealUniform, 0.5), (Method::Cats, 0.5)] {
+        let plan = calibrate_uniform(m, s, &samples).unwrap();
+        let (on, off) = (run(&mut gm, &plan, true), run(&mut gm, &plan, false));
+        for (i, (a, b)) in on.iter().zip(&off).enumerate() {
+            assert!(cosine(a, b) > 0.999, "{m:?}, position {i}: cosine {}", cosine(a, b));
+        }
     }
 }

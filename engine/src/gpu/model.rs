@@ -125,7 +125,8 @@ pub struct GpuModel {
 pub(crate) struct Sequence {
     pub caches: Vec<(CudaSlice<u16>, CudaSlice<u16>)>,
     pub pos: usize,
-    pub graph: Option<(super::GpuPlan, sieve_kernels::gpu::CudaGraph)>,
+    /// The plan and launch mode (early or not) it was captured with, and the graph.
+    pub graph: Option<(super::GpuPlan, bool, sieve_kernels::gpu::CudaGraph)>,
 }
 
 impl Sequence {
@@ -317,12 +318,9 @@ impl GpuModel {
     }
 
     /// Launches each step's kernels early (programmatic dependent launch, sm_90+) or one after
-    /// the other; the captured step graphs are dropped when this changes.
+    /// the other; each sequence's step graph is captured again at its next step.
     pub fn set_early_launch(&mut self, on: bool) {
-        if self.gpu.early_launch() != on {
-            self.gpu.set_early_launch(on);
-            self.seqs.iter_mut().for_each(|s| s.graph = None);
-        }
+        self.gpu.set_early_launch(on);
     }
 
     /// Positions the KV cache holds.

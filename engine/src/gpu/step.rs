@@ -161,19 +161,21 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Makes sure the captured graph is the one of `plan`.
+    /// Makes sure the captured graph is the one of `plan` under the current launch mode.
     fn ensure_graph(&mut self, plan: &GpuPlan) -> Result<()> {
         self.check_plan(plan)?;
         if let Some(set) = &plan.predictors {
             self.ensure_predictors(set)?;
         }
         let current = self.current;
-        if self.seqs[current].graph.as_ref().is_some_and(|(p, _)| p == plan) {
+        // A graph bakes in the launch mode too (set on the Gpu, which callers can reach).
+        let early = self.gpu.early_launch();
+        if self.seqs[current].graph.as_ref().is_some_and(|(p, e, _)| p == plan && *e == early) {
             return Ok(());
         }
         self.seqs[current].graph = None;
         let graph = self.gpu.capture(|| self.record(plan, None))?;
-        self.seqs[current].graph = Some((plan.clone(), graph));
+        self.seqs[current].graph = Some((plan.clone(), early, graph));
         Ok(())
     }
 
@@ -183,7 +185,7 @@ impl GpuModel {
         let args = [token as i32, self.position() as i32];
         self.gpu.write(&args, &mut self.act.step)?;
         let seq = &mut self.seqs[self.current];
-        let Some((_, graph)) = seq.graph.as_ref() else {
+        let Some((_, _, graph)) = seq.graph.as_ref() else {
             return Err(EngineError::InvalidInput("no captured decode graph".into()));
         };
         self.gpu.replay(graph)?;

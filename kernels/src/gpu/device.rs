@@ -162,7 +162,8 @@ impl Gpu {
 
     /// Whether kernels launch early (programmatic dependent launch): the next kernel's blocks
     /// are scheduled while the previous one drains and wait for it on the device. On by
-    /// default on sm_90 and newer; results are the same either way.
+    /// default on sm_90 and newer; results are the same either way (up to the rounding of
+    /// atomic sums, whose order varies from run to run anyway).
     pub fn early_launch(&self) -> bool {
         self.early.get()
     }

@@ -458,10 +458,10 @@ mod tests {
             assert_eq!(p.chunk % 32, 0);
             assert!(p.chunk * p.splits >= k && p.chunk * (p.splits - 1) < k, "{k}: {p:?}");
         }
-        // About 8 warp units per SM at Llama-3-8B's MLP shape.
+        // About 8 warp units per SM at Llama-3-8B's MLP shape (12 would give 1456).
         let p = SplitPlan::new(4096, 56, 132, None);
         let units = p.splits * 56;
-        assert!((1000..2200).contains(&units), "{units}");
+        assert!((900..1300).contains(&units), "{units}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! (`CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`) the next kernel's blocks are
 //! scheduled while the previous one still runs; every sieve kernel starts with
 //! `griddepcontrol.wait` (see `pdl_wait` in `cuda/common.cuh`), which holds it until the previous
-//! grid has finished and its writes are visible, so results are the same either way.
+//! grid has finished and its writes are visible, so results are the same either way (up to the
+//! rounding of atomic sums, whose order varies from run to run anyway).
 //! cudarc's launch builder has no launch attributes, hence this one.
 
 use std::ffi::c_void;
