@@ -317,19 +317,17 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                 if reduction == Reduction::Atomic && wt == WeightType::F16 {
                     // As the decode step runs it: the output's zeroing is folded into the kernel
                     // before (rms_norm clears it), so the product is this one launch.
-                    let us = time_graph(gpu, cfg, copies, |c| {
-                        let out = GemvOut { weights: gpu.view(&layout[c]), out: gpu.view(&y), threshold: t };
-                        gemv.launch(gpu, gpu.view(&x_dev), None, &[out], true, None)
-                    })?;
+                    let time_decode_form = || {
+                        time_graph(gpu, cfg, copies, |c| {
+                            let out = GemvOut { weights: gpu.view(&layout[c]), out: gpu.view(&y), threshold: t };
+                            gemv.launch(gpu, gpu.view(&x_dev), None, &[out], true, None)
+                        })
+                    };
+                    let us = time_decode_form()?;
                     let kernel = format!("{name}, output zeroed upstream");
                     timings.push(Timing { k, n, kernel, sparsity: s, us, cublas_us, bytes: kept * n * 2 });
                     if early.available {
-                        let us = early.with(|| {
-                            time_graph(gpu, cfg, copies, |c| {
-                                let out = GemvOut { weights: gpu.view(&layout[c]), out: gpu.view(&y), threshold: t };
-                                gemv.launch(gpu, gpu.view(&x_dev), None, &[out], true, None)
-                            })
-                        })?;
+                        let us = early.with(time_decode_form)?;
                         let kernel = format!("{name}, output zeroed upstream, early launch");
                         timings.push(Timing { k, n, kernel, sparsity: s, us, cublas_us, bytes: kept * n * 2 });
                     }
