@@ -3,13 +3,13 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
     CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
 };
 
-use super::launch::EarlyLaunch;
 use super::{GpuError, WeightType, module::compile_ptx};
 
 /// What the opened GPU is.
@@ -57,7 +57,8 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     pub(crate) kernels: Kernels,
     info: GpuInfo,
-    early: EarlyLaunch,
+    /// Launches ask for programmatic dependent launch.
+    early: AtomicBool,
 }
 
 /// A read-only range of device memory borrowed from a live [`CudaSlice`].
@@ -151,7 +152,7 @@ impl Gpu {
             fill_uniform_f16: f("fill_uniform_f16")?,
         };
         // PDL needs sm_90; older GPUs launch every kernel after the previous one has drained.
-        let early = EarlyLaunch::new(cc.0 >= 9);
+        let early = AtomicBool::new(cc.0 >= 9);
         Ok(Gpu { stream, kernels, info, early })
     }
 
@@ -165,13 +166,13 @@ impl Gpu {
     /// default on sm_90 and newer; results are the same either way (up to the rounding of
     /// atomic sums, whose order varies from run to run anyway).
     pub fn early_launch(&self) -> bool {
-        self.early.get()
+        self.early.load(Ordering::Relaxed)
     }
 
     /// Turns early launch on or off for later launches and graph captures (ignored, off,
     /// below sm_90).
     pub fn set_early_launch(&self, on: bool) {
-        self.early.set(on && self.info.compute_capability.0 >= 9)
+        self.early.store(on && self.info.compute_capability.0 >= 9, Ordering::Relaxed)
     }
 
     /// The stream every launch goes to.

@@ -10,7 +10,6 @@
 //! cudarc's launch builder has no launch attributes, hence this one.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::driver::sys::{
     CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue, CUlaunchConfig, cuLaunchKernelEx,
@@ -18,24 +17,6 @@ use cudarc::driver::sys::{
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig};
 
 use super::{Gpu, GpuError};
-
-/// Whether launches ask for programmatic dependent launch; set per [`Gpu`].
-#[derive(Debug)]
-pub(crate) struct EarlyLaunch(AtomicBool);
-
-impl EarlyLaunch {
-    pub(crate) fn new(on: bool) -> EarlyLaunch {
-        EarlyLaunch(AtomicBool::new(on))
-    }
-
-    pub(crate) fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set(&self, on: bool) {
-        self.0.store(on, Ordering::Relaxed)
-    }
-}
 
 /// Arguments of one launch of a sieve kernel (values only: device pointers go as `u64`).
 pub(crate) struct Launch<'a> {

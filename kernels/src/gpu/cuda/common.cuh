@@ -67,9 +67,9 @@ __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g));
 // are scheduled while this one drains. Every kernel waits first, before touching global
 // memory: the wait holds it until the previous grid has finished and its writes are visible
 // (a no-op without the attribute). The trigger then lets the next kernel launch; waiting
-// before triggering keeps at most one kernel queued ahead on the SMs. Every kernel must wait on
-// every path before it exits or touches memory: a kernel that could finish before the previous
-// one would break the chain for the kernel after it.
+// before triggering keeps at most one kernel queued ahead on the SMs. The wait must come on
+// every path, early exits included: a kernel that could finish before the previous one would
+// break the chain for the kernel after it.
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
