@@ -18,6 +18,7 @@ pub mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod q4;
+mod q4_panels;
 pub mod quant;
 pub mod sparse;
 pub mod sparse_q4;

@@ -73,8 +73,12 @@ fn row_chunk(rows: usize, row_bytes: usize, n: usize) -> usize {
 /// Output pointer shared by the row chunks of one product.
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr {
+    /// Address of entry `first`.
     ptr: *mut f32,
+    /// Entries from `first` on.
     len: usize,
+    /// The first index this pointer accepts (0 for a whole product's output).
+    first: usize,
 }
 // SAFETY: each chunk writes only the output entries of its own rows; chunks are disjoint,
 // and the product returns only after every chunk finished.
@@ -83,16 +87,32 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
+    /// A pointer over the whole of `out`.
+    pub(crate) fn new(out: &mut [f32]) -> Self {
+        Self::new_offset(out, 0)
+    }
+    /// A pointer whose index `first` is `out[0]`: rows `first..` of a product written into
+    /// a slice that holds just those rows.
+    pub(crate) fn new_offset(out: &mut [f32], first: usize) -> Self {
+        Self { ptr: out.as_mut_ptr(), len: out.len(), first }
+    }
+    /// Position of index `i` in the slice (panics outside it).
+    #[inline(always)]
+    fn at(self, i: usize, count: usize) -> usize {
+        let k = i.wrapping_sub(self.first);
+        assert!(i >= self.first && k + count <= self.len, "output index out of range");
+        k
+    }
     /// Writes `v` at index `i`.
     ///
     /// # Safety
     /// No other thread may access entry `i` during the product (chunks own their rows).
     #[inline(always)]
     pub(crate) unsafe fn write(self, i: usize, v: f32) {
-        assert!(i < self.len, "output index out of range");
-        // SAFETY: `i < len`, the length of the live output slice; the caller guarantees
+        let k = self.at(i, 1);
+        // SAFETY: `k < len`, the length of the live output slice; the caller guarantees
         // exclusive access to entry `i`.
-        unsafe { *self.ptr.add(i) = v };
+        unsafe { *self.ptr.add(k) = v };
     }
 
     /// Writes `v` at indices `i .. i + v.len()`.
@@ -101,10 +121,10 @@ impl OutPtr {
     /// As for [`OutPtr::write`], for every entry written.
     #[inline(always)]
     pub(crate) unsafe fn write_slice(self, i: usize, v: &[f32]) {
-        assert!(i + v.len() <= self.len, "output index out of range");
+        let k = self.at(i, v.len());
         // SAFETY: the run lies inside the live output slice; the caller guarantees exclusive
         // access to it, so it does not overlap `v`.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(k), v.len()) };
     }
 
     /// Adds `v` to entry `i`.
@@ -113,9 +133,9 @@ impl OutPtr {
     /// As for [`OutPtr::write`].
     #[inline(always)]
     pub(crate) unsafe fn add(self, i: usize, v: f32) {
-        assert!(i < self.len, "output index out of range");
-        // SAFETY: `i < len`; the caller guarantees exclusive access to entry `i`.
-        unsafe { *self.ptr.add(i) += v };
+        let k = self.at(i, 1);
+        // SAFETY: `k < len`; the caller guarantees exclusive access to entry `i`.
+        unsafe { *self.ptr.add(k) += v };
     }
 }
 
@@ -127,7 +147,7 @@ pub(crate) fn for_each_row_chunk(
     out: &mut [f32],
     body: impl Fn(std::ops::Range<usize>, OutPtr) + Sync,
 ) {
-    let ptr = OutPtr { ptr: out.as_mut_ptr(), len: out.len() };
+    let ptr = OutPtr::new(out);
     let chunk = row_chunk(rows, row_bytes, n);
     let chunks = rows.div_ceil(chunk);
     let range = |c: usize| c * chunk..((c + 1) * chunk).min(rows);

@@ -7,10 +7,13 @@
 //! This is the fast path's layout for Q4_1 tensors: the same bytes per weight as llama.cpp
 //! (0.625), which is what decode at batch 1 is bound by.
 
+use std::sync::OnceLock;
+
 use half::f16;
 
 use crate::cpu::q4 as inner;
 use crate::matmul::{OutPtr, Packed, for_each_row_chunk, q8_gemm_rows, with_packed_acts};
+use crate::q4_panels::Q4Panels;
 use crate::{ActsQ8, KernelError, MatQ8, QK};
 
 /// Bytes of one GGML `block_q4_1`: f16 d, f16 m, 16 bytes of codes.
@@ -27,6 +30,9 @@ pub struct MatQ4_1 {
     d: Vec<u16>,
     /// f16 bits of each block's minimum.
     m: Vec<u16>,
+    /// The same weights in decode panels, made on the first decode product where the VNNI
+    /// kernels run (another 0.625 bytes per weight, for the matrices decode multiplies).
+    panels: OnceLock<Q4Panels>,
 }
 
 impl MatQ4_1 {
@@ -51,7 +57,7 @@ impl MatQ4_1 {
             m.push(u16::from_le_bytes([b[2], b[3]]));
             codes.extend_from_slice(&b[4..]);
         }
-        Ok(Self { rows, cols, codes, d, m })
+        Ok(Self { rows, cols, codes, d, m, panels: OnceLock::new() })
     }
 
     /// Quantizes f32 rows as GGML does (per block: m = min, d = (max - min) / 15).
@@ -87,9 +93,47 @@ impl MatQ4_1 {
     pub fn cols(&self) -> usize {
         self.cols
     }
-    /// Bytes held (codes and f16 scales and minima).
+    /// Bytes of the weights (codes and f16 scales and minima), as the GGUF stores them.
     pub fn bytes(&self) -> usize {
         self.codes.len() + 2 * (self.d.len() + self.m.len())
+    }
+    /// Bytes of the decode panels made so far (0 until a decode product on a VNNI CPU).
+    pub fn panel_bytes(&self) -> usize {
+        self.panels.get().map_or(0, Q4Panels::bytes)
+    }
+    /// The decode panels, made on first use; `None` where the VNNI kernels do not run.
+    fn decode_panels(&self) -> Option<&Q4Panels> {
+        crate::gemm_vnni::enabled().then(|| self.panels.get_or_init(|| Q4Panels::new(self)))
+    }
+    /// Rows `rows` of the product with token 0 of `x`, written into `out[rows]` (decode: the
+    /// VNNI panels where they run, else one row dot product at a time). Used by the fused
+    /// CATS kernel for its gate rows; `x` must have this matrix's column count.
+    pub(crate) fn gemv_rows(&self, x: &ActsQ8, rows: std::ops::Range<usize>, out: &mut [f32]) {
+        let out = OutPtr::new_offset(out, rows.start);
+        self.gemv_chunk(x, self.decode_panels(), rows, out);
+    }
+    /// One chunk of a decode product: whole panels through the VNNI kernel, rows outside
+    /// them (a chunk that does not start or end on a panel) through the row dot product.
+    fn gemv_chunk(&self, x: &ActsQ8, panels: Option<&Q4Panels>, rows: std::ops::Range<usize>, out: OutPtr) {
+        use crate::q4_panels::PANEL_ROWS;
+        let act = inner::ActRow { q: x.row_qs(0), pair_q: x.row_pair_qs(0), d: x.row_scales(0), sum: x.row_sums(0) };
+        let (mut lo, mut hi) = (rows.start, rows.start);
+        if let Some(p) = panels {
+            lo = rows.start.next_multiple_of(PANEL_ROWS).min(rows.end);
+            hi = if rows.end == self.rows { rows.end } else { rows.end / PANEL_ROWS * PANEL_ROWS };
+            hi = hi.max(lo);
+            p.gemv(x, lo..hi, self.rows, out);
+        }
+        for r in (rows.start..lo).chain(hi..rows.end) {
+            if r + PREFETCH_ROWS_AHEAD < rows.end {
+                let ahead = self.row(r + PREFETCH_ROWS_AHEAD);
+                crate::cpu::prefetch(ahead.codes);
+                crate::cpu::prefetch(ahead.d);
+                crate::cpu::prefetch(ahead.m);
+            }
+            // SAFETY: row r belongs to this chunk, which owns its output entry.
+            unsafe { out.write(r, inner::dot(&self.row(r), &act)) };
+        }
     }
     pub(crate) fn row_view(&self, r: usize) -> inner::Q4Row<'_> {
         self.row(r)
@@ -101,6 +145,11 @@ impl MatQ4_1 {
             d: &self.d[r * nb..(r + 1) * nb],
             m: &self.m[r * nb..(r + 1) * nb],
         }
+    }
+    /// f16 bits of block `b` of row `r`: (d, m).
+    pub(crate) fn block_bits(&self, r: usize, b: usize) -> (u16, u16) {
+        let row = self.row(r);
+        (row.d[b], row.m[b])
     }
     /// Block `b` of row `r`: its 32 codes (0..15) in order into `codes`, and (d, m).
     pub(crate) fn block_codes(&self, r: usize, b: usize, codes: &mut [i8; QK]) -> (f32, f32) {
@@ -210,6 +259,11 @@ fn products(w: &MatQ4_1, x: &ActsQ8, gemm: Gemm<'_>, row_bytes: usize, out: &mut
         Gemm::Avx2(packed) => packed.groups * 4,
         Gemm::None => 0,
     };
+    if n == 1 {
+        let panels = w.decode_panels();
+        for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| w.gemv_chunk(x, panels, range, out));
+        return;
+    }
     let acts =
         |t: usize| inner::ActRow { q: x.row_qs(t), pair_q: x.row_pair_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
     for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| {
@@ -289,10 +343,16 @@ mod tests {
 
     #[test]
     fn matches_f64_on_dequantized_operands() {
-        // Both prefill GEMMs where the CPU has AVX-512 VNNI (the AVX2 one forced on this thread).
+        // Both prefill GEMMs and both decode GEMVs where the CPU has AVX-512 VNNI (the AVX2
+        // ones forced on this thread).
         for (rows, cols, n, avx2_only) in [false, true].into_iter().flat_map(|off| {
             [(1, 32, 1), (7, 64, 1), (13, 96, 5), (33, 576, 9), (4, 32, 4), (70, 1536, 37), (300, 64, 16), (21, 64, 7)]
-                .map(|(r, c, n)| (r, c, n, off))
+                .into_iter()
+                // Decode products cut into chunks that start and end inside panels of 16 rows.
+                .chain([(200, 576, 1), (1500, 576, 1), (37, 1536, 1)])
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(move |(r, c, n)| (r, c, n, off))
         }) {
             crate::gemm_vnni::FORCE_OFF.with(|f| f.set(avx2_only));
             let w = MatQ4_1::quantize(rows, cols, &data(rows * cols, 1)).unwrap();

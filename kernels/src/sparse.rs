@@ -438,11 +438,16 @@ pub fn swiglu_gated(
         let len = per.min(n - k0);
         // SAFETY: task t owns h[k0..k0 + len], inside `h`.
         let y = unsafe { o.range(k0, len) };
-        for (i, v) in y.iter_mut().enumerate() {
-            if i + ROWS_AHEAD < len {
-                gate.prefetch(k0 + i + ROWS_AHEAD);
+        match (gate, x) {
+            (RowMajor::Q4(g), Vector::Q8(a)) => g.gemv_rows(a, k0..k0 + len, y),
+            _ => {
+                for (i, v) in y.iter_mut().enumerate() {
+                    if i + ROWS_AHEAD < len {
+                        gate.prefetch(k0 + i + ROWS_AHEAD);
+                    }
+                    *v = gate.dot(k0 + i, x);
+                }
             }
-            *v = gate.dot(k0 + i, x);
         }
         crate::ops::silu_in_place(y);
         let mut list = [0u16; GATED_TASK_MAX];

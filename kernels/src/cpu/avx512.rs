@@ -1,5 +1,5 @@
-//! AVX-512 VNNI inner loop: the int8 GEMM of prefill, one `vpdpbusd` (64 multiply-adds)
-//! per four input columns of sixteen weight rows and one token.
+//! AVX-512 VNNI inner loops, one `vpdpbusd` (64 multiply-adds) per four input columns of
+//! sixteen weight rows and one token: the int8 GEMM of prefill and the Q4_1 GEMV of decode.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -80,4 +80,66 @@ pub unsafe fn gemm_panel<const T: usize>(
         }
     }
     out
+}
+
+/// Bytes of one block of a Q4_1 decode panel: 4 x 64 bytes of codes, 16 f16 scales, 16 f16
+/// minimums (the same 0.625 bytes per weight as GGML's Q4_1).
+pub const Q4_PANEL_BLOCK_BYTES: usize = 320;
+
+/// Software prefetch distance of the decode panel kernel, in bytes: two blocks ahead, so the
+/// next block's lines are in flight while this one is multiplied.
+const Q4_PANEL_PREFETCH: usize = 2 * Q4_PANEL_BLOCK_BYTES;
+
+/// `out[16 p + r] = Σ_b d[r][b] · xs[b] · Σ_i code[r][32 b + i] · x[32 b + i] + m[r][b] · xsum[b]`
+/// for the panels `panels` holds (`nb` blocks each, see `q4_panels.rs` for the layout): one
+/// `vpdpbusd` multiplies four columns of sixteen rows by a broadcast quadruple of activations
+/// (codes are 0..15, so they are the unsigned operand and the activations need no offset).
+/// `out` receives 16 values per panel.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw, avx512vnni and f16c. Lengths are checked here: a
+/// short slice makes the function return without writing.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+pub unsafe fn gemv_q4_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], xsum: &[f32], out: &mut [f32]) {
+    let panel_bytes = nb * Q4_PANEL_BLOCK_BYTES;
+    let count = out.len() / PANEL_ROWS;
+    if panel_bytes == 0 || panels.len() < count * panel_bytes || x.len() < nb * QK || xs.len() < nb || xsum.len() < nb {
+        return;
+    }
+    // SAFETY: panel p block b reads panels[(p nb + b) 320 .. +320], inside the length checked
+    // above; activations x[32 b .. 32 b + 32], xs[b] and xsum[b] likewise; out[16 p .. +16]
+    // for p < count. Prefetches never fault, so their addresses may run past the end.
+    unsafe {
+        let mask = _mm512_set1_epi8(0x0f);
+        let (px, pxs, pxsum) = (x.as_ptr(), xs.as_ptr(), xsum.as_ptr());
+        for p in 0..count {
+            let base = panels.as_ptr().add(p * panel_bytes);
+            let mut scaled = _mm512_setzero_ps();
+            let mut mins = _mm512_setzero_ps();
+            for b in 0..nb {
+                let blk = base.add(b * Q4_PANEL_BLOCK_BYTES);
+                for line in 0..5 {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.add(Q4_PANEL_PREFETCH + 64 * line) as *const i8);
+                }
+                let mut lo_acc = _mm512_setzero_si512();
+                let mut hi_acc = _mm512_setzero_si512();
+                for g in 0..4 {
+                    let codes = _mm512_loadu_si512(blk.add(64 * g) as *const __m512i);
+                    let lo = _mm512_and_si512(codes, mask);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), mask);
+                    let q = px.add(b * QK + 8 * g);
+                    let x_lo = _mm512_set1_epi32((q as *const i32).read_unaligned());
+                    let x_hi = _mm512_set1_epi32((q.add(4) as *const i32).read_unaligned());
+                    lo_acc = _mm512_dpbusd_epi32(lo_acc, lo, x_lo);
+                    hi_acc = _mm512_dpbusd_epi32(hi_acc, hi, x_hi);
+                }
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(256) as *const __m256i));
+                let m = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(288) as *const __m256i));
+                let sums = _mm512_cvtepi32_ps(_mm512_add_epi32(lo_acc, hi_acc));
+                scaled = _mm512_fmadd_ps(sums, _mm512_mul_ps(d, _mm512_set1_ps(*pxs.add(b))), scaled);
+                mins = _mm512_fmadd_ps(m, _mm512_set1_ps(*pxsum.add(b)), mins);
+            }
+            _mm512_storeu_ps(out.as_mut_ptr().add(p * PANEL_ROWS), _mm512_add_ps(scaled, mins));
+        }
+    }
 }

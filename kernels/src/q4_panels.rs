@@ -1,0 +1,181 @@
+//! Q4_1 weights repacked for the decode GEMV on AVX-512 VNNI.
+//!
+//! Decode multiplies each weight by one activation, so its speed is set by how many
+//! instructions a weight costs. The row-major AVX2 dot product spends most of them on
+//! per-row work (nibble unpacking into pair order, horizontal sums, per-block scale shuffles)
+//! on rows of only 18 blocks. Here sixteen rows are interleaved so that one 512-bit register
+//! holds four consecutive codes of each row: a broadcast quadruple of activations and one
+//! `vpdpbusd` give 64 multiply-adds with no horizontal work, and the block scales of the
+//! sixteen rows are one vector.
+//!
+//! Layout, per panel of 16 rows (the last padded with zero rows), per block of 32 columns,
+//! 320 bytes: four 64-byte groups `g` where bytes `4r..4r + 4` hold row `r`'s codes of
+//! columns `32b + 8g + k` (low nibble) and `32b + 8g + 4 + k` (high nibble), `k < 4`; then
+//! the 16 rows' f16 scales, then their 16 f16 minimums. The bytes per weight are the GGUF's.
+//!
+//! The result equals the row-major product up to f32 summation order: the integer sums of a
+//! block are the same, and scales and minimums are applied per block as there.
+
+use crate::QK;
+use crate::matmul::OutPtr;
+use crate::q4::MatQ4_1;
+
+/// Rows per panel (one i32 lane of a 512-bit register each).
+pub(crate) const PANEL_ROWS: usize = 16;
+
+/// Bytes of one block of one panel.
+const BLOCK_BYTES: usize = 320;
+
+/// A [`MatQ4_1`]'s codes, scales and minimums in decode panels.
+#[derive(Debug, Clone)]
+pub(crate) struct Q4Panels {
+    /// Blocks per row.
+    nb: usize,
+    /// `rows.div_ceil(16)` panels of `nb * 320` bytes.
+    bytes: Vec<u8>,
+}
+
+impl Q4Panels {
+    /// Repacks `w` (its bytes are copied, codes and f16 bits unchanged).
+    pub(crate) fn new(w: &MatQ4_1) -> Self {
+        let nb = w.cols() / QK;
+        let panels = w.rows().div_ceil(PANEL_ROWS);
+        let mut bytes = vec![0u8; panels * nb * BLOCK_BYTES];
+        let mut codes = [0i8; QK];
+        for r in 0..w.rows() {
+            let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
+            for b in 0..nb {
+                let blk = &mut bytes[(p * nb + b) * BLOCK_BYTES..(p * nb + b + 1) * BLOCK_BYTES];
+                let (d, m) = w.block_bits(r, b);
+                blk[256 + 2 * lane..256 + 2 * lane + 2].copy_from_slice(&d.to_le_bytes());
+                blk[288 + 2 * lane..288 + 2 * lane + 2].copy_from_slice(&m.to_le_bytes());
+                w.block_codes(r, b, &mut codes);
+                for (i, &c) in codes.iter().enumerate() {
+                    let (g, within) = (i / 8, i % 8);
+                    let (shift, k) = (4 * (within / 4), within % 4);
+                    blk[64 * g + 4 * lane + k] |= (c as u8) << shift;
+                }
+            }
+        }
+        Self { nb, bytes }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Weight (`r`, `c`) in f32, read back from the panels (tests).
+    #[cfg(test)]
+    fn get(&self, r: usize, c: usize) -> f32 {
+        let (p, lane, b, i) = (r / PANEL_ROWS, r % PANEL_ROWS, c / QK, c % QK);
+        let blk = &self.bytes[(p * self.nb + b) * BLOCK_BYTES..];
+        let (g, within) = (i / 8, i % 8);
+        let code = (blk[64 * g + 4 * lane + within % 4] >> (4 * (within / 4))) & 0x0f;
+        let f = |at: usize| half::f16::from_bits(u16::from_le_bytes([blk[at], blk[at + 1]])).to_f32();
+        f(256 + 2 * lane) * code as f32 + f(288 + 2 * lane)
+    }
+
+    /// Writes rows `rows` of the product with token 0 of `x` through `out` (`rows` must
+    /// start and end on panel boundaries or at the matrix's last row).
+    ///
+    /// The caller checked the shapes (see `matmul_q4_1`) and that the VNNI kernels run here.
+    pub(crate) fn gemv(&self, x: &crate::ActsQ8, rows: std::ops::Range<usize>, total_rows: usize, out: OutPtr) {
+        let (p0, p1) = (rows.start / PANEL_ROWS, rows.end.div_ceil(PANEL_ROWS));
+        let mut buf = [0f32; 4 * PANEL_ROWS];
+        let panel_bytes = self.nb * BLOCK_BYTES;
+        // Four panels per call keep the results in one small stack buffer.
+        for q0 in (p0..p1).step_by(4) {
+            let q1 = (q0 + 4).min(p1);
+            let ys = &mut buf[..(q1 - q0) * PANEL_ROWS];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller checked that the CPU has avx512f/bw/vnni and f16c
+            // (`gemm_vnni::enabled`); the kernel checks every length itself.
+            unsafe {
+                crate::cpu::avx512::gemv_q4_panels(
+                    &self.bytes[q0 * panel_bytes..q1 * panel_bytes],
+                    self.nb,
+                    x.row_qs(0),
+                    x.row_scales(0),
+                    x.row_sums(0),
+                    ys,
+                )
+            };
+            for (k, &v) in ys.iter().enumerate() {
+                let r = q0 * PANEL_ROWS + k;
+                if rows.contains(&r) && r < total_rows {
+                    // SAFETY: row r belongs to the caller's chunk, which owns its output.
+                    unsafe { out.write(r, v) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ActsQ8;
+
+    fn matrix(rows: usize, cols: usize, seed: usize) -> MatQ4_1 {
+        let data: Vec<f32> = (0..rows * cols).map(|i| (((i + seed) * 7919 % 2003) as f32 - 1001.0) / 997.0).collect();
+        MatQ4_1::quantize(rows, cols, &data).unwrap()
+    }
+
+    /// The repacking keeps every weight: reading a panel back gives the row-major value.
+    #[test]
+    fn panels_hold_every_weight() {
+        let w = matrix(37, 96, 3);
+        let p = Q4Panels::new(&w);
+        let mut row = vec![0f32; 96];
+        for r in 0..37 {
+            w.dequantize_row(r, &mut row);
+            for (c, &v) in row.iter().enumerate() {
+                assert_eq!(p.get(r, c), v, "row {r} column {c}");
+            }
+        }
+        assert_eq!(p.bytes(), 3 * 3 * BLOCK_BYTES);
+    }
+
+    /// The VNNI panel GEMV against the row-major dot products (scalar reference), on row
+    /// counts that are and are not multiples of 16 and on sub-ranges of panels.
+    #[test]
+    fn panel_gemv_matches_row_dots() {
+        if !crate::gemm_vnni::enabled() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        for &(rows, cols) in &[(16usize, 32usize), (37, 96), (576, 1536), (1536, 576), (5, 64)] {
+            let w = matrix(rows, cols, rows + cols);
+            let p = Q4Panels::new(&w);
+            let xv: Vec<f32> = (0..cols).map(|i| ((i * 104_729 % 1009) as f32 - 504.0) / 300.0).collect();
+            let mut x = ActsQ8::default();
+            x.quantize_from(&xv, 1, cols).unwrap();
+            let act = crate::cpu::q4::ActRow {
+                q: x.row_qs(0),
+                pair_q: x.row_pair_qs(0),
+                d: x.row_scales(0),
+                sum: x.row_sums(0),
+            };
+            let want: Vec<f32> = (0..rows).map(|r| crate::cpu::q4::dot(&w.row_view(r), &act)).collect();
+            let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            for range in [0..rows, (rows / 32 * 16)..rows] {
+                let mut got = vec![f32::NAN; rows];
+                let out = OutPtr::new(&mut got);
+                p.gemv(&x, range.clone(), rows, out);
+                for r in 0..rows {
+                    if range.contains(&r) {
+                        assert!(
+                            (got[r] - want[r]).abs() <= 1e-5 * scale,
+                            "{rows}x{cols} row {r}: {} vs {}",
+                            got[r],
+                            want[r]
+                        );
+                    } else {
+                        assert!(got[r].is_nan(), "{rows}x{cols} row {r} outside {range:?} was written");
+                    }
+                }
+            }
+        }
+    }
+}
