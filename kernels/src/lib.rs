@@ -10,6 +10,7 @@
 
 pub mod attention;
 mod cpu;
+mod decode_panels;
 pub mod error;
 pub mod gemm_vnni;
 pub mod gpu;
@@ -18,7 +19,6 @@ pub mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod q4;
-mod q4_panels;
 pub mod quant;
 pub mod sparse;
 pub mod sparse_q4;

@@ -261,8 +261,38 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
         });
         return Ok(());
     }
+    if n == 1
+        && let Some(panels) = w.decode_panels()
+    {
+        // Chunks of whole panels: the row chunks are multiples of GEMV_ROWS, not of 16.
+        for_each_row_chunk(rows, cols + 4 * nb, n, out, |range, out| {
+            let (lo, hi) = panel_span(&range, rows);
+            panels.gemv(x, lo..hi, rows, out);
+            q8_decode_rows(w, x, (range.start..lo).chain(hi..range.end), out);
+        });
+        return Ok(());
+    }
     with_packed_acts(x, nb, |packed| q8_products(w, x, packed, out));
     Ok(())
+}
+
+/// The rows of `range` that whole panels of 16 cover (the last panel may be short at the
+/// matrix's end): `lo..hi`, `lo <= hi`.
+pub(crate) fn panel_span(range: &std::ops::Range<usize>, rows: usize) -> (usize, usize) {
+    const PANEL: usize = 16;
+    let lo = range.start.next_multiple_of(PANEL).min(range.end);
+    let hi = if range.end == rows { range.end } else { range.end / PANEL * PANEL };
+    (lo, hi.max(lo))
+}
+
+/// Token 0 of `x` against the Q8 rows `rows`, one row at a time.
+fn q8_decode_rows(w: &MatQ8, x: &ActsQ8, rows: impl Iterator<Item = usize>, out: OutPtr) {
+    let (xq, xs, nb) = (x.row_qs(0), x.row_scales(0), w.cols() / QK);
+    for r in rows {
+        let v = cpu::q8_rows_x1::<1>(w.rows_qs(r, 1), w.rows_scales(r, 1), nb, xq, xs)[0];
+        // SAFETY: row r belongs to the caller's chunk (see OutPtr).
+        unsafe { out.write(r, v) };
+    }
 }
 
 /// Runs `f` with every full group of four tokens of `x` widened and interleaved for the GEMM

@@ -12,8 +12,8 @@ use std::sync::OnceLock;
 use half::f16;
 
 use crate::cpu::q4 as inner;
+use crate::decode_panels::Q4Panels;
 use crate::matmul::{OutPtr, Packed, for_each_row_chunk, q8_gemm_rows, with_packed_acts};
-use crate::q4_panels::Q4Panels;
 use crate::{ActsQ8, KernelError, MatQ8, QK};
 
 /// Bytes of one GGML `block_q4_1`: f16 d, f16 m, 16 bytes of codes.
@@ -115,13 +115,10 @@ impl MatQ4_1 {
     /// One chunk of a decode product: whole panels through the VNNI kernel, rows outside
     /// them (a chunk that does not start or end on a panel) through the row dot product.
     fn gemv_chunk(&self, x: &ActsQ8, panels: Option<&Q4Panels>, rows: std::ops::Range<usize>, out: OutPtr) {
-        use crate::q4_panels::PANEL_ROWS;
         let act = inner::ActRow { q: x.row_qs(0), pair_q: x.row_pair_qs(0), d: x.row_scales(0), sum: x.row_sums(0) };
         let (mut lo, mut hi) = (rows.start, rows.start);
         if let Some(p) = panels {
-            lo = rows.start.next_multiple_of(PANEL_ROWS).min(rows.end);
-            hi = if rows.end == self.rows { rows.end } else { rows.end / PANEL_ROWS * PANEL_ROWS };
-            hi = hi.max(lo);
+            (lo, hi) = crate::matmul::panel_span(&rows, self.rows);
             p.gemv(x, lo..hi, self.rows, out);
         }
         for r in (rows.start..lo).chain(hi..rows.end) {

@@ -65,6 +65,9 @@ pub struct MatQ8 {
     cols: usize,
     qs: Vec<i8>,
     scales: Vec<f32>,
+    /// The same weights in decode panels, made on the first decode product where the VNNI
+    /// kernels run (see `decode_panels.rs`).
+    panels: std::sync::OnceLock<crate::decode_panels::Q8Panels>,
 }
 
 impl MatQ8 {
@@ -74,7 +77,7 @@ impl MatQ8 {
         let len = product("MatQ8", rows, cols)?;
         check_len("MatQ8 values", len, qs.len())?;
         check_len("MatQ8 scales", len / QK, scales.len())?;
-        Ok(Self { rows, cols, qs, scales })
+        Ok(Self { rows, cols, qs, scales, panels: Default::default() })
     }
 
     /// Quantizes a row-major f32 matrix (symmetric, absmax per block, values in [-127, 127]).
@@ -84,7 +87,7 @@ impl MatQ8 {
         let mut qs = vec![0i8; data.len()];
         let mut scales = vec![0f32; data.len() / QK];
         quantize_blocks(data, &mut qs, &mut scales);
-        Ok(Self { rows, cols, qs, scales })
+        Ok(Self { rows, cols, qs, scales, panels: Default::default() })
     }
 
     /// Number of rows (outputs).
@@ -124,6 +127,14 @@ impl MatQ8 {
     /// Bytes held by the weights and scales.
     pub fn bytes(&self) -> usize {
         self.qs.len() + self.scales.len() * 4
+    }
+    /// Bytes of the decode panels made so far (0 until a decode product on a VNNI CPU).
+    pub fn panel_bytes(&self) -> usize {
+        self.panels.get().map_or(0, crate::decode_panels::Q8Panels::bytes)
+    }
+    /// The decode panels, made on first use; `None` where the VNNI kernels do not run.
+    pub(crate) fn decode_panels(&self) -> Option<&crate::decode_panels::Q8Panels> {
+        crate::gemm_vnni::enabled().then(|| self.panels.get_or_init(|| crate::decode_panels::Q8Panels::new(self)))
     }
 }
 

@@ -91,7 +91,7 @@ pub const Q4_PANEL_BLOCK_BYTES: usize = 320;
 const Q4_PANEL_PREFETCH: usize = 2 * Q4_PANEL_BLOCK_BYTES;
 
 /// `out[16 p + r] = Σ_b d[r][b] · xs[b] · Σ_i code[r][32 b + i] · x[32 b + i] + m[r][b] · xsum[b]`
-/// for the panels `panels` holds (`nb` blocks each, see `q4_panels.rs` for the layout): one
+/// for the panels `panels` holds (`nb` blocks each, see `decode_panels.rs` for the layout): one
 /// `vpdpbusd` multiplies four columns of sixteen rows by a broadcast quadruple of activations
 /// (codes are 0..15, so they are the unsigned operand and the activations need no offset).
 /// `out` receives 16 values per panel.
@@ -140,6 +140,55 @@ pub unsafe fn gemv_q4_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], xsu
                 mins = _mm512_fmadd_ps(m, _mm512_set1_ps(*pxsum.add(b)), mins);
             }
             _mm512_storeu_ps(out.as_mut_ptr().add(p * PANEL_ROWS), _mm512_add_ps(scaled, mins));
+        }
+    }
+}
+
+/// Bytes of one block of a Q8 decode panel: 8 x 64 bytes of offset codes, 16 f32 scales.
+pub const Q8_PANEL_BLOCK_BYTES: usize = 576;
+
+/// `out[16 p + r] = Σ_b s[r][b] · xs[b] · (Σ_i u[r][32 b + i] · x[32 b + i] − 128 · Σ_i x[32 b + i])`
+/// for the Q8 panels `panels` holds, where `u = w + 128` are the int8 weights offset to
+/// unsigned bytes (`vpdpbusd` multiplies unsigned by signed bytes) and `offset[b]` is
+/// `128 · Σ_i x[32 b + i]`, which removes the offset exactly in i32.
+///
+/// # Safety
+/// The CPU must support avx512f, avx512bw and avx512vnni. Lengths are checked here: a short
+/// slice makes the function return without writing.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn gemv_q8_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], offset: &[i32], out: &mut [f32]) {
+    let panel_bytes = nb * Q8_PANEL_BLOCK_BYTES;
+    let count = out.len() / PANEL_ROWS;
+    if panel_bytes == 0 || panels.len() < count * panel_bytes || x.len() < nb * QK || xs.len() < nb || offset.len() < nb
+    {
+        return;
+    }
+    // SAFETY: panel p block b reads panels[(p nb + b) 576 .. +576], inside the length checked
+    // above; x[32 b .. 32 b + 32], xs[b] and offset[b] likewise; out[16 p .. +16] for
+    // p < count. Prefetches never fault.
+    unsafe {
+        let px = x.as_ptr();
+        for p in 0..count {
+            let base = panels.as_ptr().add(p * panel_bytes);
+            let mut y = _mm512_setzero_ps();
+            for b in 0..nb {
+                let blk = base.add(b * Q8_PANEL_BLOCK_BYTES);
+                for line in 0..9 {
+                    _mm_prefetch::<_MM_HINT_T0>(blk.add(2 * Q8_PANEL_BLOCK_BYTES + 64 * line) as *const i8);
+                }
+                let mut acc = [_mm512_setzero_si512(); 2];
+                for g in 0..8 {
+                    let w = _mm512_loadu_si512(blk.add(64 * g) as *const __m512i);
+                    let quad = _mm512_set1_epi32((px.add(b * QK + 4 * g) as *const i32).read_unaligned());
+                    acc[g & 1] = _mm512_dpbusd_epi32(acc[g & 1], w, quad);
+                }
+                let sums =
+                    _mm512_sub_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_set1_epi32(*offset.get_unchecked(b)));
+                let s = _mm512_loadu_ps(blk.add(512) as *const f32);
+                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(*xs.get_unchecked(b)));
+                y = _mm512_fmadd_ps(scaled, s, y);
+            }
+            _mm512_storeu_ps(out.as_mut_ptr().add(p * PANEL_ROWS), y);
         }
     }
 }

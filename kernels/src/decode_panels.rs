@@ -1,4 +1,4 @@
-//! Q4_1 weights repacked for the decode GEMV on AVX-512 VNNI.
+//! Weights repacked for the decode GEMV on AVX-512 VNNI: Q4_1 and Q8 (the LM head).
 //!
 //! Decode multiplies each weight by one activation, so its speed is set by how many
 //! instructions a weight costs. The row-major AVX2 dot product spends most of them on
@@ -8,23 +8,62 @@
 //! `vpdpbusd` give 64 multiply-adds with no horizontal work, and the block scales of the
 //! sixteen rows are one vector.
 //!
-//! Layout, per panel of 16 rows (the last padded with zero rows), per block of 32 columns,
+//! Q4_1 layout, per panel of 16 rows (the last padded with zero rows), per block of 32 columns,
 //! 320 bytes: four 64-byte groups `g` where bytes `4r..4r + 4` hold row `r`'s codes of
 //! columns `32b + 8g + k` (low nibble) and `32b + 8g + 4 + k` (high nibble), `k < 4`; then
 //! the 16 rows' f16 scales, then their 16 f16 minimums. The bytes per weight are the GGUF's.
 //!
+//! Q8 layout, per panel and block, 576 bytes: eight 64-byte groups where bytes `4r..4r + 4`
+//! hold row `r`'s values of columns `32b + 4g + k` plus 128 (as unsigned bytes, the operand
+//! `vpdpbusd` wants; the kernel subtracts 128 x the block's activation sum in i32), then the
+//! 16 rows' f32 scales: the bytes of [`MatQ8`].
+//!
 //! The result equals the row-major product up to f32 summation order: the integer sums of a
 //! block are the same, and scales and minimums are applied per block as there.
 
-use crate::QK;
+use std::ops::Range;
+
 use crate::matmul::OutPtr;
 use crate::q4::MatQ4_1;
+use crate::{ActsQ8, MatQ8, QK};
 
 /// Rows per panel (one i32 lane of a 512-bit register each).
 pub(crate) const PANEL_ROWS: usize = 16;
 
-/// Bytes of one block of one panel.
+/// Bytes of one block of one Q4_1 panel.
 const BLOCK_BYTES: usize = 320;
+
+/// Bytes of one block of one Q8 panel.
+const Q8_BLOCK_BYTES: usize = 576;
+
+/// Panels per kernel call: their results fit one small stack buffer.
+const PANELS_PER_CALL: usize = 4;
+
+/// Runs `kernel(panel bytes, results)` over the panels that cover `rows`, a few at a time,
+/// and writes the results of the rows in `rows` (below `total_rows`) through `out`.
+fn each_panel_run(
+    bytes: &[u8],
+    panel_bytes: usize,
+    rows: Range<usize>,
+    total_rows: usize,
+    out: OutPtr,
+    kernel: impl Fn(&[u8], &mut [f32]),
+) {
+    let (p0, p1) = (rows.start / PANEL_ROWS, rows.end.div_ceil(PANEL_ROWS));
+    let mut buf = [0f32; PANELS_PER_CALL * PANEL_ROWS];
+    for q0 in (p0..p1).step_by(PANELS_PER_CALL) {
+        let q1 = (q0 + PANELS_PER_CALL).min(p1);
+        let ys = &mut buf[..(q1 - q0) * PANEL_ROWS];
+        kernel(&bytes[q0 * panel_bytes..q1 * panel_bytes], ys);
+        for (k, &v) in ys.iter().enumerate() {
+            let r = q0 * PANEL_ROWS + k;
+            if rows.contains(&r) && r < total_rows {
+                // SAFETY: row r belongs to the caller's chunk, which owns its output.
+                unsafe { out.write(r, v) };
+            }
+        }
+    }
+}
 
 /// A [`MatQ4_1`]'s codes, scales and minimums in decode panels.
 #[derive(Debug, Clone)]
@@ -76,39 +115,71 @@ impl Q4Panels {
         f(256 + 2 * lane) * code as f32 + f(288 + 2 * lane)
     }
 
-    /// Writes rows `rows` of the product with token 0 of `x` through `out` (`rows` must
-    /// start and end on panel boundaries or at the matrix's last row).
+    /// Writes rows `rows` of the product with token 0 of `x` through `out` (rows outside
+    /// panels that `rows` only partly covers are left alone).
     ///
     /// The caller checked the shapes (see `matmul_q4_1`) and that the VNNI kernels run here.
-    pub(crate) fn gemv(&self, x: &crate::ActsQ8, rows: std::ops::Range<usize>, total_rows: usize, out: OutPtr) {
-        let (p0, p1) = (rows.start / PANEL_ROWS, rows.end.div_ceil(PANEL_ROWS));
-        let mut buf = [0f32; 4 * PANEL_ROWS];
-        let panel_bytes = self.nb * BLOCK_BYTES;
-        // Four panels per call keep the results in one small stack buffer.
-        for q0 in (p0..p1).step_by(4) {
-            let q1 = (q0 + 4).min(p1);
-            let ys = &mut buf[..(q1 - q0) * PANEL_ROWS];
+    pub(crate) fn gemv(&self, x: &ActsQ8, rows: Range<usize>, total_rows: usize, out: OutPtr) {
+        each_panel_run(&self.bytes, self.nb * BLOCK_BYTES, rows, total_rows, out, |panels, ys| {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller checked that the CPU has avx512f/bw/vnni and f16c
             // (`gemm_vnni::enabled`); the kernel checks every length itself.
             unsafe {
-                crate::cpu::avx512::gemv_q4_panels(
-                    &self.bytes[q0 * panel_bytes..q1 * panel_bytes],
-                    self.nb,
-                    x.row_qs(0),
-                    x.row_scales(0),
-                    x.row_sums(0),
-                    ys,
-                )
+                crate::cpu::avx512::gemv_q4_panels(panels, self.nb, x.row_qs(0), x.row_scales(0), x.row_sums(0), ys)
             };
-            for (k, &v) in ys.iter().enumerate() {
-                let r = q0 * PANEL_ROWS + k;
-                if rows.contains(&r) && r < total_rows {
-                    // SAFETY: row r belongs to the caller's chunk, which owns its output.
-                    unsafe { out.write(r, v) };
+        });
+    }
+}
+
+/// A [`MatQ8`]'s values (offset to unsigned) and scales in decode panels.
+#[derive(Debug, Clone)]
+pub(crate) struct Q8Panels {
+    /// Blocks per row.
+    nb: usize,
+    /// `rows.div_ceil(16)` panels of `nb * 576` bytes.
+    bytes: Vec<u8>,
+}
+
+impl Q8Panels {
+    /// Repacks `w`.
+    pub(crate) fn new(w: &MatQ8) -> Self {
+        let nb = w.cols() / QK;
+        let panels = w.rows().div_ceil(PANEL_ROWS);
+        // Padding rows: value 0 (byte 128) and scale 0.
+        let mut bytes = vec![0u8; panels * nb * Q8_BLOCK_BYTES];
+        for blk in bytes.chunks_exact_mut(Q8_BLOCK_BYTES) {
+            blk[..512].fill(0x80);
+        }
+        for r in 0..w.rows() {
+            let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
+            let (qs, scales) = (w.row_qs(r), w.row_scales(r));
+            for b in 0..nb {
+                let blk = &mut bytes[(p * nb + b) * Q8_BLOCK_BYTES..(p * nb + b + 1) * Q8_BLOCK_BYTES];
+                blk[512 + 4 * lane..512 + 4 * lane + 4].copy_from_slice(&scales[b].to_le_bytes());
+                for (i, &v) in qs[b * QK..(b + 1) * QK].iter().enumerate() {
+                    blk[64 * (i / 4) + 4 * lane + i % 4] = (v as u8) ^ 0x80;
                 }
             }
         }
+        Self { nb, bytes }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// As [`Q4Panels::gemv`].
+    pub(crate) fn gemv(&self, x: &ActsQ8, rows: Range<usize>, total_rows: usize, out: OutPtr) {
+        let offset: Vec<i32> =
+            x.row_qs(0).chunks_exact(QK).map(|b| 128 * b.iter().map(|&v| i32::from(v)).sum::<i32>()).collect();
+        each_panel_run(&self.bytes, self.nb * Q8_BLOCK_BYTES, rows, total_rows, out, |panels, ys| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in `Q4Panels::gemv`; the kernel checks every length itself.
+            unsafe {
+                crate::cpu::avx512::gemv_q8_panels(panels, self.nb, x.row_qs(0), x.row_scales(0), &offset, ys)
+            };
+        });
     }
 }
 
