@@ -165,6 +165,33 @@ fn bench_decode_json_has_its_keys() {
     }
 }
 
+/// `--compare-isa` times the same runs with the VNNI kernels on and off, where the CPU has
+/// them; where it does not (or `SIEVE_ISA=avx2` keeps them off) it says so.
+#[test]
+fn bench_decode_compares_isas_where_vnni_runs() {
+    let args = ["bench", "decode", "--prompt-tokens", "32", "--new-tokens", "8", "--runs", "1", "--compare-isa", "--json"];
+    let off = Command::new(sieve_bin())
+        .arg("--model")
+        .arg(model_path())
+        .args(args)
+        .env("SIEVE_ISA", "avx2")
+        .output()
+        .unwrap();
+    assert_fails_with(&off, "AVX-512 VNNI");
+    let o = sieve(&args);
+    if !sieve_kernels::gemm_vnni::enabled() {
+        assert_fails_with(&o, "AVX-512 VNNI");
+        return;
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let c = &v["isa_comparison"];
+    for k in ["vnni_decode_tok_s", "avx2_decode_tok_s", "vnni_prefill_tok_s", "avx2_prefill_tok_s", "decode_ratio"] {
+        assert!(c[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert!(v["isa"].as_str().unwrap().contains("decode GEMV: avx512-vnni"), "{v}");
+}
+
 #[test]
 fn setup_says_when_the_registry_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,8 @@
 //! `vpdpbusd` multiplies unsigned by signed bytes, so activations are offset by 128 and a
 //! per-block bias of -128 x the weights' sum removes the offset exactly. The whole K range
 //! of a panel stays in registers (16 x 1536 bytes of weights fit in L1), so each output is
-//! written once. `SIEVE_ISA=avx2` keeps the AVX2 GEMM.
+//! written once. `SIEVE_ISA=avx2` keeps the AVX2 GEMM (and the AVX2 decode GEMVs:
+//! [`enabled`] also decides whether decode uses the panels of `decode_panels.rs`).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -37,7 +38,7 @@ pub fn set_enabled(on: bool) {
     TURNED_OFF.store(!on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether products of several tokens use this GEMM.
+/// Whether products of several tokens use this GEMM, and decode products the VNNI panels.
 pub fn enabled() -> bool {
     #[cfg(test)]
     if FORCE_OFF.with(|f| f.get()) {

@@ -48,11 +48,11 @@ pub fn active() -> Isa {
     })
 }
 
-/// The instruction sets in use, for reports: [`active`]'s name, plus the prefill GEMM's
-/// AVX-512 VNNI where it runs.
+/// The instruction sets in use, for reports: [`active`]'s name, plus the AVX-512 VNNI
+/// kernels (prefill GEMM, dense decode GEMV) where they run.
 pub fn describe() -> String {
     if crate::gemm_vnni::enabled() {
-        format!("{} (prefill GEMM: avx512-vnni)", active().name())
+        format!("{} (prefill GEMM and dense decode GEMV: avx512-vnni)", active().name())
     } else {
         active().name().to_string()
     }

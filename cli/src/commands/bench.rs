@@ -64,9 +64,28 @@ pub struct DecodeArgs {
     /// f32 path first; needs a build with `--features cuda`).
     #[arg(long, value_enum, default_value = "cpu")]
     pub(crate) device: super::gpu_decode::Device,
+    /// Also time every run with the AVX-512 VNNI kernels turned off (the AVX2 ones), runs
+    /// alternated in this process, and report both (CPUs with VNNI only).
+    #[arg(long)]
+    pub(crate) compare_isa: bool,
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `--compare-isa`: the same runs with the VNNI kernels on and off, taking turns.
+#[derive(Serialize)]
+struct IsaComparison {
+    /// Median decode tok/s with the VNNI kernels.
+    vnni_decode_tok_s: f64,
+    /// Median decode tok/s with the AVX2 kernels.
+    avx2_decode_tok_s: f64,
+    /// Median prefill tok/s with the VNNI kernels.
+    vnni_prefill_tok_s: f64,
+    /// Median prefill tok/s with the AVX2 kernels.
+    avx2_prefill_tok_s: f64,
+    /// Median over run pairs of VNNI decode tok/s / AVX2 decode tok/s.
+    decode_ratio: f64,
 }
 
 #[derive(Serialize)]
@@ -76,6 +95,49 @@ struct DecodeOutput<'a> {
     pub(crate) precision: Precision,
     threads: usize,
     isa: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isa_comparison: Option<IsaComparison>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One run at a time with the VNNI kernels on, then off, `runs` times.
+fn compare_isa(
+    model: &sieve_engine::Model,
+    tokens: &[u32],
+    a: &DecodeArgs,
+    plan: Option<&sieve_engine::sparsity::SparsityPlan>,
+) -> Result<IsaComparison> {
+    if !sieve_kernels::gemm_vnni::enabled() {
+        anyhow::bail!("--compare-isa needs a CPU with AVX-512 VNNI (and SIEVE_ISA unset)");
+    }
+    let bar = super::progress(2 * a.runs as u64, "bench decode, VNNI and AVX2");
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for _ in 0..a.runs {
+        for (vnni, into) in [(true, &mut on), (false, &mut off)] {
+            sieve_kernels::gemm_vnni::set_enabled(vnni);
+            let opts =
+                BenchOptions { prompt_tokens: a.prompt_tokens, new_tokens: a.new_tokens, runs: 1, plan: plan.cloned() };
+            let r = bench_decode(model, tokens, opts, || ());
+            sieve_kernels::gemm_vnni::set_enabled(true);
+            let r = r?;
+            into.push((r.prefill_tok_s, r.decode_tok_s));
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let pick = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| median(v.iter().map(f).collect());
+    Ok(IsaComparison {
+        vnni_decode_tok_s: pick(&on, |r| r.1),
+        avx2_decode_tok_s: pick(&off, |r| r.1),
+        vnni_prefill_tok_s: pick(&on, |r| r.0),
+        avx2_prefill_tok_s: pick(&off, |r| r.0),
+        decode_ratio: median(on.iter().zip(&off).map(|(a, b)| a.1 / b.1.max(1e-9)).collect()),
+    })
 }
 
 /// Runs a bench subcommand.
@@ -129,6 +191,7 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
         None => tok.encode(BUILTIN_BENCH_TEXT)?,
     };
     let plan = a.sparsity.plan(model_path, &model)?;
+    let isa_comparison = if a.compare_isa { Some(compare_isa(&model, &tokens, &a, plan.as_ref())?) } else { None };
     let opts = BenchOptions { prompt_tokens: a.prompt_tokens, new_tokens: a.new_tokens, runs: a.runs, plan };
     let bar = super::progress(a.runs as u64, "bench decode");
     let report = bench_decode(&model, &tokens, opts, || bar.inc(1))?;
@@ -138,6 +201,7 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
         precision: a.precision,
         threads: sieve_kernels::pool::global().threads(),
         isa: sieve_kernels::isa::describe(),
+        isa_comparison,
     };
     if a.json {
         super::print_json(&out)
@@ -163,6 +227,17 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
                 d.prefill_tok_s,
                 d.decode_tok_s,
                 d.decode_speedup
+            );
+        }
+        if let Some(c) = &out.isa_comparison {
+            println!(
+                "{} runs each, taking turns: VNNI kernels decode {:.1} tok/s (prefill {:.1}), AVX2 kernels decode {:.1} tok/s (prefill {:.1}); decode VNNI/AVX2 {:.2}x",
+                a.runs,
+                c.vnni_decode_tok_s,
+                c.vnni_prefill_tok_s,
+                c.avx2_decode_tok_s,
+                c.avx2_prefill_tok_s,
+                c.decode_ratio
             );
         }
         Ok(())
