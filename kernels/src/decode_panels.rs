@@ -54,6 +54,8 @@ fn each_panel_run(
     for q0 in (p0..p1).step_by(PANELS_PER_CALL) {
         let q1 = (q0 + PANELS_PER_CALL).min(p1);
         let ys = &mut buf[..(q1 - q0) * PANEL_ROWS];
+        // Zeros stand when the kernel writes nothing (no blocks: an empty sum).
+        ys.fill(0.0);
         kernel(&bytes[q0 * panel_bytes..q1 * panel_bytes], ys);
         for (k, &v) in ys.iter().enumerate() {
             let r = q0 * PANEL_ROWS + k;
@@ -169,15 +171,18 @@ impl Q8Panels {
         self.bytes.len()
     }
 
-    /// As [`Q4Panels::gemv`].
-    pub(crate) fn gemv(&self, x: &ActsQ8, rows: Range<usize>, total_rows: usize, out: OutPtr) {
-        let offset: Vec<i32> =
-            x.row_qs(0).chunks_exact(QK).map(|b| 128 * b.iter().map(|&v| i32::from(v)).sum::<i32>()).collect();
+    /// What the kernel subtracts per block of token 0 of `x`: 128 x the sum of its values.
+    pub(crate) fn offsets(x: &ActsQ8) -> Vec<i32> {
+        x.row_qs(0).chunks_exact(QK).map(|b| 128 * b.iter().map(|&v| i32::from(v)).sum::<i32>()).collect()
+    }
+
+    /// As [`Q4Panels::gemv`], with `offset` from [`Q8Panels::offsets`] of the same `x`.
+    pub(crate) fn gemv(&self, x: &ActsQ8, offset: &[i32], rows: Range<usize>, total_rows: usize, out: OutPtr) {
         each_panel_run(&self.bytes, self.nb * Q8_BLOCK_BYTES, rows, total_rows, out, |panels, ys| {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `Q4Panels::gemv`; the kernel checks every length itself.
             unsafe {
-                crate::cpu::avx512::gemv_q8_panels(panels, self.nb, x.row_qs(0), x.row_scales(0), &offset, ys)
+                crate::cpu::avx512::gemv_q8_panels(panels, self.nb, x.row_qs(0), x.row_scales(0), offset, ys)
             };
         });
     }

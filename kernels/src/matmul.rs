@@ -264,10 +264,12 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
     if n == 1
         && let Some(panels) = w.decode_panels()
     {
-        // Chunks of whole panels: the row chunks are multiples of GEMV_ROWS, not of 16.
+        let offset = crate::decode_panels::Q8Panels::offsets(x);
+        // Row chunks are multiples of GEMV_ROWS, not of 16: rows outside whole panels go
+        // through the row dot product.
         for_each_row_chunk(rows, cols + 4 * nb, n, out, |range, out| {
             let (lo, hi) = panel_span(&range, rows);
-            panels.gemv(x, lo..hi, rows, out);
+            panels.gemv(x, &offset, lo..hi, rows, out);
             q8_decode_rows(w, x, (range.start..lo).chain(hi..range.end), out);
         });
         return Ok(());
