@@ -169,7 +169,8 @@ fn bench_decode_json_has_its_keys() {
 /// them; where it does not (or `SIEVE_ISA=avx2` keeps them off) it says so.
 #[test]
 fn bench_decode_compares_isas_where_vnni_runs() {
-    let args = ["bench", "decode", "--prompt-tokens", "32", "--new-tokens", "8", "--runs", "1", "--compare-isa", "--json"];
+    let args =
+        ["bench", "decode", "--prompt-tokens", "32", "--new-tokens", "8", "--runs", "1", "--compare-isa", "--json"];
     let off = Command::new(sieve_bin())
         .arg("--model")
         .arg(model_path())

@@ -38,7 +38,7 @@ pub struct MatQ4_1 {
 impl MatQ4_1 {
     /// From GGML `block_q4_1` bytes, row-major (`rows * cols / 32` blocks of 20 bytes).
     pub fn from_ggml(rows: usize, cols: usize, raw: &[u8]) -> Result<Self, KernelError> {
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(KernelError::Block { what: "MatQ4_1", cols, block: QK });
         }
         let blocks = rows * cols / QK;
@@ -62,7 +62,7 @@ impl MatQ4_1 {
 
     /// Quantizes f32 rows as GGML does (per block: m = min, d = (max - min) / 15).
     pub fn quantize(rows: usize, cols: usize, data: &[f32]) -> Result<Self, KernelError> {
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(KernelError::Block { what: "MatQ4_1", cols, block: QK });
         }
         if data.len() != rows * cols {
