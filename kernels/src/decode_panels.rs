@@ -39,29 +39,56 @@ const Q8_BLOCK_BYTES: usize = 576;
 /// Panels per kernel call: their results fit one small stack buffer.
 const PANELS_PER_CALL: usize = 4;
 
-/// Runs `kernel(panel bytes, results)` over the panels that cover `rows`, a few at a time,
-/// and writes the results of the rows in `rows` (below `total_rows`) through `out`.
-fn each_panel_run(
-    bytes: &[u8],
-    panel_bytes: usize,
-    rows: Range<usize>,
-    total_rows: usize,
-    out: OutPtr,
-    kernel: impl Fn(&[u8], &mut [f32]),
-) {
-    let (p0, p1) = (rows.start / PANEL_ROWS, rows.end.div_ceil(PANEL_ROWS));
-    let mut buf = [0f32; PANELS_PER_CALL * PANEL_ROWS];
-    for q0 in (p0..p1).step_by(PANELS_PER_CALL) {
-        let q1 = (q0 + PANELS_PER_CALL).min(p1);
-        let ys = &mut buf[..(q1 - q0) * PANEL_ROWS];
-        // Zeros stand when the kernel writes nothing (no blocks: an empty sum).
-        ys.fill(0.0);
-        kernel(&bytes[q0 * panel_bytes..q1 * panel_bytes], ys);
-        for (k, &v) in ys.iter().enumerate() {
-            let r = q0 * PANEL_ROWS + k;
-            if rows.contains(&r) && r < total_rows {
-                // SAFETY: row r belongs to the caller's chunk, which owns its output.
-                unsafe { out.write(r, v) };
+/// Weights repacked in panels of 16 rows: `rows.div_ceil(16)` panels of `nb` blocks of
+/// `block_bytes` each, the layout of one block up to the kernel that reads it.
+#[derive(Debug, Clone)]
+struct Panels {
+    /// Blocks per row.
+    nb: usize,
+    /// Bytes of one block of one panel.
+    block_bytes: usize,
+    bytes: Vec<u8>,
+}
+
+impl Panels {
+    /// Panels for `rows` rows of `nb` blocks, every byte `fill`, then `write(row, block, lane,
+    /// the block's bytes)` for every block of every row (lane: the row's place in its panel).
+    fn repack(
+        rows: usize,
+        nb: usize,
+        block_bytes: usize,
+        fill: u8,
+        mut write: impl FnMut(usize, usize, usize, &mut [u8]),
+    ) -> Self {
+        let mut bytes = vec![fill; rows.div_ceil(PANEL_ROWS) * nb * block_bytes];
+        for r in 0..rows {
+            let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
+            for b in 0..nb {
+                let at = (p * nb + b) * block_bytes;
+                write(r, b, lane, &mut bytes[at..at + block_bytes]);
+            }
+        }
+        Self { nb, block_bytes, bytes }
+    }
+
+    /// Runs `kernel(panel bytes, results)` over the panels that cover `rows`, a few at a
+    /// time, and writes the results of the rows in `rows` (below `total_rows`) through `out`.
+    fn run(&self, rows: Range<usize>, total_rows: usize, out: OutPtr, kernel: impl Fn(&[u8], &mut [f32])) {
+        let panel_bytes = self.nb * self.block_bytes;
+        let (p0, p1) = (rows.start / PANEL_ROWS, rows.end.div_ceil(PANEL_ROWS));
+        let mut buf = [0f32; PANELS_PER_CALL * PANEL_ROWS];
+        for q0 in (p0..p1).step_by(PANELS_PER_CALL) {
+            let q1 = (q0 + PANELS_PER_CALL).min(p1);
+            let ys = &mut buf[..(q1 - q0) * PANEL_ROWS];
+            // Zeros stand when the kernel writes nothing (no blocks: an empty sum).
+            ys.fill(0.0);
+            kernel(&self.bytes[q0 * panel_bytes..q1 * panel_bytes], ys);
+            for (k, &v) in ys.iter().enumerate() {
+                let r = q0 * PANEL_ROWS + k;
+                if rows.contains(&r) && r < total_rows {
+                    // SAFETY: row r belongs to the caller's chunk, which owns its output.
+                    unsafe { out.write(r, v) };
+                }
             }
         }
     }
@@ -69,48 +96,35 @@ fn each_panel_run(
 
 /// A [`MatQ4_1`]'s codes, scales and minimums in decode panels.
 #[derive(Debug, Clone)]
-pub(crate) struct Q4Panels {
-    /// Blocks per row.
-    nb: usize,
-    /// `rows.div_ceil(16)` panels of `nb * 320` bytes.
-    bytes: Vec<u8>,
-}
+pub(crate) struct Q4Panels(Panels);
 
 impl Q4Panels {
     /// Repacks `w` (its bytes are copied, codes and f16 bits unchanged).
     pub(crate) fn new(w: &MatQ4_1) -> Self {
-        let nb = w.cols() / QK;
-        let panels = w.rows().div_ceil(PANEL_ROWS);
-        let mut bytes = vec![0u8; panels * nb * BLOCK_BYTES];
         let mut codes = [0i8; QK];
-        for r in 0..w.rows() {
-            let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
-            for b in 0..nb {
-                let blk = &mut bytes[(p * nb + b) * BLOCK_BYTES..(p * nb + b + 1) * BLOCK_BYTES];
-                let (d, m) = w.block_bits(r, b);
-                blk[256 + 2 * lane..256 + 2 * lane + 2].copy_from_slice(&d.to_le_bytes());
-                blk[288 + 2 * lane..288 + 2 * lane + 2].copy_from_slice(&m.to_le_bytes());
-                w.block_codes(r, b, &mut codes);
-                for (i, &c) in codes.iter().enumerate() {
-                    let (g, within) = (i / 8, i % 8);
-                    let (shift, k) = (4 * (within / 4), within % 4);
-                    blk[64 * g + 4 * lane + k] |= (c as u8) << shift;
-                }
+        Self(Panels::repack(w.rows(), w.cols() / QK, BLOCK_BYTES, 0, |r, b, lane, blk| {
+            let (d, m) = w.block_bits(r, b);
+            blk[256 + 2 * lane..256 + 2 * lane + 2].copy_from_slice(&d.to_le_bytes());
+            blk[288 + 2 * lane..288 + 2 * lane + 2].copy_from_slice(&m.to_le_bytes());
+            w.block_codes(r, b, &mut codes);
+            for (i, &c) in codes.iter().enumerate() {
+                let (g, within) = (i / 8, i % 8);
+                let (shift, k) = (4 * (within / 4), within % 4);
+                blk[64 * g + 4 * lane + k] |= (c as u8) << shift;
             }
-        }
-        Self { nb, bytes }
+        }))
     }
 
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes.len()
+        self.0.bytes.len()
     }
 
     /// Weight (`r`, `c`) in f32, read back from the panels (tests).
     #[cfg(test)]
     fn get(&self, r: usize, c: usize) -> f32 {
         let (p, lane, b, i) = (r / PANEL_ROWS, r % PANEL_ROWS, c / QK, c % QK);
-        let blk = &self.bytes[(p * self.nb + b) * BLOCK_BYTES..];
+        let blk = &self.0.bytes[(p * self.0.nb + b) * BLOCK_BYTES..];
         let (g, within) = (i / 8, i % 8);
         let code = (blk[64 * g + 4 * lane + within % 4] >> (4 * (within / 4))) & 0x0f;
         let f = |at: usize| half::f16::from_bits(u16::from_le_bytes([blk[at], blk[at + 1]])).to_f32();
@@ -122,12 +136,13 @@ impl Q4Panels {
     ///
     /// The caller checked the shapes (see `matmul_q4_1`) and that the VNNI kernels run here.
     pub(crate) fn gemv(&self, x: &ActsQ8, rows: Range<usize>, total_rows: usize, out: OutPtr) {
-        each_panel_run(&self.bytes, self.nb * BLOCK_BYTES, rows, total_rows, out, |panels, ys| {
+        let nb = self.0.nb;
+        self.0.run(rows, total_rows, out, |panels, ys| {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller checked that the CPU has avx512f/bw/vnni and f16c
             // (`gemm_vnni::enabled`); the kernel checks every length itself.
             unsafe {
-                crate::cpu::avx512::gemv_q4_panels(panels, self.nb, x.row_qs(0), x.row_scales(0), x.row_sums(0), ys)
+                crate::cpu::avx512::gemv_q4_panels(panels, nb, x.row_qs(0), x.row_scales(0), x.row_sums(0), ys)
             };
         });
     }
@@ -135,40 +150,23 @@ impl Q4Panels {
 
 /// A [`MatQ8`]'s values (offset to unsigned) and scales in decode panels.
 #[derive(Debug, Clone)]
-pub(crate) struct Q8Panels {
-    /// Blocks per row.
-    nb: usize,
-    /// `rows.div_ceil(16)` panels of `nb * 576` bytes.
-    bytes: Vec<u8>,
-}
+pub(crate) struct Q8Panels(Panels);
 
 impl Q8Panels {
-    /// Repacks `w`.
+    /// Repacks `w`. Padding rows hold value 0 (byte 128), so their sums are exactly 0.
     pub(crate) fn new(w: &MatQ8) -> Self {
-        let nb = w.cols() / QK;
-        let panels = w.rows().div_ceil(PANEL_ROWS);
-        // Padding rows: value 0 (byte 128) and scale 0.
-        let mut bytes = vec![0u8; panels * nb * Q8_BLOCK_BYTES];
-        for blk in bytes.chunks_exact_mut(Q8_BLOCK_BYTES) {
-            blk[..512].fill(0x80);
-        }
-        for r in 0..w.rows() {
-            let (p, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
-            let (qs, scales) = (w.row_qs(r), w.row_scales(r));
-            for b in 0..nb {
-                let blk = &mut bytes[(p * nb + b) * Q8_BLOCK_BYTES..(p * nb + b + 1) * Q8_BLOCK_BYTES];
-                blk[512 + 4 * lane..512 + 4 * lane + 4].copy_from_slice(&scales[b].to_le_bytes());
-                for (i, &v) in qs[b * QK..(b + 1) * QK].iter().enumerate() {
-                    blk[64 * (i / 4) + 4 * lane + i % 4] = (v as u8) ^ 0x80;
-                }
+        Self(Panels::repack(w.rows(), w.cols() / QK, Q8_BLOCK_BYTES, 0x80, |r, b, lane, blk| {
+            let scale = w.row_scales(r)[b];
+            blk[512 + 4 * lane..512 + 4 * lane + 4].copy_from_slice(&scale.to_le_bytes());
+            for (i, &v) in w.row_qs(r)[b * QK..(b + 1) * QK].iter().enumerate() {
+                blk[64 * (i / 4) + 4 * lane + i % 4] = (v as u8) ^ 0x80;
             }
-        }
-        Self { nb, bytes }
+        }))
     }
 
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
-        self.bytes.len()
+        self.0.bytes.len()
     }
 
     /// What the kernel subtracts per block of token 0 of `x`: 128 x the sum of its values.
@@ -178,11 +176,12 @@ impl Q8Panels {
 
     /// As [`Q4Panels::gemv`], with `offset` from [`Q8Panels::offsets`] of the same `x`.
     pub(crate) fn gemv(&self, x: &ActsQ8, offset: &[i32], rows: Range<usize>, total_rows: usize, out: OutPtr) {
-        each_panel_run(&self.bytes, self.nb * Q8_BLOCK_BYTES, rows, total_rows, out, |panels, ys| {
+        let nb = self.0.nb;
+        self.0.run(rows, total_rows, out, |panels, ys| {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in `Q4Panels::gemv`; the kernel checks every length itself.
             unsafe {
-                crate::cpu::avx512::gemv_q8_panels(panels, self.nb, x.row_qs(0), x.row_scales(0), offset, ys)
+                crate::cpu::avx512::gemv_q8_panels(panels, nb, x.row_qs(0), x.row_scales(0), offset, ys)
             };
         });
     }
