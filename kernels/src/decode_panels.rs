@@ -27,14 +27,28 @@ use crate::matmul::OutPtr;
 use crate::q4::MatQ4_1;
 use crate::{ActsQ8, MatQ8, QK};
 
-/// Rows per panel (one i32 lane of a 512-bit register each).
+/// Rows per panel (one i32 lane of a 512-bit register each; the prefill GEMM's panels
+/// have as many).
+#[cfg(target_arch = "x86_64")]
+pub(crate) const PANEL_ROWS: usize = crate::cpu::avx512::PANEL_ROWS;
+#[cfg(not(target_arch = "x86_64"))]
 pub(crate) const PANEL_ROWS: usize = 16;
 
-/// Bytes of one block of one Q4_1 panel.
-const BLOCK_BYTES: usize = 320;
+/// Bytes of one block of one Q4_1 panel: 4 x 64 bytes of codes, 16 f16 scales, 16 f16
+/// minimums.
+pub(crate) const BLOCK_BYTES: usize = 320;
 
-/// Bytes of one block of one Q8 panel.
-const Q8_BLOCK_BYTES: usize = 576;
+/// Bytes of one block of one Q8 panel: 8 x 64 bytes of offset values, 16 f32 scales.
+pub(crate) const Q8_BLOCK_BYTES: usize = 576;
+
+/// The rows of `range` that whole panels cover (the last panel may be short at the
+/// matrix's end, `rows`): `lo..hi`, `lo <= hi`. Rows outside it go through the row dot
+/// products.
+pub(crate) fn panel_span(range: &Range<usize>, rows: usize) -> (usize, usize) {
+    let lo = range.start.next_multiple_of(PANEL_ROWS).min(range.end);
+    let hi = if range.end == rows { range.end } else { range.end / PANEL_ROWS * PANEL_ROWS };
+    (lo, hi.max(lo))
+}
 
 /// Panels per kernel call: their results fit one small stack buffer.
 const PANELS_PER_CALL: usize = 4;
@@ -115,8 +129,9 @@ impl Q4Panels {
         }))
     }
 
-    /// Bytes held.
-    pub(crate) fn bytes(&self) -> usize {
+    /// Bytes held (tests).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.0.bytes.len()
     }
 
@@ -162,11 +177,6 @@ impl Q8Panels {
                 blk[64 * (i / 4) + 4 * lane + i % 4] = (v as u8) ^ 0x80;
             }
         }))
-    }
-
-    /// Bytes held.
-    pub(crate) fn bytes(&self) -> usize {
-        self.0.bytes.len()
     }
 
     /// What the kernel subtracts per block of token 0 of `x`: 128 x the sum of its values.

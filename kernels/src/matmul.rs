@@ -268,7 +268,7 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
         // Row chunks are multiples of GEMV_ROWS, not of 16: rows outside whole panels go
         // through the row dot product.
         for_each_row_chunk(rows, cols + 4 * nb, n, out, |range, out| {
-            let (lo, hi) = panel_span(&range, rows);
+            let (lo, hi) = crate::decode_panels::panel_span(&range, rows);
             panels.gemv(x, &offset, lo..hi, rows, out);
             q8_decode_rows(w, x, (range.start..lo).chain(hi..range.end), out);
         });
@@ -276,15 +276,6 @@ pub fn matmul_q8(w: &MatQ8, x: &ActsQ8, out: &mut [f32]) -> Result<(), KernelErr
     }
     with_packed_acts(x, nb, |packed| q8_products(w, x, packed, out));
     Ok(())
-}
-
-/// The rows of `range` that whole panels of 16 cover (the last panel may be short at the
-/// matrix's end): `lo..hi`, `lo <= hi`.
-pub(crate) fn panel_span(range: &std::ops::Range<usize>, rows: usize) -> (usize, usize) {
-    const PANEL: usize = 16;
-    let lo = range.start.next_multiple_of(PANEL).min(range.end);
-    let hi = if range.end == rows { range.end } else { range.end / PANEL * PANEL };
-    (lo, hi.max(lo))
 }
 
 /// Token 0 of `x` against the Q8 rows `rows`, one row at a time.

@@ -97,10 +97,6 @@ impl MatQ4_1 {
     pub fn bytes(&self) -> usize {
         self.codes.len() + 2 * (self.d.len() + self.m.len())
     }
-    /// Bytes of the decode panels made so far (0 until a decode product on a VNNI CPU).
-    pub fn panel_bytes(&self) -> usize {
-        self.panels.get().map_or(0, Q4Panels::bytes)
-    }
     /// The decode panels, made on first use; `None` where the VNNI kernels do not run.
     fn decode_panels(&self) -> Option<&Q4Panels> {
         crate::gemm_vnni::enabled().then(|| self.panels.get_or_init(|| Q4Panels::new(self)))
@@ -118,7 +114,7 @@ impl MatQ4_1 {
         let act = inner::ActRow { q: x.row_qs(0), pair_q: x.row_pair_qs(0), d: x.row_scales(0), sum: x.row_sums(0) };
         let (mut lo, mut hi) = (rows.start, rows.start);
         if let Some(p) = panels {
-            (lo, hi) = crate::matmul::panel_span(&rows, self.rows);
+            (lo, hi) = crate::decode_panels::panel_span(&rows, self.rows);
             p.gemv(x, lo..hi, self.rows, out);
         }
         for r in (rows.start..lo).chain(hi..rows.end) {

@@ -128,10 +128,6 @@ impl MatQ8 {
     pub fn bytes(&self) -> usize {
         self.qs.len() + self.scales.len() * 4
     }
-    /// Bytes of the decode panels made so far (0 until a decode product on a VNNI CPU).
-    pub fn panel_bytes(&self) -> usize {
-        self.panels.get().map_or(0, crate::decode_panels::Q8Panels::bytes)
-    }
     /// The decode panels, made on first use; `None` where the VNNI kernels do not run.
     pub(crate) fn decode_panels(&self) -> Option<&crate::decode_panels::Q8Panels> {
         crate::gemm_vnni::enabled().then(|| self.panels.get_or_init(|| crate::decode_panels::Q8Panels::new(self)))

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Serialize;
 use sieve_engine::Precision;
-use sieve_eval::bench::{BenchOptions, BenchReport, bench_decode};
+use sieve_eval::bench::{BenchOptions, BenchReport, bench_decode, median};
 use sieve_eval::corpus::{BUILTIN_BENCH_TEXT, tokenize_file};
 
 /// `sieve bench` subcommands.
@@ -97,11 +97,6 @@ struct DecodeOutput<'a> {
     isa: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     isa_comparison: Option<IsaComparison>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// One run at a time with the VNNI kernels on, then off, `runs` times.

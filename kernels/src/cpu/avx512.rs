@@ -82,9 +82,8 @@ pub unsafe fn gemm_panel<const T: usize>(
     out
 }
 
-/// Bytes of one block of a Q4_1 decode panel: 4 x 64 bytes of codes, 16 f16 scales, 16 f16
-/// minimums (the same 0.625 bytes per weight as GGML's Q4_1).
-pub const Q4_PANEL_BLOCK_BYTES: usize = 320;
+/// Bytes of one block of a Q4_1 decode panel (the same 0.625 bytes per weight as GGML's Q4_1).
+const Q4_PANEL_BLOCK_BYTES: usize = crate::decode_panels::BLOCK_BYTES;
 
 /// Software prefetch distance of the decode panel kernel, in bytes: two blocks ahead, so the
 /// next block's lines are in flight while this one is multiplied.
@@ -144,8 +143,8 @@ pub unsafe fn gemv_q4_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], xsu
     }
 }
 
-/// Bytes of one block of a Q8 decode panel: 8 x 64 bytes of offset codes, 16 f32 scales.
-pub const Q8_PANEL_BLOCK_BYTES: usize = 576;
+/// Bytes of one block of a Q8 decode panel.
+const Q8_PANEL_BLOCK_BYTES: usize = crate::decode_panels::Q8_BLOCK_BYTES;
 
 /// `out[16 p + r] = Σ_b s[r][b] · xs[b] · (Σ_i u[r][32 b + i] · x[32 b + i] − 128 · Σ_i x[32 b + i])`
 /// for the Q8 panels `panels` holds, where `u = w + 128` are the int8 weights offset to
