@@ -2,6 +2,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod scalar;
 
 use crate::isa::{Isa, active};
@@ -25,6 +27,12 @@ pub struct ActRow<'a> {
 /// Dot product of a Q4_1 row and an activation row with as many blocks.
 #[inline]
 pub fn dot(w: &Q4Row<'_>, x: &ActRow<'_>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm_vnni::enabled() {
+        // SAFETY: `enabled()` is true only on a CPU with avx512f/bw/vnni beside the AVX2 set
+        // (avx512vl comes with every CPU that has avx512vnni).
+        return unsafe { avx512::dot(w, x) };
+    }
     match active() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `active()` returns Avx2 only when the CPU reports avx2, fma and f16c.
@@ -62,6 +70,30 @@ mod tests {
         }
         out.extend_from_slice(&x[i..]);
         out
+    }
+
+    /// The AVX-512 VNNI row dot against the scalar reference, on every block count from 1 to
+    /// 40 (whole groups of four, a pair and a lone block left over) and the full int8 range.
+    #[test]
+    fn avx512_matches_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::gemm_vnni::enabled() && std::arch::is_x86_feature_detected!("avx512vl") {
+            for nb in 1..=40usize {
+                let codes: Vec<u8> = (0..nb * 16).map(|i| (i * 73 + nb) as u8).collect();
+                let d: Vec<u16> = (0..nb).map(|i| half::f16::from_f32(0.01 + i as f32 * 0.003).to_bits()).collect();
+                let m: Vec<u16> = (0..nb).map(|i| half::f16::from_f32(-0.1 + i as f32 * 0.02).to_bits()).collect();
+                let w = Q4Row { codes: &codes, d: &d, m: &m };
+                let x: Vec<i8> = (0..nb * 32).map(|i| ((i * 29 + 3 * nb) % 256) as u8 as i8).collect();
+                let xd: Vec<f32> = (0..nb).map(|i| 0.02 + i as f32 * 0.001).collect();
+                let xsum: Vec<f32> = (0..nb).map(|i| 0.5 - i as f32 * 0.1).collect();
+                let pairs = pair_order(&x);
+                let row = ActRow { q: &x, pair_q: &pairs, d: &xd, sum: &xsum };
+                let want = scalar::dot(&w, &row);
+                // SAFETY: the CPU supports the AVX-512 VNNI set (checked above).
+                let got = unsafe { avx512::dot(&w, &row) };
+                assert!((want - got).abs() < 1e-4 * (1.0 + want.abs()), "{nb} blocks: {want} vs {got}");
+            }
+        }
     }
 
     /// The AVX2 loops against the scalar reference on the same operands.
