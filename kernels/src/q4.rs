@@ -128,9 +128,11 @@ impl MatQ4_1 {
             unsafe { out.write(r, inner::dot(&self.row(r), &act)) };
         }
     }
+    #[inline]
     pub(crate) fn row_view(&self, r: usize) -> inner::Q4Row<'_> {
         self.row(r)
     }
+    #[inline]
     fn row(&self, r: usize) -> inner::Q4Row<'_> {
         let nb = self.cols / QK;
         inner::Q4Row {

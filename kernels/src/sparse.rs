@@ -282,6 +282,7 @@ impl RowMajor<'_> {
         }
     }
     /// Starts fetching row `r` (quantized rows; f32 rows are the reference path).
+    #[inline]
     fn prefetch(&self, r: usize) {
         match self {
             RowMajor::F32(_) => {}
@@ -307,6 +308,23 @@ impl RowMajor<'_> {
                 &q4_inner::ActRow { q: a.row_qs(0), pair_q: a.row_pair_qs(0), d: a.row_scales(0), sum: a.row_sums(0) },
             ),
             _ => 0.0,
+        }
+    }
+    /// [`RowMajor::dot`] of four rows; Q4_1 rows share the activations' loads.
+    #[inline]
+    fn dot4(&self, r: [usize; 4], x: &Vector<'_>) -> [f32; 4] {
+        match (self, x) {
+            (RowMajor::Q4(m), Vector::Q8(a)) => {
+                let act = q4_inner::ActRow {
+                    q: a.row_qs(0),
+                    pair_q: a.row_pair_qs(0),
+                    d: a.row_scales(0),
+                    sum: a.row_sums(0),
+                };
+                let (r0, r1, r2, r3) = (m.row_view(r[0]), m.row_view(r[1]), m.row_view(r[2]), m.row_view(r[3]));
+                q4_inner::dot_rows4([&r0, &r1, &r2, &r3], &act)
+            }
+            _ => r.map(|r| self.dot(r, x)),
         }
     }
 }
@@ -342,12 +360,14 @@ fn row_tasks(n: usize) -> (usize, usize) {
 /// consecutive, so the hardware prefetcher cannot follow them.
 const ROWS_AHEAD: usize = 4;
 
-/// `out[k] = f(rows[k])`, the listed rows split over the pool; `prefetch(rows[k + ROWS_AHEAD])`
-/// is called before row k is computed.
+/// `out[k] = f(rows[k])`, the listed rows split over the pool, four at a time through `f4`
+/// (rows computed together share their activation loads) and the rest through `f`;
+/// `prefetch(rows[k + ROWS_AHEAD])` is called before row k is computed.
 fn for_each_listed_row(
     rows: &[u32],
     out: &mut [f32],
     prefetch: impl Fn(usize) + Sync,
+    f4: impl Fn([usize; 4]) -> [f32; 4] + Sync,
     f: impl Fn(usize) -> f32 + Sync,
 ) {
     let (per, tasks) = row_tasks(rows.len());
@@ -361,10 +381,15 @@ fn for_each_listed_row(
         for &r in mine.iter().take(ROWS_AHEAD) {
             prefetch(r as usize);
         }
-        for (k, (yk, &r)) in y.iter_mut().zip(mine).enumerate() {
-            if let Some(&ahead) = mine.get(k + ROWS_AHEAD) {
+        let whole = len / 4 * 4;
+        for k in (0..whole).step_by(4) {
+            for &ahead in mine.iter().skip(k + ROWS_AHEAD).take(4) {
                 prefetch(ahead as usize);
             }
+            let four = [mine[k], mine[k + 1], mine[k + 2], mine[k + 3]].map(|r| r as usize);
+            y[k..k + 4].copy_from_slice(&f4(four));
+        }
+        for (yk, &r) in y[whole..].iter_mut().zip(&mine[whole..]) {
             *yk = f(r as usize);
         }
     });
@@ -373,7 +398,7 @@ fn for_each_listed_row(
 /// `out[k] = W[rows[k]] · x`: only the listed rows are read.
 pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
     check_rows(w, x, rows, out.len())?;
-    for_each_listed_row(rows, out, |r| w.prefetch(r), |r| w.dot(r, x));
+    for_each_listed_row(rows, out, |r| w.prefetch(r), |r| w.dot4(r, x), |r| w.dot(r, x));
     Ok(())
 }
 
@@ -394,6 +419,10 @@ pub fn swiglu_rows(
         |r| {
             gate.prefetch(r);
             up.prefetch(r);
+        },
+        |r| {
+            let (g, u) = (gate.dot4(r, x), up.dot4(r, x));
+            [0, 1, 2, 3].map(|k| crate::ops::silu(g[k]) * u[k])
         },
         |r| crate::ops::silu(gate.dot(r, x)) * up.dot(r, x),
     );
@@ -464,10 +493,18 @@ pub fn swiglu_gated(
         for &i in list.iter().take(ROWS_AHEAD) {
             up.prefetch(k0 + i as usize);
         }
-        for (k, &i) in list.iter().enumerate() {
-            if let Some(&ahead) = list.get(k + ROWS_AHEAD) {
+        // Four kept rows at a time (they share the activations' loads), then the rest.
+        let mut quads = list.chunks_exact(4);
+        for (q, four) in (&mut quads).enumerate() {
+            for &ahead in list.iter().skip(4 * q + ROWS_AHEAD).take(4) {
                 up.prefetch(k0 + ahead as usize);
             }
+            let ups = up.dot4([four[0], four[1], four[2], four[3]].map(|i| k0 + i as usize), x);
+            for (&i, u) in four.iter().zip(ups) {
+                y[i as usize] *= u;
+            }
+        }
+        for &i in quads.remainder() {
             y[i as usize] *= up.dot(k0 + i as usize, x);
         }
         kept.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
