@@ -296,6 +296,14 @@ fn quantize_rows(x: &[f32], cols: usize, t: Option<f32>, out: &mut RowsOut<'_>) 
 }
 
 fn quantize_blocks(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
+    if crate::cpu::quant::quantize_blocks(x, qs, scales) {
+        return;
+    }
+    quantize_blocks_portable(x, qs, scales);
+}
+
+/// The reference loop of [`quantize_blocks`] (SIMD loops match it bit for bit).
+fn quantize_blocks_portable(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
     for ((xb, qb), s) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(scales.iter_mut()) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -326,6 +334,32 @@ mod tests {
             assert_eq!(a.row_scales(r), b.row_scales(r));
             assert_eq!(a.row_sums(r), b.row_sums(r));
             assert_eq!(a.row_pair_qs(r), b.row_pair_qs(r));
+        }
+    }
+
+    /// The SIMD loop against the portable one, bit for bit: random blocks, ties at .5,
+    /// all-zero blocks, NaN and infinities.
+    #[test]
+    fn simd_quantization_matches_the_portable_loop() {
+        let mut x = crate::testdata::values(64 * QK, 5);
+        for (i, v) in x.iter_mut().enumerate().take(QK) {
+            // A block whose values land exactly on ties: amax 127 gives scale 1.
+            *v = if i == 0 { 127.0 } else { (i as f32 - 16.0) + 0.5 };
+        }
+        x[QK..2 * QK].fill(0.0);
+        x[2 * QK + 3] = f32::NAN;
+        x[3 * QK + 5] = f32::INFINITY;
+        x[4 * QK + 7] = -f32::INFINITY;
+        let (mut q1, mut s1) = (vec![0i8; x.len()], vec![0f32; 64]);
+        let (mut q2, mut s2) = (vec![0i8; x.len()], vec![0f32; 64]);
+        let simd = crate::cpu::quant::quantize_blocks(&x, &mut q1, &mut s1);
+        quantize_blocks_portable(&x, &mut q2, &mut s2);
+        if simd {
+            assert_eq!(q1, q2);
+            assert_eq!(
+                s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                s2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 
