@@ -416,6 +416,28 @@ fn project_each(
     masked: &mut Vec<f32>,
     qa: &mut ActsQ8,
 ) -> Result<()> {
+    // The MLP methods count gate's and up's skipped rows where they drop neurons.
+    let mlp_only = hooks.plan.is_some_and(|p| p.method.mlp_only());
+    let mlp_counted = |p: Proj| matches!(p, Proj::Gate | Proj::Up) && mlp_only;
+    // A decode step whose projections share one mask: one quantization, one parallel job.
+    let t0 = jobs.first().and_then(|j| hooks.input_threshold(layer, j.0));
+    if prec == Precision::Fast && n == 1 && jobs.len() > 1 && jobs.iter().all(|j| hooks.input_threshold(layer, j.0) == t0)
+    {
+        let zeroed = match t0 {
+            Some(t) => qa.quantize_masked_from(input, 1, input.len(), t)?,
+            None => {
+                qa.quantize_from(input, 1, input.len())?;
+                0
+            }
+        };
+        for (proj, _, _) in jobs.iter() {
+            if !mlp_counted(*proj) {
+                hooks.count(layer, *proj, zeroed, input.len());
+            }
+        }
+        let mut many: Vec<(&Linear, &mut [f32])> = jobs.iter_mut().map(|(_, w, out)| (*w, &mut **out)).collect();
+        return crate::weights::forward_many(qa, &mut many);
+    }
     let mut ready: Option<Option<f32>> = None;
     let mut zeroed = 0;
     for (proj, w, out) in jobs.iter_mut() {
@@ -436,8 +458,7 @@ fn project_each(
             };
             ready = Some(t);
         }
-        // The MLP methods count gate's and up's skipped rows where they drop neurons.
-        if !(matches!(*proj, Proj::Gate | Proj::Up) && hooks.plan.is_some_and(|p| p.method.mlp_only())) {
+        if !mlp_counted(*proj) {
             hooks.count(layer, *proj, zeroed, input.len());
         }
         let prepared = match prec {

@@ -148,6 +148,17 @@ pub(crate) fn project_all(
     scratch: &mut DecodeScratch,
     stats: &mut Option<&mut SparsityStats>,
 ) -> Result<()> {
+    let teal = matches!(method, Method::Teal | Method::TealUniform);
+    if outs.len() > 1 && !outs.iter().any(|(p, _)| teal && lp.proj[p.index()] > 0.0) {
+        // Every projection dense: one quantization, one parallel job.
+        scratch.qa.quantize_from(x, 1, x.len())?;
+        let mut many: Vec<(&Linear, &mut [f32])> = outs.iter_mut().map(|(p, out)| (w.proj(*p), &mut **out)).collect();
+        crate::weights::forward_many(&scratch.qa, &mut many)?;
+        if let Some(s) = stats.as_mut() {
+            outs.iter().for_each(|(p, _)| s.add(l, *p, 0, x.len()));
+        }
+        return Ok(());
+    }
     let mut quantized = false;
     for (p, out) in outs.iter_mut() {
         let t = lp.proj[p.index()];

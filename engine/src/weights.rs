@@ -122,6 +122,28 @@ impl Linear {
     }
 }
 
+/// Products of several projections with the same quantized input (q, k and v; gate and
+/// up): one parallel job for a decode step where every weight is Q4_1 (see
+/// [`sieve_kernels::matmul_q4_1_many`]), else one product after the other.
+pub fn forward_many(x: &ActsQ8, jobs: &mut [(&Linear, &mut [f32])]) -> Result<()> {
+    let count = jobs.len();
+    let mut q4: Vec<(&MatQ4_1, &mut [f32])> = Vec::with_capacity(count);
+    for (w, out) in jobs.iter_mut() {
+        if let Linear::Q4(m) = w {
+            q4.push((m, &mut **out));
+        }
+    }
+    if q4.len() == count {
+        sieve_kernels::matmul_q4_1_many(x, &mut q4)?;
+        return Ok(());
+    }
+    drop(q4);
+    for (w, out) in jobs.iter_mut() {
+        w.forward(&Prepared::Q8(x), out)?;
+    }
+    Ok(())
+}
+
 /// GGML `block_q8_0` bytes (f16 scale, 32 int8 values) as a [`MatQ8`], without a detour
 /// through f32 (which would cost a transient f32 copy of the whole embedding).
 fn q8_0_blocks(rows: usize, cols: usize, raw: &[u8]) -> Result<MatQ8> {

@@ -26,6 +26,6 @@ pub mod testdata;
 
 pub use error::KernelError;
 pub use matmul::{matmul_f32, matmul_q8};
-pub use q4::{MatQ4_1, matmul_q4_1};
+pub use q4::{MatQ4_1, matmul_q4_1, matmul_q4_1_many};
 pub use quant::{ActsQ8, MatF32, MatQ8, QK};
 pub use sparse_q4::{InputMajorQ4_1, gemv_input_sparse_q4_1};

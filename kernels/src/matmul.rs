@@ -63,7 +63,7 @@ const MIN_TASK_WORK: usize = 32 << 10;
 /// Rows per task for a product of `rows` rows of `row_bytes` weight bytes against `n`
 /// tokens: a multiple of the kernels' row tile, at most `4 * threads` tasks, none smaller
 /// than [`MIN_TASK_WORK`].
-fn row_chunk(rows: usize, row_bytes: usize, n: usize) -> usize {
+pub(crate) fn row_chunk(rows: usize, row_bytes: usize, n: usize) -> usize {
     let threads = crate::pool::global().threads();
     let work = rows.saturating_mul(row_bytes).saturating_mul(n.max(1));
     let tasks = (work / MIN_TASK_WORK).clamp(1, threads * 4);

@@ -190,6 +190,51 @@ pub fn matmul_q4_1(w: &MatQ4_1, x: &ActsQ8, out: &mut [f32]) -> Result<(), Kerne
     Ok(())
 }
 
+/// Decode products of several matrices with one token (q, k and v; gate and up): `outs[j] =
+/// W_j x`, as one pool job whose tasks are every matrix's row chunks, so the threads hand
+/// off and wait once instead of once per matrix. Other products (several tokens) run one
+/// after the other through [`matmul_q4_1`].
+pub fn matmul_q4_1_many(x: &ActsQ8, jobs: &mut [(&MatQ4_1, &mut [f32])]) -> Result<(), KernelError> {
+    for (w, out) in jobs.iter() {
+        if x.cols() != w.cols {
+            return Err(KernelError::Shape(format!("weights have {} columns, activations {}", w.cols, x.cols())));
+        }
+        if out.len() != x.n() * w.rows {
+            return Err(KernelError::Length { what: "output", expected: x.n() * w.rows, got: out.len() });
+        }
+    }
+    if x.n() != 1 || jobs.len() < 2 {
+        return jobs.iter_mut().try_for_each(|(w, out)| matmul_q4_1(w, x, out));
+    }
+    /// One matrix of the job: its panels, output and row chunks.
+    struct Part<'a> {
+        w: &'a MatQ4_1,
+        panels: Option<&'a Q4Panels>,
+        out: OutPtr,
+        chunk: usize,
+        chunks: usize,
+    }
+    let parts: Vec<Part<'_>> = jobs
+        .iter_mut()
+        .map(|(w, out)| {
+            let chunk = crate::matmul::row_chunk(w.rows, w.cols / QK * Q4_1_BLOCK_BYTES, 1);
+            Part { w, panels: w.decode_panels(), out: OutPtr::new(out), chunk, chunks: w.rows.div_ceil(chunk) }
+        })
+        .collect();
+    let tasks = parts.iter().map(|p| p.chunks).sum();
+    crate::pool::parallel_for(tasks, |mut t| {
+        for p in &parts {
+            if t < p.chunks {
+                let rows = t * p.chunk..((t + 1) * p.chunk).min(p.w.rows);
+                p.w.gemv_chunk(x, p.panels, rows, p.out);
+                return;
+            }
+            t -= p.chunks;
+        }
+    });
+    Ok(())
+}
+
 /// Rows ahead whose fetch a decode product starts before computing the current one: one
 /// token's work per row is too short for the hardware prefetcher to hide the memory latency.
 const PREFETCH_ROWS_AHEAD: usize = 4;
@@ -394,5 +439,41 @@ mod tests {
         let mut a = ActsQ8::default();
         a.quantize_from(&[0.0; 64], 1, 64).unwrap();
         assert!(matmul_q4_1(&w, &a, &mut [0.0; 1]).is_err());
+        assert!(matmul_q4_1_many(&a, &mut [(&w, &mut [0.0; 1][..])]).is_err());
+    }
+
+    /// One job over q, k and v shapes (row counts inside and outside whole panels) gives
+    /// exactly each product run alone, for one token and for several.
+    #[test]
+    fn many_products_in_one_job_equal_each_alone() {
+        let cols = 576;
+        let mats: Vec<MatQ4_1> = [576usize, 192, 200]
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| MatQ4_1::quantize(r, cols, &data(r * cols, 3 + i as u64)).unwrap())
+            .collect();
+        for n in [1usize, 3] {
+            let mut a = ActsQ8::default();
+            a.quantize_from(&data(n * cols, 9), n, cols).unwrap();
+            let want: Vec<Vec<f32>> = mats
+                .iter()
+                .map(|w| {
+                    let mut o = vec![0f32; n * w.rows()];
+                    matmul_q4_1(w, &a, &mut o).unwrap();
+                    o
+                })
+                .collect();
+            let mut got: Vec<Vec<f32>> = mats.iter().map(|w| vec![f32::NAN; n * w.rows()]).collect();
+            let mut jobs: Vec<(&MatQ4_1, &mut [f32])> =
+                mats.iter().zip(got.iter_mut()).map(|(w, o)| (w, &mut o[..])).collect();
+            matmul_q4_1_many(&a, &mut jobs).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(
+                    g.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "n = {n}"
+                );
+            }
+        }
     }
 }
