@@ -421,7 +421,10 @@ fn project_each(
     let mlp_counted = |p: Proj| matches!(p, Proj::Gate | Proj::Up) && mlp_only;
     // A decode step whose projections share one mask: one quantization, one parallel job.
     let t0 = jobs.first().and_then(|j| hooks.input_threshold(layer, j.0));
-    if prec == Precision::Fast && n == 1 && jobs.len() > 1 && jobs.iter().all(|j| hooks.input_threshold(layer, j.0) == t0)
+    if prec == Precision::Fast
+        && n == 1
+        && jobs.len() > 1
+        && jobs.iter().all(|j| hooks.input_threshold(layer, j.0) == t0)
     {
         let zeroed = match t0 {
             Some(t) => qa.quantize_masked_from(input, 1, input.len(), t)?,

@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use sieve_kernels::sparse::{InputMajorF32, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, swiglu_gated};
-use sieve_kernels::sparse_q4::{InputMajorQ4_1, gemv_input_sparse_q4_1};
+use sieve_kernels::sparse_q4::{InputMajorQ4_1, SparseQ4Job, gemv_input_sparse_q4_1, gemv_input_sparse_q4_1_many};
 use sieve_kernels::{ActsQ8, MatF32, ops};
 
 use sieve_predictor::PredictorSet;
@@ -108,6 +108,8 @@ impl SparseWeights {
 #[derive(Default)]
 pub(crate) struct DecodeScratch {
     kernel: SparseScratch,
+    /// Buffers of the second and third product of one fused input-sparse job (k and v).
+    more: [SparseScratch; 2],
     qa: ActsQ8,
     predict: PredictScratch,
 }
@@ -158,6 +160,40 @@ pub(crate) fn project_all(
             outs.iter().for_each(|(p, _)| s.add(l, *p, 0, x.len()));
         }
         return Ok(());
+    }
+    if teal && (2..=3).contains(&outs.len()) && outs.iter().all(|(p, _)| lp.proj[p.index()] > 0.0) {
+        // Every projection input-sparse over Q4_1 (q, k and v): one parallel job.
+        let mut weights = Vec::with_capacity(outs.len());
+        for (p, _) in outs.iter() {
+            if let InputMajor::Q4(m) = sw.get(l, *p, w)? {
+                weights.push(m);
+            }
+        }
+        if weights.len() == outs.len() {
+            let scratches = std::iter::once(&mut scratch.kernel).chain(scratch.more.iter_mut());
+            let mut jobs: Vec<SparseQ4Job<'_>> = outs
+                .iter_mut()
+                .zip(weights)
+                .zip(scratches)
+                .map(|(((p, out), w), scratch)| SparseQ4Job {
+                    w,
+                    x,
+                    threshold: lp.proj[p.index()],
+                    out,
+                    scratch,
+                    active: 0,
+                })
+                .collect();
+            gemv_input_sparse_q4_1_many(&mut jobs)?;
+            let active: Vec<usize> = jobs.iter().map(|j| j.active).collect();
+            drop(jobs);
+            if let Some(s) = stats.as_mut() {
+                for ((p, _), active) in outs.iter().zip(active) {
+                    s.add(l, *p, x.len() - active, x.len());
+                }
+            }
+            return Ok(());
+        }
     }
     let mut quantized = false;
     for (p, out) in outs.iter_mut() {
@@ -243,8 +279,7 @@ pub(crate) fn mlp(
             }
         }
         Method::Teal | Method::TealUniform => {
-            project(sw, l, w, method, lp, Proj::Gate, x, gate, scratch, stats)?;
-            project(sw, l, w, method, lp, Proj::Up, x, h, scratch, stats)?;
+            project_all(sw, l, w, method, lp, x, &mut [(Proj::Gate, &mut *gate), (Proj::Up, &mut *h)], scratch, stats)?;
             ops::silu_mul(gate, h);
             project(sw, l, w, method, lp, Proj::Down, gate, out, scratch, stats)?;
         }

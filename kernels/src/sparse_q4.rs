@@ -252,20 +252,7 @@ fn gemv_split(
             }
         }
         Split::Blocks { tasks } => {
-            // Balanced by pairs, each block's scaling counted as BLOCK_COST_PAIRS pairs.
-            let cost = |b: &ActiveBlock| (b.end - b.start) as usize + BLOCK_COST_PAIRS;
-            let total: usize = npairs + BLOCK_COST_PAIRS * blocks.len();
-            let tasks = tasks.clamp(1, blocks.len());
-            bounds.clear();
-            bounds.push(0);
-            let mut acc = 0;
-            for (k, b) in blocks.iter().enumerate() {
-                acc += cost(b);
-                if acc * tasks >= total * bounds.len() && bounds.len() < tasks {
-                    bounds.push(k + 1);
-                }
-            }
-            bounds.push(blocks.len());
+            block_bounds(blocks, npairs, tasks, bounds);
             let tasks = bounds.len() - 1;
             // Task 0 writes `out` (if direct), task t > 0 its own partial row.
             let first = if direct { 0 } else { 1 };
@@ -295,9 +282,183 @@ fn gemv_split(
     Ok(count)
 }
 
+/// Cuts `blocks` into about `tasks` runs balanced by pairs (each block's scaling counted as
+/// [`BLOCK_COST_PAIRS`] pairs): run t is `bounds[t]..bounds[t + 1]`.
+fn block_bounds(blocks: &[ActiveBlock], npairs: usize, tasks: usize, bounds: &mut Vec<usize>) {
+    let cost = |b: &ActiveBlock| (b.end - b.start) as usize + BLOCK_COST_PAIRS;
+    let total: usize = npairs + BLOCK_COST_PAIRS * blocks.len();
+    let tasks = tasks.clamp(1, blocks.len().max(1));
+    bounds.clear();
+    bounds.push(0);
+    let mut acc = 0;
+    for (k, b) in blocks.iter().enumerate() {
+        acc += cost(b);
+        if acc * tasks >= total * bounds.len() && bounds.len() < tasks {
+            bounds.push(k + 1);
+        }
+    }
+    bounds.push(blocks.len());
+}
+
+/// One product of [`gemv_input_sparse_q4_1_many`], with its own scratch.
+pub struct SparseQ4Job<'a> {
+    /// The weights.
+    pub w: &'a InputMajorQ4_1,
+    /// The input vector.
+    pub x: &'a [f32],
+    /// Inputs with `|x| <= threshold` are skipped.
+    pub threshold: f32,
+    /// The outputs.
+    pub out: &'a mut [f32],
+    /// This product's buffers.
+    pub scratch: &'a mut SparseScratch,
+    /// Set to how many input channels were active.
+    pub active: usize,
+}
+
+/// Several input-sparse products (q, k and v of one input, each with its own threshold) as
+/// one pool job: each product's active blocks are cut into runs (one per thread, or a
+/// single run for a product too small to share) and every run of every product is one task,
+/// so the small products (k and v) no longer run on one thread while the other waits.
+/// Results equal [`gemv_input_sparse_q4_1`]'s up to f32 summation order.
+pub fn gemv_input_sparse_q4_1_many(jobs: &mut [SparseQ4Job<'_>]) -> Result<(), KernelError> {
+    let threads = global().threads();
+    if jobs.len() < 2 || threads == 1 || jobs.iter().any(|j| j.w.tiles > BLOCK_SPLIT_TILES) {
+        for j in jobs.iter_mut() {
+            j.active = gemv_input_sparse_q4_1(j.w, j.x, j.threshold, j.out, j.scratch)?;
+        }
+        return Ok(());
+    }
+    /// A product's runs, ready to go: run 0 writes the output where it is a whole number
+    /// of tiles, the others their own partial rows.
+    struct Runs<'a> {
+        op: TileRun<'a>,
+        bounds: &'a [usize],
+        padded: usize,
+        outputs: usize,
+        direct: bool,
+        out: Shared<f32>,
+        partial: Shared<f32>,
+    }
+    let range_err = || KernelError::Shape("input-sparse Q4_1 operands out of range".into());
+    let mut runs: Vec<Runs<'_>> = Vec::with_capacity(jobs.len());
+    for j in jobs.iter_mut() {
+        check_threshold(j.threshold)?;
+        check_io(j.w.inputs, j.w.outputs, j.x.len(), j.out.len())?;
+        let w = j.w;
+        let Q4Lists { pairs, blocks, partial, bounds } = &mut j.scratch.q4;
+        let g = inner::gather(j.x, j.threshold, w.tiles * CODE_TILE_BYTES, pairs, blocks).ok_or_else(range_err)?;
+        j.active = g.count;
+        let active_blocks = g.blocks();
+        if active_blocks.is_empty() || w.outputs == 0 {
+            j.out.fill(0.0);
+            continue;
+        }
+        let op = TileRun::from_gathered(w.codes.bytes(), w.dm.bytes(), w.tiles, &g).ok_or_else(range_err)?;
+        let npairs = active_blocks.last().map_or(0, |b| b.end as usize);
+        let tasks = if npairs * w.tiles < MIN_PARALLEL_WORK { 1 } else { threads };
+        block_bounds(active_blocks, npairs, tasks, bounds);
+        let padded = w.tiles * TILE;
+        let direct = padded == w.outputs;
+        let rows = bounds.len() - 1 - usize::from(direct);
+        partial.resize(rows * padded, 0.0);
+        runs.push(Runs {
+            op,
+            bounds,
+            padded,
+            outputs: w.outputs,
+            direct,
+            out: Shared(j.out.as_mut_ptr()),
+            partial: Shared(partial.as_mut_ptr()),
+        });
+    }
+    let tasks: usize = runs.iter().map(|r| r.bounds.len() - 1).sum();
+    parallel_for(tasks, |mut t| {
+        for r in &runs {
+            let n = r.bounds.len() - 1;
+            if t < n {
+                let y = if t == 0 && r.direct {
+                    // SAFETY: only run 0 writes the output, which holds `padded` values.
+                    unsafe { r.out.range(0, r.padded) }
+                } else {
+                    let row = t - usize::from(r.direct);
+                    // SAFETY: run t owns partial row `row`, inside the resize above.
+                    unsafe { r.partial.range(row * r.padded, r.padded) }
+                };
+                inner::accumulate(&r.op.with_blocks(r.bounds[t]..r.bounds[t + 1]), 0, y);
+                return;
+            }
+            t -= n;
+        }
+    });
+    for r in &runs {
+        let n = r.bounds.len() - 1;
+        let rows = n - usize::from(r.direct);
+        // SAFETY: the job has finished; these are the buffers the runs wrote, and the
+        // output holds `outputs` values (`padded` when direct).
+        let (out, partial) = unsafe { (r.out.range(0, r.outputs), r.partial.range(0, rows * r.padded)) };
+        let mut rows_iter = partial.chunks_exact(r.padded);
+        if !r.direct
+            && let Some(first) = rows_iter.next()
+        {
+            out.copy_from_slice(&first[..out.len()]);
+        }
+        for row in rows_iter {
+            for (o, v) in out.iter_mut().zip(row) {
+                *o += v;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Several products in one job equal each product alone: q/k/v shapes (one output not a
+    /// whole number of tiles), thresholds keeping all, some and no inputs.
+    #[test]
+    fn many_products_equal_each_alone() {
+        let inputs = 576;
+        let ws: Vec<InputMajorQ4_1> = [576usize, 192, 200]
+            .iter()
+            .map(|&outputs| {
+                let w: Vec<f32> = (0..outputs * inputs).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 997.0).collect();
+                InputMajorQ4_1::from_row_major(&MatQ4_1::quantize(outputs, inputs, &w).unwrap()).unwrap()
+            })
+            .collect();
+        let x: Vec<f32> = (0..inputs).map(|i| ((i * 104_729 % 1009) as f32 - 504.0) / 300.0).collect();
+        for thresholds in [[0.0, 0.0, 0.0], [0.8, 0.3, 1.2], [0.8, 9.0, 0.5]] {
+            let mut want: Vec<Vec<f32>> = Vec::new();
+            let mut scratch = SparseScratch::default();
+            for (w, &t) in ws.iter().zip(&thresholds) {
+                let mut o = vec![f32::NAN; w.outputs()];
+                gemv_input_sparse_q4_1(w, &x, t, &mut o, &mut scratch).unwrap();
+                want.push(o);
+            }
+            let mut got: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; w.outputs()]).collect();
+            let mut scratches: Vec<SparseScratch> = (0..3).map(|_| SparseScratch::default()).collect();
+            let mut jobs: Vec<SparseQ4Job<'_>> = ws
+                .iter()
+                .zip(got.iter_mut())
+                .zip(scratches.iter_mut())
+                .zip(thresholds)
+                .map(|(((w, out), scratch), threshold)| SparseQ4Job { w, x: &x, threshold, out, scratch, active: 0 })
+                .collect();
+            gemv_input_sparse_q4_1_many(&mut jobs).unwrap();
+            let active: Vec<usize> = jobs.iter().map(|j| j.active).collect();
+            for (k, t) in thresholds.iter().enumerate() {
+                assert_eq!(active[k], x.iter().filter(|v| v.abs() > *t).count());
+            }
+            for (g, w) in got.iter().zip(&want) {
+                let scale = w.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() <= 1e-5 * scale, "{thresholds:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
 
     /// Every split, with one scratch reused across shapes, gives the one-task result (the
     /// same f32 sums per block; only the order of adding partial rows differs).
