@@ -10,8 +10,9 @@
 
 use std::collections::HashMap;
 
+use crate::attention::attention;
 use crate::error::Result;
-use crate::model::{Model, attention, prepare};
+use crate::model::{Model, prepare};
 use crate::profile::{GreedyStep, Profile};
 use crate::sparsity::{Proj, Tap, zero_below};
 

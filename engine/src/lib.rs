@@ -5,6 +5,7 @@
 //! forward pass with its KV cache ([`model`], [`kv_cache`]), sampling ([`sampling`]) and the
 //! generation loop ([`generate`]).
 
+mod attention;
 pub mod audit;
 pub mod calibrate;
 pub mod chat;

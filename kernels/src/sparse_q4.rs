@@ -252,52 +252,117 @@ fn gemv_split(
             }
         }
         Split::Blocks { tasks } => {
-            block_bounds(blocks, npairs, tasks, bounds);
-            let tasks = bounds.len() - 1;
-            // Task 0 writes `out` (if direct), task t > 0 its own partial row.
-            let first = if direct { 0 } else { 1 };
-            partial.resize((tasks - 1 + first) * padded, 0.0);
-            let (p, o) = (Shared(partial.as_mut_ptr()), Shared(out.as_mut_ptr()));
-            let bounds = &bounds[..];
-            parallel_for(tasks, |t| {
-                let y = if t == 0 && direct {
-                    // SAFETY: only task 0 writes `out`, which holds `padded` values.
-                    unsafe { o.range(0, padded) }
-                } else {
-                    // SAFETY: task t owns partial row t - 1 + first, inside the resize above.
-                    unsafe { p.range((t - 1 + first) * padded, padded) }
-                };
-                inner::accumulate(&op.with_blocks(bounds[t]..bounds[t + 1]), 0, y);
-            });
-            if !direct {
-                out.copy_from_slice(&partial[..w.outputs]);
-            }
-            for row in partial.chunks_exact(padded).skip(first) {
-                for (o, v) in out.iter_mut().zip(row) {
-                    *o += v;
-                }
-            }
+            let runs = BlockRuns::new(op, npairs, tasks, w.outputs, bounds, partial, out);
+            run_all(std::slice::from_ref(&runs));
         }
     }
     Ok(count)
 }
 
-/// Cuts `blocks` into about `tasks` runs balanced by pairs (each block's scaling counted as
-/// [`BLOCK_COST_PAIRS`] pairs): run t is `bounds[t]..bounds[t + 1]`.
-fn block_bounds(blocks: &[ActiveBlock], npairs: usize, tasks: usize, bounds: &mut Vec<usize>) {
-    let cost = |b: &ActiveBlock| (b.end - b.start) as usize + BLOCK_COST_PAIRS;
-    let total: usize = npairs + BLOCK_COST_PAIRS * blocks.len();
-    let tasks = tasks.clamp(1, blocks.len().max(1));
-    bounds.clear();
-    bounds.push(0);
-    let mut acc = 0;
-    for (k, b) in blocks.iter().enumerate() {
-        acc += cost(b);
-        if acc * tasks >= total * bounds.len() && bounds.len() < tasks {
-            bounds.push(k + 1);
+/// One product's active blocks cut into runs balanced by pairs (each block's scaling
+/// counted as [`BLOCK_COST_PAIRS`] pairs), every run one pool task over all outputs: run 0
+/// writes the output where it is a whole number of tiles, every other run its own partial
+/// row, added in at the end.
+struct BlockRuns<'a> {
+    op: TileRun<'a>,
+    /// Run t covers active blocks `bounds[t]..bounds[t + 1]`.
+    bounds: &'a [usize],
+    padded: usize,
+    outputs: usize,
+    direct: bool,
+    out: Shared<f32>,
+    partial: Shared<f32>,
+}
+
+impl<'a> BlockRuns<'a> {
+    /// About `tasks` runs of `op`'s blocks (`npairs` pairs in all), with `bounds` and
+    /// `partial` as storage and `out` (`outputs` values) as the result.
+    fn new(
+        op: TileRun<'a>,
+        npairs: usize,
+        tasks: usize,
+        outputs: usize,
+        bounds: &'a mut Vec<usize>,
+        partial: &'a mut Vec<f32>,
+        out: &'a mut [f32],
+    ) -> Self {
+        let cost = |b: &ActiveBlock| (b.end - b.start) as usize + BLOCK_COST_PAIRS;
+        let total: usize = npairs + BLOCK_COST_PAIRS * op.blocks().len();
+        let tasks = tasks.clamp(1, op.blocks().len().max(1));
+        bounds.clear();
+        bounds.push(0);
+        let mut acc = 0;
+        for (k, b) in op.blocks().iter().enumerate() {
+            acc += cost(b);
+            if acc * tasks >= total * bounds.len() && bounds.len() < tasks {
+                bounds.push(k + 1);
+            }
+        }
+        bounds.push(op.blocks().len());
+        let padded = op.tiles() * TILE;
+        let direct = padded == outputs;
+        partial.resize((bounds.len() - 1 - usize::from(direct)) * padded, 0.0);
+        BlockRuns {
+            op,
+            bounds,
+            padded,
+            outputs,
+            direct,
+            out: Shared(out.as_mut_ptr()),
+            partial: Shared(partial.as_mut_ptr()),
         }
     }
-    bounds.push(blocks.len());
+
+    fn count(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// Run `t` (each run is called once, from one task).
+    fn run(&self, t: usize) {
+        let y = if t == 0 && self.direct {
+            // SAFETY: only run 0 writes the output, which holds `padded` values when direct.
+            unsafe { self.out.range(0, self.padded) }
+        } else {
+            let row = t - usize::from(self.direct);
+            // SAFETY: run t alone writes partial row `row`, inside the resize in `new`.
+            unsafe { self.partial.range(row * self.padded, self.padded) }
+        };
+        inner::accumulate(&self.op.with_blocks(self.bounds[t]..self.bounds[t + 1]), 0, y);
+    }
+
+    /// Adds the partial rows into the output, once every run has finished.
+    fn finish(&self) {
+        let rows = self.count() - usize::from(self.direct);
+        // SAFETY: no run is active any more; these are the buffers `new` was given (the
+        // output holds `outputs` values, the partial rows `rows * padded`).
+        let (out, partial) = unsafe { (self.out.range(0, self.outputs), self.partial.range(0, rows * self.padded)) };
+        let mut rows = partial.chunks_exact(self.padded);
+        if !self.direct
+            && let Some(first) = rows.next()
+        {
+            out.copy_from_slice(&first[..self.outputs]);
+        }
+        for row in rows {
+            for (o, v) in out.iter_mut().zip(row) {
+                *o += v;
+            }
+        }
+    }
+}
+
+/// Every run of every product as one pool job, then each product's partial rows added in.
+fn run_all(runs: &[BlockRuns<'_>]) {
+    let tasks = runs.iter().map(BlockRuns::count).sum();
+    parallel_for(tasks, |mut t| {
+        for r in runs {
+            if t < r.count() {
+                r.run(t);
+                return;
+            }
+            t -= r.count();
+        }
+    });
+    runs.iter().for_each(BlockRuns::finish);
 }
 
 /// One product of [`gemv_input_sparse_q4_1_many`], with its own scratch.
@@ -329,19 +394,8 @@ pub fn gemv_input_sparse_q4_1_many(jobs: &mut [SparseQ4Job<'_>]) -> Result<(), K
         }
         return Ok(());
     }
-    /// A product's runs, ready to go: run 0 writes the output where it is a whole number
-    /// of tiles, the others their own partial rows.
-    struct Runs<'a> {
-        op: TileRun<'a>,
-        bounds: &'a [usize],
-        padded: usize,
-        outputs: usize,
-        direct: bool,
-        out: Shared<f32>,
-        partial: Shared<f32>,
-    }
     let range_err = || KernelError::Shape("input-sparse Q4_1 operands out of range".into());
-    let mut runs: Vec<Runs<'_>> = Vec::with_capacity(jobs.len());
+    let mut runs: Vec<BlockRuns<'_>> = Vec::with_capacity(jobs.len());
     for j in jobs.iter_mut() {
         check_threshold(j.threshold)?;
         check_io(j.w.inputs, j.w.outputs, j.x.len(), j.out.len())?;
@@ -349,66 +403,17 @@ pub fn gemv_input_sparse_q4_1_many(jobs: &mut [SparseQ4Job<'_>]) -> Result<(), K
         let Q4Lists { pairs, blocks, partial, bounds } = &mut j.scratch.q4;
         let g = inner::gather(j.x, j.threshold, w.tiles * CODE_TILE_BYTES, pairs, blocks).ok_or_else(range_err)?;
         j.active = g.count;
-        let active_blocks = g.blocks();
-        if active_blocks.is_empty() || w.outputs == 0 {
+        if g.blocks().is_empty() || w.outputs == 0 {
             j.out.fill(0.0);
             continue;
         }
         let op = TileRun::from_gathered(w.codes.bytes(), w.dm.bytes(), w.tiles, &g).ok_or_else(range_err)?;
-        let npairs = active_blocks.last().map_or(0, |b| b.end as usize);
+        let npairs = g.blocks().last().map_or(0, |b| b.end as usize);
+        // A product too small to share runs whole on one thread, beside the others.
         let tasks = if npairs * w.tiles < MIN_PARALLEL_WORK { 1 } else { threads };
-        block_bounds(active_blocks, npairs, tasks, bounds);
-        let padded = w.tiles * TILE;
-        let direct = padded == w.outputs;
-        let rows = bounds.len() - 1 - usize::from(direct);
-        partial.resize(rows * padded, 0.0);
-        runs.push(Runs {
-            op,
-            bounds,
-            padded,
-            outputs: w.outputs,
-            direct,
-            out: Shared(j.out.as_mut_ptr()),
-            partial: Shared(partial.as_mut_ptr()),
-        });
+        runs.push(BlockRuns::new(op, npairs, tasks, w.outputs, bounds, partial, j.out));
     }
-    let tasks: usize = runs.iter().map(|r| r.bounds.len() - 1).sum();
-    parallel_for(tasks, |mut t| {
-        for r in &runs {
-            let n = r.bounds.len() - 1;
-            if t < n {
-                let y = if t == 0 && r.direct {
-                    // SAFETY: only run 0 writes the output, which holds `padded` values.
-                    unsafe { r.out.range(0, r.padded) }
-                } else {
-                    let row = t - usize::from(r.direct);
-                    // SAFETY: run t owns partial row `row`, inside the resize above.
-                    unsafe { r.partial.range(row * r.padded, r.padded) }
-                };
-                inner::accumulate(&r.op.with_blocks(r.bounds[t]..r.bounds[t + 1]), 0, y);
-                return;
-            }
-            t -= n;
-        }
-    });
-    for r in &runs {
-        let n = r.bounds.len() - 1;
-        let rows = n - usize::from(r.direct);
-        // SAFETY: the job has finished; these are the buffers the runs wrote, and the
-        // output holds `outputs` values (`padded` when direct).
-        let (out, partial) = unsafe { (r.out.range(0, r.outputs), r.partial.range(0, rows * r.padded)) };
-        let mut rows_iter = partial.chunks_exact(r.padded);
-        if !r.direct
-            && let Some(first) = rows_iter.next()
-        {
-            out.copy_from_slice(&first[..out.len()]);
-        }
-        for row in rows_iter {
-            for (o, v) in out.iter_mut().zip(row) {
-                *o += v;
-            }
-        }
-    }
+    run_all(&runs);
     Ok(())
 }
 

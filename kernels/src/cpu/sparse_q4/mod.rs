@@ -138,6 +138,14 @@ impl<'a> TileRun<'a> {
     fn dm_at(&self, b: u32, t: usize) -> usize {
         (b as usize * self.tiles + t) * DM_TILE_BYTES
     }
+    /// The active blocks this run covers.
+    pub fn blocks(&self) -> &'a [ActiveBlock] {
+        self.blocks
+    }
+    /// Tiles of 64 outputs per row.
+    pub fn tiles(&self) -> usize {
+        self.tiles
+    }
     /// The same product over blocks `range` only.
     pub fn with_blocks(&self, range: std::ops::Range<usize>) -> TileRun<'a> {
         TileRun { blocks: &self.blocks[range], ..*self }
