@@ -419,28 +419,13 @@ fn project_each(
     // The MLP methods count gate's and up's skipped rows where they drop neurons.
     let mlp_only = hooks.plan.is_some_and(|p| p.method.mlp_only());
     let mlp_counted = |p: Proj| matches!(p, Proj::Gate | Proj::Up) && mlp_only;
-    // A decode step whose projections share one mask: one quantization, one parallel job.
+    // A decode step whose projections share one mask: one quantization, then one parallel
+    // job for all of them (after the loop) instead of one per projection.
     let t0 = jobs.first().and_then(|j| hooks.input_threshold(layer, j.0));
-    if prec == Precision::Fast
+    let fused = prec == Precision::Fast
         && n == 1
         && jobs.len() > 1
-        && jobs.iter().all(|j| hooks.input_threshold(layer, j.0) == t0)
-    {
-        let zeroed = match t0 {
-            Some(t) => qa.quantize_masked_from(input, 1, input.len(), t)?,
-            None => {
-                qa.quantize_from(input, 1, input.len())?;
-                0
-            }
-        };
-        for (proj, _, _) in jobs.iter() {
-            if !mlp_counted(*proj) {
-                hooks.count(layer, *proj, zeroed, input.len());
-            }
-        }
-        let mut many: Vec<(&Linear, &mut [f32])> = jobs.iter_mut().map(|(_, w, out)| (*w, &mut **out)).collect();
-        return crate::weights::forward_many(qa, &mut many);
-    }
+        && jobs.iter().all(|j| hooks.input_threshold(layer, j.0) == t0);
     let mut ready: Option<Option<f32>> = None;
     let mut zeroed = 0;
     for (proj, w, out) in jobs.iter_mut() {
@@ -464,11 +449,18 @@ fn project_each(
         if !mlp_counted(*proj) {
             hooks.count(layer, *proj, zeroed, input.len());
         }
+        if fused {
+            continue;
+        }
         let prepared = match prec {
             Precision::F32 => Prepared::F32 { x: if t.is_some() { &masked[..] } else { input }, n },
             Precision::Fast => Prepared::Q8(qa),
         };
         w.forward(&prepared, out)?;
+    }
+    if fused {
+        let mut many: Vec<(&Linear, &mut [f32])> = jobs.iter_mut().map(|(_, w, out)| (*w, &mut **out)).collect();
+        crate::weights::forward_many(qa, &mut many)?;
     }
     Ok(())
 }
