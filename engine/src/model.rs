@@ -88,7 +88,7 @@ impl Model {
 
     /// A fresh KV cache sized for the full context.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.n_layers, self.config.kv_dim(), self.config.context_len)
+        KvCache::new(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim, self.config.context_len)
     }
 
     /// Runs `tokens` at the positions after those already in `cache`, appends their keys and
@@ -129,11 +129,13 @@ impl Model {
             )));
         }
         let d = cfg.d_model;
+        let embed_start = hooks.timing.is_some().then(Instant::now);
         let mut x = vec![0f32; n * d];
         for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
             self.weights.token_embd.row_f32(t as usize, row);
         }
         let mut s = Scratch::new(cfg, n);
+        let embed_time = embed_start.map(|t| t.elapsed());
         let start = cache.len();
         let sparse_decode = n == 1
             && !hooks.accuracy_path
@@ -153,6 +155,7 @@ impl Model {
         }
         cache.advance(n);
 
+        let head_start = hooks.timing.is_some().then(Instant::now);
         let rows: &[f32] = match logits {
             Logits::Last => &x[(n - 1) * d..],
             Logits::All => &x,
@@ -165,6 +168,9 @@ impl Model {
         let head = self.weights.lm_head();
         let mut out = vec![0f32; m * head.rows()];
         head.forward(&prepare(self.precision(), &normed, m, &mut s.qa)?, &mut out)?;
+        if let (Some(times), Some(head), Some(embed)) = (hooks.timing.as_deref_mut(), head_start, embed_time) {
+            times.outside_blocks += embed + head.elapsed();
+        }
         Ok(out)
     }
 
@@ -472,6 +478,9 @@ pub struct LayerTimes {
     pub attention: Vec<Duration>,
     /// Summed MLP time per layer.
     pub mlp: Vec<Duration>,
+    /// Summed time of the forward calls outside the blocks: embedding lookup, final norm
+    /// and LM head (which sparsity leaves alone).
+    pub outside_blocks: Duration,
     /// Forward calls timed.
     pub calls: usize,
 }

@@ -181,3 +181,21 @@ fn prefill_equals_token_by_token_decode() {
         assert_eq!(batch.len(), step.len());
     }
 }
+
+/// A decode step over a long cache splits its positions across threads and merges the parts'
+/// softmax states; it must give what one pass over the positions (prefill) gives.
+#[test]
+fn decode_over_a_long_cache_equals_prefill() {
+    let path = common::model_path();
+    let model = Model::load(&path, Precision::F32).unwrap();
+    // 200 positions: PROMPT repeated, a cache long enough to be split in parts.
+    let tokens: Vec<u32> = PROMPT.iter().copied().cycle().take(200).collect();
+    let mut whole = model.new_cache();
+    let want = model.forward(&tokens, &mut whole, Logits::Last).unwrap();
+    let mut step = model.new_cache();
+    model.forward(&tokens[..199], &mut step, Logits::Last).unwrap();
+    let got = model.forward(&tokens[199..], &mut step, Logits::Last).unwrap();
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-3, "max |logit diff| {err}");
+    assert_eq!(whole.len(), step.len());
+}

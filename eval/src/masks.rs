@@ -61,6 +61,10 @@ pub struct MaskReport {
     /// Sum over layers of attention + MLP time per step, µs: method and dense.
     pub blocks_us: f64,
     pub dense_blocks_us: f64,
+    /// Per step, µs, the rest of the forward (embedding, final norm, LM head): method and
+    /// dense. Sparsity leaves it alone, so it bounds the whole step's speedup.
+    pub outside_blocks_us: f64,
+    pub dense_outside_blocks_us: f64,
 }
 
 /// What [`audit_masks`] runs.
@@ -157,6 +161,8 @@ pub fn audit_masks(
         timed_steps: method_t.calls,
         blocks_us: rows.iter().map(|r| r.attention_us + r.mlp_us).sum(),
         dense_blocks_us: rows.iter().map(|r| r.dense_attention_us + r.dense_mlp_us).sum(),
+        outside_blocks_us: method_t.outside_blocks.as_secs_f64() * 1e6 / method_t.calls.max(1) as f64,
+        dense_outside_blocks_us: dense_t.outside_blocks.as_secs_f64() * 1e6 / dense_t.calls.max(1) as f64,
         overall: Reference::ALL.iter().map(|&r| (name(r), (&audit.overall(r)).into())).collect(),
         layers: rows,
     })

@@ -192,6 +192,14 @@ fn masks(model_path: &Path, a: MasksArgs) -> Result<()> {
             report.dense_blocks_us / report.blocks_us.max(1e-9),
             report.timed_steps
         );
+        let (step, dense_step) =
+            (report.blocks_us + report.outside_blocks_us, report.dense_blocks_us + report.dense_outside_blocks_us);
+        println!(
+            "whole step: {step:.0} us vs dense {dense_step:.0} us ({:.2}x); outside the blocks (embedding, final norm, LM head) {:.0} us vs {:.0} us",
+            dense_step / step.max(1e-9),
+            report.outside_blocks_us,
+            report.dense_outside_blocks_us
+        );
     }
     Ok(())
 }

@@ -1,96 +1,204 @@
-//! x86-64 AVX2 + FMA attention for one head whose size is a multiple of 8 (64 for Llama):
-//! scores, softmax and the weighted sum of values in one pass each, no calls in the loops.
+//! x86-64 AVX2 + FMA grouped-query attention for head sizes that are multiples of 8. Scores:
+//! per dimension, two loads per key block (16 positions) serve every head of the group.
+//! Softmax with a vector `exp`. Values: one row at a time, 32 or 16 dimensions per pass (as
+//! many as the 16 registers hold for the group), each load shared by the group's heads.
 
 use std::arch::x86_64::*;
 
-use super::HeadView;
+use super::GroupView;
+use crate::attention::{KEY_BLOCK, SoftmaxPart};
 
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn attend(h: &HeadView<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let hd = h.q.len();
-    let vecs = hd / 8;
-    let len = scores.len().min(h.len);
-    // SAFETY: position j < len reads [j * stride + offset, + hd) of keys and values, which
-    // the caller checked lie inside both slices; q and out hold hd values.
+/// Vectors of 8 per key block.
+const HALVES: usize = KEY_BLOCK / 8;
+
+/// Scaled scores of `U` key blocks from `keys` (blocks `stride` floats apart) for `G` heads,
+/// written at `scores` (one row of `row` floats per head).
+///
+/// # Safety
+/// avx2 and fma are enabled; `q` holds `G * hd` values, the blocks lie in the key buffer, and
+/// each row has room for `U * KEY_BLOCK` values from `scores`.
+#[inline(always)]
+unsafe fn score_blocks<const G: usize, const U: usize>(
+    q: *const f32,
+    hd: usize,
+    keys: *const f32,
+    stride: usize,
+    scale: __m256,
+    scores: *mut f32,
+    row: usize,
+) {
+    // SAFETY: guaranteed by the caller.
     unsafe {
-        let pq = h.q.as_ptr();
-        let key = |j: usize| h.keys.as_ptr().add(j * h.stride + h.offset);
-        let mut maxv = _mm_set1_ps(f32::NEG_INFINITY);
-        let mut j = 0;
-        // Four keys at a time: one horizontal reduction (three hadds) serves all four.
-        while j + 4 <= len {
-            let pk = [key(j), key(j + 1), key(j + 2), key(j + 3)];
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for v in 0..vecs {
-                let qv = _mm256_loadu_ps(pq.add(8 * v));
-                for (a, k) in acc.iter_mut().zip(pk) {
-                    *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add(8 * v)), *a);
+        let mut acc = [[[_mm256_setzero_ps(); HALVES]; U]; G];
+        for d in 0..hd {
+            let mut k = [[_mm256_setzero_ps(); HALVES]; U];
+            for (u, ku) in k.iter_mut().enumerate() {
+                for (h, kh) in ku.iter_mut().enumerate() {
+                    *kh = _mm256_loadu_ps(keys.add(u * stride + d * KEY_BLOCK + 8 * h));
                 }
             }
-            let h4 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-            let s4 = _mm_add_ps(_mm256_castps256_ps128(h4), _mm256_extractf128_ps(h4, 1));
-            let s4 = _mm_mul_ps(s4, _mm_set1_ps(h.scale));
-            _mm_storeu_ps(scores.as_mut_ptr().add(j), s4);
-            maxv = _mm_max_ps(maxv, s4);
-            j += 4;
-        }
-        let m2 = _mm_max_ps(maxv, _mm_movehl_ps(maxv, maxv));
-        let mut max = _mm_cvtss_f32(_mm_max_ss(m2, _mm_shuffle_ps(m2, m2, 1)));
-        for (j, s) in scores.iter_mut().enumerate().take(len).skip(j) {
-            let pk = key(j);
-            let mut acc0 = _mm256_setzero_ps();
-            let mut acc1 = _mm256_setzero_ps();
-            let mut v = 0;
-            while v + 2 <= vecs {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * v)), _mm256_loadu_ps(pk.add(8 * v)), acc0);
-                acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * v + 8)), _mm256_loadu_ps(pk.add(8 * v + 8)), acc1);
-                v += 2;
+            for (g, ag) in acc.iter_mut().enumerate() {
+                let qd = _mm256_set1_ps(*q.add(g * hd + d));
+                for (au, ku) in ag.iter_mut().zip(&k) {
+                    for (a, &kh) in au.iter_mut().zip(ku) {
+                        *a = _mm256_fmadd_ps(qd, kh, *a);
+                    }
+                }
             }
-            if v < vecs {
-                acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(8 * v)), _mm256_loadu_ps(pk.add(8 * v)), acc0);
+        }
+        for (g, ag) in acc.iter().enumerate() {
+            for (u, au) in ag.iter().enumerate() {
+                for (h, &a) in au.iter().enumerate() {
+                    _mm256_storeu_ps(scores.add(g * row + u * KEY_BLOCK + 8 * h), _mm256_mul_ps(a, scale));
+                }
             }
-            let a = _mm256_add_ps(acc0, acc1);
-            let t = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-            *s = _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1))) * h.scale;
-            max = max.max(*s);
         }
-        let mut sumv = _mm256_setzero_ps();
-        let maxw = _mm256_set1_ps(max);
-        let mut chunks = scores[..len].chunks_exact_mut(8);
-        for c in &mut chunks {
-            let e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), maxw));
-            _mm256_storeu_ps(c.as_mut_ptr(), e);
-            sumv = _mm256_add_ps(sumv, e);
+    }
+}
+
+/// `out[g][8 base .. 8 (base + W)] = Σ_j p_g[j] v_j` over the `len` value rows from `values`
+/// (rows `kv_dim` apart), the weights `p_g` in score rows of `row` floats.
+///
+/// # Safety
+/// avx2 and fma are enabled; every row holds `8 (base + W)` values from `values`, and `out`
+/// holds `G` heads of `hd`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weigh_values<const G: usize, const W: usize>(
+    values: *const f32,
+    kv_dim: usize,
+    len: usize,
+    scores: *const f32,
+    row: usize,
+    base: usize,
+    hd: usize,
+    out: *mut f32,
+) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); W]; G];
+        for j in 0..len {
+            let pv = values.add(j * kv_dim + 8 * base);
+            let mut x = [_mm256_setzero_ps(); W];
+            for (i, xi) in x.iter_mut().enumerate() {
+                *xi = _mm256_loadu_ps(pv.add(8 * i));
+            }
+            for (g, ag) in acc.iter_mut().enumerate() {
+                let p = _mm256_set1_ps(*scores.add(g * row + j));
+                for (a, &xi) in ag.iter_mut().zip(&x) {
+                    *a = _mm256_fmadd_ps(p, xi, *a);
+                }
+            }
         }
-        let mut sum = 0f32;
-        for s in chunks.into_remainder() {
-            *s = (*s - max).exp();
-            sum += *s;
+        for (g, ag) in acc.iter().enumerate() {
+            for (i, &a) in ag.iter().enumerate() {
+                _mm256_storeu_ps(out.add(g * hd + 8 * (base + i)), a);
+            }
         }
-        let t = _mm_add_ps(_mm256_castps256_ps128(sumv), _mm256_extractf128_ps(sumv, 1));
-        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-        sum += _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-        let inv = 1.0 / sum;
+    }
+}
+
+/// See [`super::attend`]: `G` heads, head size a multiple of 8, `scores` a row of
+/// `v.padded_len()` per head.
+///
+/// # Safety
+/// avx2 and fma are enabled and the bounds of `crate::attention::attend_group` hold.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn attend<const G: usize>(
+    v: &GroupView<'_>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    parts: &mut [SoftmaxPart],
+) {
+    let hd = v.kv.head_dim;
+    let len = v.end - v.start;
+    let row = v.padded_len();
+    let blocks = row / KEY_BLOCK;
+    let stride = v.block_stride();
+    // SAFETY: the range's key blocks and value rows lie in the cache (checked by the caller),
+    // `scores` holds G rows of `row` floats, q and out G heads of hd.
+    unsafe {
+        let q = v.q.as_ptr();
+        let keys = v.kv.keys.as_ptr().add(v.first_key_block());
+        let sp = scores.as_mut_ptr();
+        let scale = _mm256_set1_ps(v.scale);
+        let mut b = 0;
+        // Two blocks at a time where the sums of the group fit in registers.
+        if G <= 2 {
+            while b + 2 <= blocks {
+                score_blocks::<G, 2>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
+                b += 2;
+            }
+        }
+        while b < blocks {
+            score_blocks::<G, 1>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
+            b += 1;
+        }
+        for (g, part) in parts.iter_mut().enumerate().take(G) {
+            let r = std::slice::from_raw_parts_mut(sp.add(g * row), row);
+            let full = len / 8 * 8;
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            for c in r[..full].chunks_exact(8) {
+                m = _mm256_max_ps(m, _mm256_loadu_ps(c.as_ptr()));
+            }
+            let mut max = hmax(m);
+            for &s in &r[full..len] {
+                max = max.max(s);
+            }
+            let maxv = _mm256_set1_ps(max);
+            for c in r.chunks_exact_mut(8) {
+                _mm256_storeu_ps(c.as_mut_ptr(), exp_ps(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), maxv)));
+            }
+            // Lanes past the range's end weigh nothing.
+            r[len..].fill(0.0);
+            let mut sum = _mm256_setzero_ps();
+            for c in r.chunks_exact(8) {
+                sum = _mm256_add_ps(sum, _mm256_loadu_ps(c.as_ptr()));
+            }
+            *part = SoftmaxPart { max, sum: hsum(sum) };
+        }
+        let kv_dim = v.kv.kv_heads * hd;
+        let values = v.kv.values.as_ptr().add(v.first_value());
         let po = out.as_mut_ptr();
-        // Up to 8 accumulators (hd <= 64) stay in registers; larger heads go in passes of 64.
+        let vecs = hd / 8;
         let mut base = 0;
-        while base < vecs {
-            let width = (vecs - base).min(8);
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (j, &p) in scores.iter().enumerate().take(len) {
-                let pv = h.values.as_ptr().add(j * h.stride + h.offset + 8 * base);
-                let w = _mm256_set1_ps(p);
-                for (i, a) in acc.iter_mut().enumerate().take(width) {
-                    *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(pv.add(8 * i)), *a);
-                }
+        // 32 dimensions per pass for up to two heads, 16 for more (sums plus loads fit in 16
+        // registers).
+        if G <= 2 {
+            while base + 4 <= vecs {
+                weigh_values::<G, 4>(values, kv_dim, len, sp, row, base, hd, po);
+                base += 4;
             }
-            let invv = _mm256_set1_ps(inv);
-            for (i, a) in acc.iter().enumerate().take(width) {
-                _mm256_storeu_ps(po.add(8 * (base + i)), _mm256_mul_ps(*a, invv));
-            }
-            base += width;
         }
+        while base + 2 <= vecs {
+            weigh_values::<G, 2>(values, kv_dim, len, sp, row, base, hd, po);
+            base += 2;
+        }
+        if base < vecs {
+            weigh_values::<G, 1>(values, kv_dim, len, sp, row, base, hd, po);
+        }
+    }
+}
+
+/// Largest of 8 lanes.
+#[inline(always)]
+unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: register-only intrinsics; the caller enabled avx.
+    unsafe {
+        let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)))
+    }
+}
+
+/// Sum of 8 lanes.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: register-only intrinsics; the caller enabled avx.
+    unsafe {
+        let t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)))
     }
 }
 
@@ -108,7 +216,7 @@ unsafe fn exp_ps(x: __m256) -> __m256 {
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
     let mut y = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
         y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
     }
     let y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));

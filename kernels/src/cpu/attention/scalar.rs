@@ -1,19 +1,37 @@
-//! Portable attention for one head: the reference for the SIMD loop.
+//! Portable grouped-query attention: the reference for the SIMD loops.
 
-use super::HeadView;
+use super::GroupView;
+use crate::attention::{KEY_BLOCK, SoftmaxPart};
 
-pub fn attend(h: &HeadView<'_>, scores: &mut [f32], out: &mut [f32]) {
-    let hd = h.q.len();
-    for (j, s) in scores.iter_mut().enumerate() {
-        let k = &h.keys[j * h.stride + h.offset..][..hd];
-        *s = h.q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * h.scale;
-    }
-    crate::ops::softmax(scores);
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        let v = &h.values[j * h.stride + h.offset..][..hd];
-        for (o, x) in out.iter_mut().zip(v) {
-            *o += p * x;
+/// See [`super::attend`]; `scores` holds a row of `v.padded_len()` per head.
+pub fn attend(v: &GroupView<'_>, scores: &mut [f32], out: &mut [f32], parts: &mut [SoftmaxPart]) {
+    let hd = v.kv.head_dim;
+    let len = v.end - v.start;
+    let row = v.padded_len();
+    let kv_dim = v.kv.kv_heads * hd;
+    let (first_block, stride, first_value) = (v.first_key_block(), v.block_stride(), v.first_value());
+    for (g, part) in parts.iter_mut().enumerate() {
+        let q = &v.q[g * hd..][..hd];
+        let s = &mut scores[g * row..][..len];
+        for (j, sj) in s.iter_mut().enumerate() {
+            let block = &v.kv.keys[first_block + (j / KEY_BLOCK) * stride..];
+            let slot = j % KEY_BLOCK;
+            *sj = q.iter().enumerate().map(|(d, &qd)| qd * block[d * KEY_BLOCK + slot]).sum::<f32>() * v.scale;
         }
+        let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for sj in s.iter_mut() {
+            *sj = (*sj - max).exp();
+            sum += *sj;
+        }
+        let o = &mut out[g * hd..][..hd];
+        o.fill(0.0);
+        for (j, &p) in s.iter().enumerate() {
+            let values = &v.kv.values[first_value + j * kv_dim..][..hd];
+            for (a, &x) in o.iter_mut().zip(values) {
+                *a += p * x;
+            }
+        }
+        *part = SoftmaxPart { max, sum };
     }
 }
