@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActiveBlock, CODE_TILE_BYTES, DM_TILE_BYTES, I16_PAIRS, Pair, TILE, TileRun};
+use super::{ActiveBlock, CODE_TILE_BYTES, I16_PAIRS, Pair, TILE, TileRun, prefetch, prefetch_blocks_ahead};
 use crate::QK;
 
 /// Σ over `pairs` of code · x in i16, as the four vectors A0..A3 (see `super::position`).
@@ -52,29 +52,6 @@ unsafe fn widen(a: [__m256i; 4]) -> [__m256i; 8] {
     }
 }
 
-/// Tiles of work between a prefetch and its use (see `accumulate`).
-const PREFETCH_TILES: usize = 16;
-
-/// Prefetches block `blk`'s rows and scales of tile `tile`: the loads are latency-bound
-/// when the weights come from L3. Every tile, even where two tiles share a line (fewer
-/// prefetches measured no faster).
-#[inline(always)]
-unsafe fn prefetch(op: &TileRun<'_>, blk: &ActiveBlock, tile: usize) {
-    // SAFETY: a prefetch never faults; the addresses are inside the buffers anyway (the
-    // caller's tile is in range, and the `TileRun` constructors checked the rows and scales).
-    unsafe {
-        let codes = op.codes.as_ptr().add(tile * CODE_TILE_BYTES);
-        for p in op.pairs_of(blk) {
-            _mm_prefetch::<_MM_HINT_T0>(codes.add(p.off[0] as usize) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(codes.add(p.off[1] as usize) as *const i8);
-        }
-        let dm = op.dm.as_ptr().add(op.dm_at(blk.b, tile));
-        for l in 0..DM_TILE_BYTES / 64 {
-            _mm_prefetch::<_MM_HINT_T0>(dm.add(64 * l) as *const i8);
-        }
-    }
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
     let tiles = y.len() / TILE;
@@ -88,7 +65,7 @@ pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
         }
         // Blocks ahead to prefetch: about 16 tiles of work, so that few tiles per task still
         // leave an L3 latency or more between a prefetch and its use.
-        let ahead = (PREFETCH_TILES / tiles.max(1)).clamp(1, 4);
+        let ahead = prefetch_blocks_ahead(tiles);
         for blk in op.blocks.iter().take(ahead).skip(1) {
             for t in 0..tiles {
                 prefetch(op, blk, t0 + t);
