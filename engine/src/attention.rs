@@ -3,18 +3,26 @@
 //! token and few KV heads (3 for SmolLM2, on 2 threads), so its positions are also split in
 //! parts whose softmax states are merged afterwards.
 
-use sieve_kernels::attention::{KEY_BLOCK, KvHead, SoftmaxPart, attend_group, finish, merge_parts};
+use sieve_kernels::attention::{CacheValue, KEY_BLOCK, KvHead, SoftmaxPart, attend_group, finish, merge_parts};
 use sieve_kernels::pool::{global, parallel_for};
 
 use crate::config::Config;
+use crate::kv_cache::LayerKv;
 
 /// Fewest positions per part when a decode step's positions are split: below it the merge and
 /// the hand-off cost about what a second thread saves.
 const MIN_PART_POSITIONS: usize = 64;
 
-/// Causal GQA attention of `n` query rows at positions `p0..p0+n` over the cached keys and
-/// values (which already include these positions).
-pub(crate) fn attention(cfg: &Config, q: &[f32], keys: &[f32], values: &[f32], p0: usize, out: &mut [f32]) {
+/// Causal GQA attention of `n` query rows at positions `p0..p0+n` over one layer's cached keys
+/// and values (which already include these positions).
+pub(crate) fn attention(cfg: &Config, q: &[f32], kv: LayerKv<'_>, p0: usize, out: &mut [f32]) {
+    match kv {
+        LayerKv::F32 { keys, values } => attention_over(cfg, q, keys, values, p0, out),
+        LayerKv::F16 { keys, values } => attention_over(cfg, q, keys, values, p0, out),
+    }
+}
+
+fn attention_over<T: CacheValue>(cfg: &Config, q: &[f32], keys: &[T], values: &[T], p0: usize, out: &mut [f32]) {
     let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let group = nh / nkv;
     let width = group * hd;

@@ -10,8 +10,11 @@
 
 use std::collections::HashMap;
 
+use sieve_kernels::attention::store_keys;
+
 use crate::attention::attention;
 use crate::error::Result;
+use crate::kv_cache::LayerKv;
 use crate::model::{Model, prepare};
 use crate::profile::{GreedyStep, Profile};
 use crate::sparsity::{Proj, Tap, zero_below};
@@ -145,6 +148,25 @@ fn dist(a: &[f32], b: &[f32], width: usize) -> f64 {
         .sum()
 }
 
+/// Attention of a causal sequence from position 0 given its q, k and v rows (before RoPE),
+/// as a forward pass computes it: RoPE, the keys in the cache's transposed layout, f32 values.
+fn causal_attention(model: &Model, mut q: Vec<f32>, mut k: Vec<f32>, v: &[f32]) -> Result<Vec<f32>> {
+    let cfg = model.config();
+    let (d, kvd) = (cfg.d_model, cfg.kv_dim());
+    let n = q.len() / d;
+    for t in 0..n {
+        model.rope().apply(&mut q[t * d..(t + 1) * d], t);
+        model.rope().apply(&mut k[t * kvd..(t + 1) * kvd], t);
+    }
+    let mut keys: Vec<f32> = Vec::new();
+    for (t, row) in k.chunks_exact(kvd).enumerate() {
+        store_keys(&mut keys, cfg.n_kv_heads, cfg.head_dim, t, row)?;
+    }
+    let mut attn = vec![0f32; n * d];
+    attention(cfg, &q, LayerKv::F32 { keys: &keys, values: v }, 0, &mut attn);
+    Ok(attn)
+}
+
 /// Leading positions whose error the greedy allocation ignores.
 pub const SKIP_POSITIONS: usize = 1;
 
@@ -187,19 +209,11 @@ impl Block<'_> {
 
     /// Output of o for the captured attention inputs (a causal sequence from position 0).
     fn attention(&mut self, levels: &[u8; 7]) -> Result<Vec<f32>> {
-        let cfg = self.model.config();
-        let (d, kvd) = (cfg.d_model, cfg.kv_dim());
-        let n = self.attn_x.len() / d;
-        let mut q = self.captured(Proj::Q, levels[Proj::Q.index()])?.to_vec();
-        let mut k = self.captured(Proj::K, levels[Proj::K.index()])?.to_vec();
-        self.captured(Proj::V, levels[Proj::V.index()])?;
-        let v = &self.memo[&(Proj::V, levels[Proj::V.index()])];
-        for t in 0..n {
-            self.model.rope().apply(&mut q[t * d..(t + 1) * d], t);
-            self.model.rope().apply(&mut k[t * kvd..(t + 1) * kvd], t);
-        }
-        let mut attn = vec![0f32; n * d];
-        attention(cfg, &q, &k, v, 0, &mut attn);
+        let q = self.captured(Proj::Q, levels[Proj::Q.index()])?.to_vec();
+        let k = self.captured(Proj::K, levels[Proj::K.index()])?.to_vec();
+        let model = self.model;
+        let v = self.captured(Proj::V, levels[Proj::V.index()])?;
+        let attn = causal_attention(model, q, k, v)?;
         self.project(Proj::O, &attn, levels[Proj::O.index()])
     }
 
@@ -209,5 +223,40 @@ impl Block<'_> {
         let up = self.captured(Proj::Up, levels[Proj::Up.index()])?;
         sieve_kernels::ops::silu_mul(&mut h, up);
         self.project(Proj::Down, &h, levels[Proj::Down.index()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Hooks, Logits};
+    use crate::weights::Precision;
+
+    /// The allocation's attention, on the inputs a forward pass captured, is that pass's
+    /// attention output (the input of o), so its errors are those of the real block.
+    #[test]
+    fn causal_attention_is_the_forward_pass_attention() {
+        let model = Model::load(&crate::paths::default_model_path(), Precision::F32).expect("the installed model");
+        let tokens: Vec<u32> = (0..40).map(|i| 300 + 37 * i).collect();
+        let layer = 3;
+        let (mut attn_in, mut attn_out) = (Vec::new(), Vec::new());
+        let mut observe = |l: usize, tap: Tap, x: &[f32]| match (l == layer, tap) {
+            (true, Tap::AttnIn) => attn_in = x.to_vec(),
+            (true, Tap::AttnOut) => attn_out = x.to_vec(),
+            _ => {}
+        };
+        let mut hooks = Hooks { observe: Some(&mut observe), ..Hooks::default() };
+        model.forward_with(&tokens, &mut model.new_cache(), Logits::Last, &mut hooks).unwrap();
+        let w = &model.weights().layers[layer];
+        let project = |m: &crate::weights::Linear| {
+            let mut qa = sieve_kernels::ActsQ8::default();
+            let mut out = vec![0f32; tokens.len() * m.rows()];
+            m.forward(&prepare(model.precision(), &attn_in, tokens.len(), &mut qa).unwrap(), &mut out).unwrap();
+            out
+        };
+        let got = causal_attention(&model, project(&w.wq), project(&w.wk), &project(&w.wv)).unwrap();
+        assert_eq!(got.len(), attn_out.len());
+        let err = got.iter().zip(&attn_out).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-4, "max |difference| {err}");
     }
 }

@@ -27,7 +27,7 @@ pub mod model;
 pub mod weights;
 
 pub use config::Config;
-pub use kv_cache::KvCache;
+pub use kv_cache::{CacheFormat, KvCache};
 pub use model::{Hooks, Logits, Model};
 pub use weights::Precision;
 pub mod generate;

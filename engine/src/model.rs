@@ -15,7 +15,7 @@ use crate::audit::MaskAudit;
 use crate::config::Config;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{CacheFormat, KvCache};
 use crate::predict::{self, PredictScratch};
 use crate::sparse_decode::{self, DecodeScratch, SparseWeights, supports};
 use crate::sparsity::{LayerPlan, Method, Proj, SparsityPlan, SparsityStats, Tap, keep_top_importance, zero_below};
@@ -86,9 +86,15 @@ impl Model {
         self.sparse.bytes()
     }
 
-    /// A fresh KV cache sized for the full context.
+    /// An empty KV cache for this model: f16 on the fast path (as its int8 activations, a
+    /// precision below the reference's), f32 on the f32 path.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim, self.config.context_len)
+        let format = match self.precision() {
+            Precision::F32 => CacheFormat::F32,
+            Precision::Fast => CacheFormat::F16,
+        };
+        let c = &self.config;
+        KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, c.context_len, format)
     }
 
     /// Runs `tokens` at the positions after those already in `cache`, appends their keys and
@@ -199,8 +205,7 @@ impl Model {
         self.rope.apply(&mut s.q, p0);
         self.rope.apply(&mut s.k, p0);
         cache.append(l, &s.k, &s.v);
-        let (keys, values) = cache.layer(l);
-        attention(cfg, &s.q, keys, values, p0, &mut s.attn);
+        attention(cfg, &s.q, cache.layer(l), p0, &mut s.attn);
         sparse_decode::project(sw, l, w, method, lp, Proj::O, &s.attn, &mut s.proj, &mut s.decode, &mut hooks.stats)?;
         add_into(x, &s.proj);
         let t1 = hooks.timing.is_some().then(Instant::now);
@@ -255,8 +260,7 @@ impl Model {
             self.rope.apply(&mut s.k[t * kvd..(t + 1) * kvd], p0 + t);
         }
         cache.append(l, &s.k, &s.v);
-        let (keys, values) = cache.layer(l);
-        attention(cfg, &s.q, keys, values, p0, &mut s.attn);
+        attention(cfg, &s.q, cache.layer(l), p0, &mut s.attn);
         hooks.observe(l, Tap::AttnOut, &s.attn);
         project_each(prec, l, &s.attn, n, &mut [(Proj::O, &w.wo, &mut s.proj[..])], hooks, &mut s.masked, &mut s.qa)?;
         add_into(x, &s.proj);

@@ -7,6 +7,9 @@
 //! multiply-add chain per dimension with no horizontal sums, and every key and value load
 //! serves all heads of the group. Values stay one row per position.
 //!
+//! The cache holds f32 ([`CacheValue`] for the reference precision) or f16 (half the memory
+//! and half the bytes read per step; the loops convert on load).
+//!
 //! A call over part of the positions returns unnormalized outputs and the softmax state of
 //! each head ([`SoftmaxPart`]); [`merge_parts`] combines parts (a long cache split across
 //! threads) and [`finish`] normalizes. Bounds are checked here, so the per-ISA loops index
@@ -14,8 +17,46 @@
 
 use std::ops::Range;
 
+use half::f16;
+
 use crate::KernelError;
 use crate::cpu::attention as inner;
+
+/// Element type of a KV cache: `f32` or `f16` (sealed: the SIMD loops rely on exactly these).
+pub trait CacheValue: Copy + Default + Send + Sync + 'static + sealed::Sealed {
+    /// True for f16, which the loops widen to f32 on load.
+    const HALF: bool;
+    /// The value nearest `v`.
+    fn from_f32(v: f32) -> Self;
+    /// The value as f32 (exact).
+    fn to_f32(self) -> f32;
+}
+
+impl CacheValue for f32 {
+    const HALF: bool = false;
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl CacheValue for f16 {
+    const HALF: bool = true;
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+}
 
 /// Positions per key block of the transposed key layout.
 pub const KEY_BLOCK: usize = 16;
@@ -27,8 +68,8 @@ pub fn key_buffer_len(positions: usize, kv_heads: usize, head_dim: usize) -> usi
 
 /// Writes the keys of position `pos` (`kv_heads * head_dim` values, head by head) into the
 /// transposed buffer `keys`, growing it by a zeroed block when `pos` starts one.
-pub fn store_keys(
-    keys: &mut Vec<f32>,
+pub fn store_keys<T: CacheValue>(
+    keys: &mut Vec<T>,
     kv_heads: usize,
     head_dim: usize,
     pos: usize,
@@ -40,24 +81,23 @@ pub fn store_keys(
     }
     let needed = key_buffer_len(pos + 1, kv_heads, head_dim);
     if keys.len() < needed {
-        keys.resize(needed, 0.0);
+        keys.resize(needed, T::default());
     }
     let block = &mut keys[(pos / KEY_BLOCK) * KEY_BLOCK * kv_dim..][..KEY_BLOCK * kv_dim];
     let slot = pos % KEY_BLOCK;
     for (d, &kd) in k.iter().enumerate() {
-        block[d * KEY_BLOCK + slot] = kd;
+        block[d * KEY_BLOCK + slot] = T::from_f32(kd);
     }
     Ok(())
 }
 
 /// One KV head of a layer's cache: transposed keys (see the module comment) and row-major
 /// values, `kv_heads * head_dim` per position.
-#[derive(Clone, Copy)]
-pub struct KvHead<'a> {
+pub struct KvHead<'a, T> {
     /// Transposed keys of every KV head.
-    pub keys: &'a [f32],
+    pub keys: &'a [T],
     /// Values, one row of `kv_heads * head_dim` per position.
-    pub values: &'a [f32],
+    pub values: &'a [T],
     /// KV heads in the cache.
     pub kv_heads: usize,
     /// Values per head.
@@ -65,6 +105,13 @@ pub struct KvHead<'a> {
     /// The head this call attends with.
     pub kv_head: usize,
 }
+
+impl<T> Clone for KvHead<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for KvHead<'_, T> {}
 
 /// Softmax state of one query head over a range of positions: the largest score and the sum
 /// of `exp(score - max)` (the unnormalized output is weighted the same way).
@@ -85,8 +132,8 @@ impl SoftmaxPart {
 /// `kv.kv_head`) over positions `range`, whose start is a multiple of [`KEY_BLOCK`]. Writes
 /// each head's unnormalized output `Σ_j exp(s_j - max) v_j` into `out` and its softmax state
 /// into `parts`. `scores` is scratch, reused across calls.
-pub fn attend_group(
-    kv: &KvHead<'_>,
+pub fn attend_group<T: CacheValue>(
+    kv: &KvHead<'_, T>,
     q: &[f32],
     scale: f32,
     range: Range<usize>,
@@ -170,6 +217,12 @@ mod tests {
 
     #[test]
     fn matches_direct_formula_for_any_group_split_and_rejects_bad_shapes() {
+        // The f16 cache's values are within 2^-11 relative of the f32 ones.
+        check::<f32>(1e-5);
+        check::<f16>(2e-2);
+    }
+
+    fn check<T: CacheValue>(tolerance: f32) {
         let (kv_heads, hd) = (2, 16);
         let len = 37;
         let key_rows: Vec<Vec<f32>> = (0..len)
@@ -178,12 +231,12 @@ mod tests {
         let value_rows: Vec<Vec<f32>> = (0..len)
             .map(|j| (0..kv_heads * hd).map(|i| (((j * 13 + i * 5) % 19) as f32 - 9.0) / 7.0).collect())
             .collect();
-        let mut keys = Vec::new();
+        let mut keys: Vec<T> = Vec::new();
         for (j, k) in key_rows.iter().enumerate() {
             store_keys(&mut keys, kv_heads, hd, j, k).unwrap();
         }
         assert_eq!(keys.len(), key_buffer_len(len, kv_heads, hd));
-        let values: Vec<f32> = value_rows.concat();
+        let values: Vec<T> = value_rows.concat().into_iter().map(T::from_f32).collect();
         let heads = 3;
         let q: Vec<f32> = (0..heads * hd).map(|i| ((i * 11 % 17) as f32 - 8.0) / 6.0).collect();
         let kv = KvHead { keys: &keys, values: &values, kv_heads, head_dim: hd, kv_head: 1 };
@@ -204,8 +257,8 @@ mod tests {
         merge_parts(&mut a, &mut pa, &b, &pb);
         finish(&mut a, &pa);
         for (i, w) in want.iter().enumerate() {
-            assert!((out[i] - w).abs() < 1e-5, "whole range, value {i}: {} vs {w}", out[i]);
-            assert!((a[i] - w).abs() < 1e-5, "two parts, value {i}: {} vs {w}", a[i]);
+            assert!((out[i] - w).abs() < tolerance, "whole range, value {i}: {} vs {w}", out[i]);
+            assert!((a[i] - w).abs() < tolerance, "two parts, value {i}: {} vs {w}", a[i]);
         }
         let mut bad = |range: Range<usize>, q: &[f32], kv_head: usize| {
             let kv = KvHead { kv_head, ..kv };

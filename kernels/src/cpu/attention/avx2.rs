@@ -1,4 +1,4 @@
-//! x86-64 AVX2 + FMA grouped-query attention for head sizes that are multiples of 8. Scores:
+//! x86-64 AVX2 + FMA (+ F16C for f16 caches) grouped-query attention for head sizes that are multiples of 8. Scores:
 //! per dimension, two loads per key block (16 positions) serve every head of the group.
 //! Softmax with a vector `exp`. Values: one row at a time, 32 or 16 dimensions per pass (as
 //! many as the 16 registers hold for the group), each load shared by the group's heads.
@@ -6,22 +6,35 @@
 use std::arch::x86_64::*;
 
 use super::GroupView;
-use crate::attention::{KEY_BLOCK, SoftmaxPart};
+use crate::attention::{CacheValue, KEY_BLOCK, SoftmaxPart};
 
 /// Vectors of 8 per key block.
 const HALVES: usize = KEY_BLOCK / 8;
+
+/// 8 cached values from `p` as f32 (f16 widened).
+///
+/// # Safety
+/// avx and f16c are enabled and 8 values from `p` are readable.
+#[inline(always)]
+unsafe fn load8<T: CacheValue>(p: *const T) -> __m256 {
+    // SAFETY: guaranteed by the caller; `T` is f16 exactly when `HALF` (the trait is sealed),
+    // so the casts read 8 values of the type they are.
+    unsafe {
+        if T::HALF { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) } else { _mm256_loadu_ps(p as *const f32) }
+    }
+}
 
 /// Scaled scores of `U` key blocks from `keys` (blocks `stride` floats apart) for `G` heads,
 /// written at `scores` (one row of `row` floats per head).
 ///
 /// # Safety
-/// avx2 and fma are enabled; `q` holds `G * hd` values, the blocks lie in the key buffer, and
+/// avx2, fma and f16c are enabled; `q` holds `G * hd` values, the blocks lie in the key buffer, and
 /// each row has room for `U * KEY_BLOCK` values from `scores`.
 #[inline(always)]
-unsafe fn score_blocks<const G: usize, const U: usize>(
+unsafe fn score_blocks<T: CacheValue, const G: usize, const U: usize>(
     q: *const f32,
     hd: usize,
-    keys: *const f32,
+    keys: *const T,
     stride: usize,
     scale: __m256,
     scores: *mut f32,
@@ -34,7 +47,7 @@ unsafe fn score_blocks<const G: usize, const U: usize>(
             let mut k = [[_mm256_setzero_ps(); HALVES]; U];
             for (u, ku) in k.iter_mut().enumerate() {
                 for (h, kh) in ku.iter_mut().enumerate() {
-                    *kh = _mm256_loadu_ps(keys.add(u * stride + d * KEY_BLOCK + 8 * h));
+                    *kh = load8(keys.add(u * stride + d * KEY_BLOCK + 8 * h));
                 }
             }
             for (g, ag) in acc.iter_mut().enumerate() {
@@ -60,12 +73,12 @@ unsafe fn score_blocks<const G: usize, const U: usize>(
 /// (rows `kv_dim` apart), the weights `p_g` in score rows of `row` floats.
 ///
 /// # Safety
-/// avx2 and fma are enabled; every row holds `8 (base + W)` values from `values`, and `out`
+/// avx2, fma and f16c are enabled; every row holds `8 (base + W)` values from `values`, and `out`
 /// holds `G` heads of `hd`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn weigh_values<const G: usize, const W: usize>(
-    values: *const f32,
+unsafe fn weigh_values<T: CacheValue, const G: usize, const W: usize>(
+    values: *const T,
     kv_dim: usize,
     len: usize,
     scores: *const f32,
@@ -81,7 +94,7 @@ unsafe fn weigh_values<const G: usize, const W: usize>(
             let pv = values.add(j * kv_dim + 8 * base);
             let mut x = [_mm256_setzero_ps(); W];
             for (i, xi) in x.iter_mut().enumerate() {
-                *xi = _mm256_loadu_ps(pv.add(8 * i));
+                *xi = load8(pv.add(8 * i));
             }
             for (g, ag) in acc.iter_mut().enumerate() {
                 let p = _mm256_set1_ps(*scores.add(g * row + j));
@@ -102,10 +115,10 @@ unsafe fn weigh_values<const G: usize, const W: usize>(
 /// `v.padded_len()` per head.
 ///
 /// # Safety
-/// avx2 and fma are enabled and the bounds of `crate::attention::attend_group` hold.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn attend<const G: usize>(
-    v: &GroupView<'_>,
+/// avx2, fma and f16c are enabled and the bounds of `crate::attention::attend_group` hold.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend<T: CacheValue, const G: usize>(
+    v: &GroupView<'_, T>,
     scores: &mut [f32],
     out: &mut [f32],
     parts: &mut [SoftmaxPart],
@@ -126,12 +139,12 @@ pub unsafe fn attend<const G: usize>(
         // Two blocks at a time where the sums of the group fit in registers.
         if G <= 2 {
             while b + 2 <= blocks {
-                score_blocks::<G, 2>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
+                score_blocks::<T, G, 2>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
                 b += 2;
             }
         }
         while b < blocks {
-            score_blocks::<G, 1>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
+            score_blocks::<T, G, 1>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
             b += 1;
         }
         for (g, part) in parts.iter_mut().enumerate().take(G) {
@@ -166,16 +179,16 @@ pub unsafe fn attend<const G: usize>(
         // registers).
         if G <= 2 {
             while base + 4 <= vecs {
-                weigh_values::<G, 4>(values, kv_dim, len, sp, row, base, hd, po);
+                weigh_values::<T, G, 4>(values, kv_dim, len, sp, row, base, hd, po);
                 base += 4;
             }
         }
         while base + 2 <= vecs {
-            weigh_values::<G, 2>(values, kv_dim, len, sp, row, base, hd, po);
+            weigh_values::<T, G, 2>(values, kv_dim, len, sp, row, base, hd, po);
             base += 2;
         }
         if base < vecs {
-            weigh_values::<G, 1>(values, kv_dim, len, sp, row, base, hd, po);
+            weigh_values::<T, G, 1>(values, kv_dim, len, sp, row, base, hd, po);
         }
     }
 }

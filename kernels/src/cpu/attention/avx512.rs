@@ -6,7 +6,24 @@
 use std::arch::x86_64::*;
 
 use super::GroupView;
-use crate::attention::{KEY_BLOCK, SoftmaxPart};
+use crate::attention::{CacheValue, KEY_BLOCK, SoftmaxPart};
+
+/// 16 cached values from `p` as f32 (f16 widened).
+///
+/// # Safety
+/// avx512f is enabled and 16 values from `p` are readable.
+#[inline(always)]
+unsafe fn load16<T: CacheValue>(p: *const T) -> __m512 {
+    // SAFETY: guaranteed by the caller; `T` is f16 exactly when `HALF` (the trait is sealed),
+    // so the casts read 16 values of the type they are.
+    unsafe {
+        if T::HALF {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
+    }
+}
 
 /// Scaled scores of `U` key blocks from `keys` (blocks `stride` floats apart) for `G` heads,
 /// written at `scores` (one row of `row` floats per head).
@@ -15,10 +32,10 @@ use crate::attention::{KEY_BLOCK, SoftmaxPart};
 /// avx512f is enabled; `q` holds `G * hd` values, the blocks lie in the key buffer, and each
 /// row has room for `U * KEY_BLOCK` values from `scores`.
 #[inline(always)]
-unsafe fn score_blocks<const G: usize, const U: usize>(
+unsafe fn score_blocks<T: CacheValue, const G: usize, const U: usize>(
     q: *const f32,
     hd: usize,
-    keys: *const f32,
+    keys: *const T,
     stride: usize,
     scale: __m512,
     scores: *mut f32,
@@ -30,7 +47,7 @@ unsafe fn score_blocks<const G: usize, const U: usize>(
         for d in 0..hd {
             let mut k = [_mm512_setzero_ps(); U];
             for (u, ku) in k.iter_mut().enumerate() {
-                *ku = _mm512_loadu_ps(keys.add(u * stride + d * KEY_BLOCK));
+                *ku = load16(keys.add(u * stride + d * KEY_BLOCK));
             }
             for (g, ag) in acc.iter_mut().enumerate() {
                 let qd = _mm512_set1_ps(*q.add(g * hd + d));
@@ -55,8 +72,8 @@ unsafe fn score_blocks<const G: usize, const U: usize>(
 /// `G` heads of `hd`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn weigh_values<const G: usize, const W: usize>(
-    values: *const f32,
+unsafe fn weigh_values<T: CacheValue, const G: usize, const W: usize>(
+    values: *const T,
     kv_dim: usize,
     len: usize,
     scores: *const f32,
@@ -72,7 +89,7 @@ unsafe fn weigh_values<const G: usize, const W: usize>(
             let pv = values.add(j * kv_dim + 16 * base);
             let mut x = [_mm512_setzero_ps(); W];
             for (i, xi) in x.iter_mut().enumerate() {
-                *xi = _mm512_loadu_ps(pv.add(16 * i));
+                *xi = load16(pv.add(16 * i));
             }
             for (g, ag) in acc.iter_mut().enumerate() {
                 let p = _mm512_set1_ps(*scores.add(g * row + j));
@@ -95,8 +112,8 @@ unsafe fn weigh_values<const G: usize, const W: usize>(
 /// # Safety
 /// avx512f is enabled and the bounds of `crate::attention::attend_group` hold.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn attend<const G: usize>(
-    v: &GroupView<'_>,
+pub unsafe fn attend<T: CacheValue, const G: usize>(
+    v: &GroupView<'_, T>,
     scores: &mut [f32],
     out: &mut [f32],
     parts: &mut [SoftmaxPart],
@@ -115,11 +132,11 @@ pub unsafe fn attend<const G: usize>(
         let scale = _mm512_set1_ps(v.scale);
         let mut b = 0;
         while b + 4 <= blocks {
-            score_blocks::<G, 4>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
+            score_blocks::<T, G, 4>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
             b += 4;
         }
         while b < blocks {
-            score_blocks::<G, 1>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
+            score_blocks::<T, G, 1>(q, hd, keys.add(b * stride), stride, scale, sp.add(b * KEY_BLOCK), row);
             b += 1;
         }
         // Lanes of the last block past the range's end are left out of the max and zeroed.
@@ -151,13 +168,13 @@ pub unsafe fn attend<const G: usize>(
         let vecs = hd / 16;
         let mut base = 0;
         while base + 4 <= vecs {
-            weigh_values::<G, 4>(values, kv_dim, len, sp, row, base, hd, po);
+            weigh_values::<T, G, 4>(values, kv_dim, len, sp, row, base, hd, po);
             base += 4;
         }
         match vecs - base {
-            3 => weigh_values::<G, 3>(values, kv_dim, len, sp, row, base, hd, po),
-            2 => weigh_values::<G, 2>(values, kv_dim, len, sp, row, base, hd, po),
-            1 => weigh_values::<G, 1>(values, kv_dim, len, sp, row, base, hd, po),
+            3 => weigh_values::<T, G, 3>(values, kv_dim, len, sp, row, base, hd, po),
+            2 => weigh_values::<T, G, 2>(values, kv_dim, len, sp, row, base, hd, po),
+            1 => weigh_values::<T, G, 1>(values, kv_dim, len, sp, row, base, hd, po),
             _ => {}
         }
     }

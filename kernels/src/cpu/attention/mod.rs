@@ -7,7 +7,7 @@ mod avx2;
 mod avx512;
 mod scalar;
 
-use crate::attention::{KEY_BLOCK, KvHead, SoftmaxPart};
+use crate::attention::{CacheValue, KEY_BLOCK, KvHead, SoftmaxPart};
 use crate::isa::{Isa, active};
 
 /// Query heads the SIMD loops take at once (their registers hold this many heads' sums); a
@@ -16,15 +16,15 @@ const MAX_GROUP: usize = 4;
 
 /// The query heads of one KV head over positions `start..end` (`start` a multiple of
 /// [`KEY_BLOCK`], `end` inside the cache).
-pub struct GroupView<'a> {
-    pub kv: KvHead<'a>,
+pub struct GroupView<'a, T> {
+    pub kv: KvHead<'a, T>,
     pub q: &'a [f32],
     pub scale: f32,
     pub start: usize,
     pub end: usize,
 }
 
-impl GroupView<'_> {
+impl<T> GroupView<'_, T> {
     /// Positions rounded up to whole key blocks: the length of each head's score row.
     fn padded_len(&self) -> usize {
         (self.end - self.start).div_ceil(KEY_BLOCK) * KEY_BLOCK
@@ -42,22 +42,22 @@ impl GroupView<'_> {
         (self.start * self.kv.kv_heads + self.kv.kv_head) * self.kv.head_dim
     }
     /// The same view for query heads `heads` of the group.
-    fn heads(&self, heads: std::ops::Range<usize>) -> GroupView<'_> {
+    fn heads(&self, heads: std::ops::Range<usize>) -> GroupView<'_, T> {
         let hd = self.kv.head_dim;
         GroupView { q: &self.q[heads.start * hd..heads.end * hd], ..*self }
     }
 }
 
-impl Clone for GroupView<'_> {
+impl<T> Clone for GroupView<'_, T> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl Copy for GroupView<'_> {}
+impl<T> Copy for GroupView<'_, T> {}
 
 /// Unnormalized attention outputs and softmax states of the view's heads (see
 /// [`crate::attention::attend_group`]).
-pub fn attend(v: &GroupView<'_>, scores: &mut Vec<f32>, out: &mut [f32], parts: &mut [SoftmaxPart]) {
+pub fn attend<T: CacheValue>(v: &GroupView<'_, T>, scores: &mut Vec<f32>, out: &mut [f32], parts: &mut [SoftmaxPart]) {
     let hd = v.kv.head_dim;
     scores.clear();
     scores.resize(MAX_GROUP * v.padded_len(), 0.0);
@@ -71,10 +71,10 @@ pub fn attend(v: &GroupView<'_>, scores: &mut Vec<f32>, out: &mut [f32], parts: 
             // checked by `crate::attention::attend_group`, `scores` holds a padded row per head.
             unsafe {
                 match g1 - g0 {
-                    1 => avx512::attend::<1>(&sub, scores, o, p),
-                    2 => avx512::attend::<2>(&sub, scores, o, p),
-                    3 => avx512::attend::<3>(&sub, scores, o, p),
-                    _ => avx512::attend::<4>(&sub, scores, o, p),
+                    1 => avx512::attend::<T, 1>(&sub, scores, o, p),
+                    2 => avx512::attend::<T, 2>(&sub, scores, o, p),
+                    3 => avx512::attend::<T, 3>(&sub, scores, o, p),
+                    _ => avx512::attend::<T, 4>(&sub, scores, o, p),
                 }
             }
             continue;
@@ -85,10 +85,10 @@ pub fn attend(v: &GroupView<'_>, scores: &mut Vec<f32>, out: &mut [f32], parts: 
             // as above.
             Isa::Avx2 if hd.is_multiple_of(8) => unsafe {
                 match g1 - g0 {
-                    1 => avx2::attend::<1>(&sub, scores, o, p),
-                    2 => avx2::attend::<2>(&sub, scores, o, p),
-                    3 => avx2::attend::<3>(&sub, scores, o, p),
-                    _ => avx2::attend::<4>(&sub, scores, o, p),
+                    1 => avx2::attend::<T, 1>(&sub, scores, o, p),
+                    2 => avx2::attend::<T, 2>(&sub, scores, o, p),
+                    3 => avx2::attend::<T, 3>(&sub, scores, o, p),
+                    _ => avx2::attend::<T, 4>(&sub, scores, o, p),
                 }
             },
             _ => scalar::attend(&sub, scores, o, p),
@@ -102,19 +102,19 @@ mod tests {
     use crate::attention::{key_buffer_len, store_keys};
 
     /// A cache of `len` positions: transposed keys and row-major values.
-    fn cache(len: usize, kv_heads: usize, hd: usize) -> (Vec<f32>, Vec<f32>) {
+    fn cache<T: CacheValue>(len: usize, kv_heads: usize, hd: usize) -> (Vec<T>, Vec<T>) {
         let mut keys = Vec::new();
         let mut values = Vec::new();
         for j in 0..len {
             let k: Vec<f32> = (0..kv_heads * hd).map(|i| (((j * 29 + i * 7) % 97) as f32 - 48.0) / 40.0).collect();
             store_keys(&mut keys, kv_heads, hd, j, &k).unwrap();
-            values.extend((0..kv_heads * hd).map(|i| (((j * 13 + i * 3) % 89) as f32 - 44.0) / 30.0));
+            values.extend((0..kv_heads * hd).map(|i| T::from_f32((((j * 13 + i * 3) % 89) as f32 - 44.0) / 30.0)));
         }
         assert_eq!(keys.len(), key_buffer_len(len, kv_heads, hd));
         (keys, values)
     }
 
-    fn run(v: &GroupView<'_>, heads: usize, simd: bool) -> (Vec<f32>, Vec<SoftmaxPart>) {
+    fn run<T: CacheValue>(v: &GroupView<'_, T>, heads: usize, simd: bool) -> (Vec<f32>, Vec<SoftmaxPart>) {
         let hd = v.kv.head_dim;
         let mut out = vec![0f32; heads * hd];
         let mut parts = vec![SoftmaxPart::EMPTY; heads];
@@ -131,13 +131,19 @@ mod tests {
     }
 
     /// Every group size (including one above the SIMD slice), head sizes that use every
-    /// register layout, ranges that start on later blocks and end inside one.
+    /// register layout, ranges that start on later blocks and end inside one; f32 and f16
+    /// caches.
     #[test]
     fn simd_matches_scalar() {
+        simd_matches_scalar_for::<f32>();
+        simd_matches_scalar_for::<half::f16>();
+    }
+
+    fn simd_matches_scalar_for<T: CacheValue>() {
         for (hd, kv_heads) in [(16, 2), (64, 3), (80, 1), (128, 2)] {
             for heads in 1..=5 {
                 for (start, end) in [(0, 1), (0, 15), (0, 16), (0, 37), (16, 300), (32, 97)] {
-                    let (keys, values) = cache(end, kv_heads, hd);
+                    let (keys, values) = cache::<T>(end, kv_heads, hd);
                     let q: Vec<f32> = (0..heads * hd).map(|i| ((i * 7 % 23) as f32 - 11.0) / 10.0).collect();
                     let kv = KvHead { keys: &keys, values: &values, kv_heads, head_dim: hd, kv_head: kv_heads - 1 };
                     let v = GroupView { kv, q: &q, scale: 0.125, start, end };
@@ -147,7 +153,10 @@ mod tests {
                         crate::gemm_vnni::FORCE_OFF.with(|f| f.set(avx2_only));
                         let (got, got_parts) = run(&v, heads, true);
                         crate::gemm_vnni::FORCE_OFF.with(|f| f.set(false));
-                        let at = format!("hd {hd}, {heads} heads, positions {start}..{end}, avx2 only {avx2_only}");
+                        let at = format!(
+                            "{}: hd {hd}, {heads} heads, positions {start}..{end}, avx2 only {avx2_only}",
+                            std::any::type_name::<T>()
+                        );
                         for (w, g) in want_parts.iter().zip(&got_parts) {
                             assert!((w.max - g.max).abs() < 1e-5, "{at}: max {} vs {}", w.max, g.max);
                             assert!((w.sum - g.sum).abs() < 1e-4 * w.sum, "{at}: sum {} vs {}", w.sum, g.sum);

@@ -1,10 +1,10 @@
 //! Portable grouped-query attention: the reference for the SIMD loops.
 
 use super::GroupView;
-use crate::attention::{KEY_BLOCK, SoftmaxPart};
+use crate::attention::{CacheValue, KEY_BLOCK, SoftmaxPart};
 
 /// See [`super::attend`]; `scores` holds a row of `v.padded_len()` per head.
-pub fn attend(v: &GroupView<'_>, scores: &mut [f32], out: &mut [f32], parts: &mut [SoftmaxPart]) {
+pub fn attend<T: CacheValue>(v: &GroupView<'_, T>, scores: &mut [f32], out: &mut [f32], parts: &mut [SoftmaxPart]) {
     let hd = v.kv.head_dim;
     let len = v.end - v.start;
     let row = v.padded_len();
@@ -16,7 +16,7 @@ pub fn attend(v: &GroupView<'_>, scores: &mut [f32], out: &mut [f32], parts: &mu
         for (j, sj) in s.iter_mut().enumerate() {
             let block = &v.kv.keys[first_block + (j / KEY_BLOCK) * stride..];
             let slot = j % KEY_BLOCK;
-            *sj = q.iter().enumerate().map(|(d, &qd)| qd * block[d * KEY_BLOCK + slot]).sum::<f32>() * v.scale;
+            *sj = q.iter().enumerate().map(|(d, &qd)| qd * block[d * KEY_BLOCK + slot].to_f32()).sum::<f32>() * v.scale;
         }
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
@@ -29,7 +29,7 @@ pub fn attend(v: &GroupView<'_>, scores: &mut [f32], out: &mut [f32], parts: &mu
         for (j, &p) in s.iter().enumerate() {
             let values = &v.kv.values[first_value + j * kv_dim..][..hd];
             for (a, &x) in o.iter_mut().zip(values) {
-                *a += p * x;
+                *a += p * x.to_f32();
             }
         }
         *part = SoftmaxPart { max, sum };
