@@ -85,9 +85,14 @@ pub unsafe fn gemm_panel<const T: usize>(
 /// Bytes of one block of a Q4_1 decode panel (the same 0.625 bytes per weight as GGML's Q4_1).
 const Q4_PANEL_BLOCK_BYTES: usize = crate::decode_panels::BLOCK_BYTES;
 
-/// Software prefetch distance of the decode panel kernel, in bytes: two blocks ahead, so the
-/// next block's lines are in flight while this one is multiplied.
-const Q4_PANEL_PREFETCH: usize = 2 * Q4_PANEL_BLOCK_BYTES;
+/// Software prefetch distance of the decode panel kernels, in bytes: about one L3 latency of
+/// one core's streaming (~120 ns at ~20 GB/s). Decode weights come from L3 at best; two
+/// blocks ahead (640 bytes) left dense decode about 1.1x slower on the Emerald Rapids VM
+/// (median of 12 alternating pairs of `sieve bench decode`).
+const PANEL_PREFETCH_BYTES: usize = 2560;
+
+/// [`PANEL_PREFETCH_BYTES`] in whole Q4_1 panel blocks.
+const Q4_PANEL_PREFETCH: usize = PANEL_PREFETCH_BYTES.div_ceil(Q4_PANEL_BLOCK_BYTES) * Q4_PANEL_BLOCK_BYTES;
 
 /// `out[16 p + r] = Σ_b d[r][b] · xs[b] · Σ_i code[r][32 b + i] · x[32 b + i] + m[r][b] · xsum[b]`
 /// for the panels `panels` holds (`nb` blocks each, see `decode_panels.rs` for the layout): one
@@ -107,7 +112,7 @@ pub unsafe fn gemv_q4_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], xsu
     }
     // SAFETY: panel p block b reads panels[(p nb + b) 320 .. +320], inside the length checked
     // above; activations x[32 b .. 32 b + 32], xs[b] and xsum[b] likewise; out[16 p .. +16]
-    // for p < count. Prefetches never fault, so their addresses may run past the end.
+    // for p < count. Prefetches never fault, so their addresses (`wrapping_add`) may run past the end.
     unsafe {
         let mask = _mm512_set1_epi8(0x0f);
         let (px, pxs, pxsum) = (x.as_ptr(), xs.as_ptr(), xsum.as_ptr());
@@ -118,7 +123,7 @@ pub unsafe fn gemv_q4_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], xsu
             for b in 0..nb {
                 let blk = base.add(b * Q4_PANEL_BLOCK_BYTES);
                 for line in 0..5 {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.add(Q4_PANEL_PREFETCH + 64 * line) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(Q4_PANEL_PREFETCH + 64 * line) as *const i8);
                 }
                 let mut lo_acc = _mm512_setzero_si512();
                 let mut hi_acc = _mm512_setzero_si512();
@@ -146,6 +151,9 @@ pub unsafe fn gemv_q4_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], xsu
 /// Bytes of one block of a Q8 decode panel.
 const Q8_PANEL_BLOCK_BYTES: usize = crate::decode_panels::Q8_BLOCK_BYTES;
 
+/// [`PANEL_PREFETCH_BYTES`] in whole Q8 panel blocks.
+const Q8_PANEL_PREFETCH: usize = PANEL_PREFETCH_BYTES.div_ceil(Q8_PANEL_BLOCK_BYTES) * Q8_PANEL_BLOCK_BYTES;
+
 /// `out[16 p + r] = Σ_b s[r][b] · xs[b] · (Σ_i u[r][32 b + i] · x[32 b + i] − 128 · Σ_i x[32 b + i])`
 /// for the Q8 panels `panels` holds, where `u = w + 128` are the int8 weights offset to
 /// unsigned bytes (`vpdpbusd` multiplies unsigned by signed bytes) and `offset[b]` is
@@ -164,7 +172,7 @@ pub unsafe fn gemv_q8_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], off
     }
     // SAFETY: panel p block b reads panels[(p nb + b) 576 .. +576], inside the length checked
     // above; x[32 b .. 32 b + 32], xs[b] and offset[b] likewise; out[16 p .. +16] for
-    // p < count. Prefetches never fault.
+    // p < count. Prefetches never fault (their addresses, `wrapping_add`, may run past the end).
     unsafe {
         let px = x.as_ptr();
         for p in 0..count {
@@ -173,7 +181,7 @@ pub unsafe fn gemv_q8_panels(panels: &[u8], nb: usize, x: &[i8], xs: &[f32], off
             for b in 0..nb {
                 let blk = base.add(b * Q8_PANEL_BLOCK_BYTES);
                 for line in 0..9 {
-                    _mm_prefetch::<_MM_HINT_T0>(blk.add(2 * Q8_PANEL_BLOCK_BYTES + 64 * line) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(Q8_PANEL_PREFETCH + 64 * line) as *const i8);
                 }
                 let mut acc = [_mm512_setzero_si512(); 2];
                 for g in 0..8 {
