@@ -5,8 +5,9 @@ use std::arch::x86_64::*;
 
 use crate::QK;
 
+/// Sum of 8 lanes (shared by the per-ISA loops of the submodules).
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     // SAFETY (whole fn): register-only intrinsics; the caller enabled avx2.
     unsafe {
         let lo = _mm256_castps256_ps128(v);
@@ -15,6 +16,17 @@ unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
+    }
+}
+
+/// Largest of 8 lanes (NaN lanes are passed over as `maxps` does).
+#[inline(always)]
+pub(crate) unsafe fn hmax(v: __m256) -> f32 {
+    // SAFETY: register-only intrinsics; the caller enabled avx.
+    unsafe {
+        let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)))
     }
 }
 

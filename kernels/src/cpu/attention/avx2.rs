@@ -7,6 +7,7 @@ use std::arch::x86_64::*;
 
 use super::GroupView;
 use crate::attention::{CacheValue, KEY_BLOCK, SoftmaxPart};
+use crate::cpu::avx2::{hmax, hsum};
 
 /// Vectors of 8 per key block.
 const HALVES: usize = KEY_BLOCK / 8;
@@ -190,28 +191,6 @@ pub unsafe fn attend<T: CacheValue, const G: usize>(
         if base < vecs {
             weigh_values::<T, G, 1>(values, kv_dim, len, sp, row, base, hd, po);
         }
-    }
-}
-
-/// Largest of 8 lanes.
-#[inline(always)]
-unsafe fn hmax(v: __m256) -> f32 {
-    // SAFETY: register-only intrinsics; the caller enabled avx.
-    unsafe {
-        let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)))
-    }
-}
-
-/// Sum of 8 lanes.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    // SAFETY: register-only intrinsics; the caller enabled avx.
-    unsafe {
-        let t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let t = _mm_add_ps(t, _mm_movehl_ps(t, t));
-        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)))
     }
 }
 

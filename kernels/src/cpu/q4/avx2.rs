@@ -4,16 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{ActRow, Q4Row};
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    // SAFETY: register-only intrinsics; the caller enabled avx2.
-    unsafe {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
-}
+use crate::cpu::avx2::hsum;
 
 /// One f16 (as bits) to f32 through F16C.
 #[inline(always)]

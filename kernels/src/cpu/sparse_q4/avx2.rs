@@ -11,6 +11,7 @@ use std::arch::x86_64::*;
 
 use super::{ActiveBlock, CODE_TILE_BYTES, I16_PAIRS, Pair, TILE, TileRun, prefetch, prefetch_blocks_ahead};
 use crate::QK;
+use crate::cpu::avx2::hmax;
 
 /// Σ over `pairs` of code · x in i16, as the four vectors A0..A3 (see `super::position`).
 #[inline(always)]
@@ -109,17 +110,6 @@ pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-/// Largest of 8 non-negative lanes.
-#[inline(always)]
-unsafe fn hmax(v: __m256) -> f32 {
-    // SAFETY: register-only intrinsics; the caller enabled avx.
-    unsafe {
-        let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)))
     }
 }
 
