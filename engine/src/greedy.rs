@@ -236,7 +236,11 @@ mod tests {
     /// attention output (the input of o), so its errors are those of the real block.
     #[test]
     fn causal_attention_is_the_forward_pass_attention() {
-        let model = Model::load(&crate::paths::default_model_path(), Precision::F32).expect("the installed model");
+        // The installed model, or SIEVE_MODEL as in the integration tests.
+        let path = std::env::var_os("SIEVE_MODEL")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(crate::paths::default_model_path);
+        let model = Model::load(&path, Precision::F32).expect("the installed model (./scripts/setup.sh)");
         let tokens: Vec<u32> = (0..40).map(|i| 300 + 37 * i).collect();
         let layer = 3;
         let (mut attn_in, mut attn_out) = (Vec::new(), Vec::new());
