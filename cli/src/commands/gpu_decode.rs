@@ -27,6 +27,10 @@ pub struct SyntheticArgs {
     /// Decode steps timed per method (after as many warm-up steps).
     #[arg(long, default_value_t = 64)]
     pub steps: usize,
+    /// How the input-sparse GEMVs gather active rows, comma-separated to compare several in
+    /// one run.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub gathers: Vec<GatherArg>,
     /// Decode steps whose activations calibrate the thresholds.
     #[arg(long, default_value_t = 16)]
     pub calibration_steps: usize,
@@ -38,6 +42,17 @@ pub struct SyntheticArgs {
     pub json: bool,
 }
 
+/// How the input-sparse GEMVs gather active rows, as named by `--gathers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GatherArg {
+    /// The library's choice for the output widths.
+    Auto,
+    /// 256 outputs per warp (rows read in 512-byte runs).
+    Narrow,
+    /// 512 outputs per warp (1 KB runs).
+    Wide,
+}
+
 /// Checks the synthetic benchmark's arguments before any GPU work.
 pub fn validate_synthetic(a: &SyntheticArgs) -> Result<Vec<(sieve_engine::sparsity::Method, f32)>> {
     if a.shape != "llama3-8b" {
@@ -45,6 +60,9 @@ pub fn validate_synthetic(a: &SyntheticArgs) -> Result<Vec<(sieve_engine::sparsi
     }
     if a.steps == 0 || a.calibration_steps == 0 {
         bail!("--steps and --calibration-steps must be at least 1");
+    }
+    if a.gathers.is_empty() {
+        bail!("--gathers: give at least one");
     }
     if a.steps + a.calibration_steps > 4096 {
         bail!("--steps + --calibration-steps must fit the 4096-position cache");

@@ -12,7 +12,7 @@ use sieve_engine::sampling::{Sampler, SamplingParams, argmax};
 use sieve_engine::sparsity::SparsityPlan;
 use sieve_engine::{Model, Precision};
 use sieve_eval::corpus::{BUILTIN_BENCH_TEXT, tokenize_file};
-use sieve_kernels::gpu::Gpu;
+use sieve_kernels::gpu::{Gather, Gpu};
 
 use super::SyntheticArgs;
 use crate::commands::bench::DecodeArgs;
@@ -201,11 +201,16 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
     let modes: Vec<bool> = if gm.gpu().early_launch() { vec![true, false] } else { vec![false] };
     for &(m, s) in &methods {
         let plan = calibrate_uniform(m, s, &samples)?;
-        for &early in &modes {
+        for (&early, &gather) in modes.iter().flat_map(|e| a.gathers.iter().map(move |g| (e, g))) {
             gm.set_early_launch(early);
+            gm.set_gather(match gather {
+                super::GatherArg::Auto => Gather::Auto,
+                super::GatherArg::Narrow => Gather::Narrow,
+                super::GatherArg::Wide => Gather::Wide,
+            });
             let (dense_us, method_us) = paired_times(&mut gm, &steps, &dense, &plan, 3)?;
             rows.push(serde_json::json!({
-                "method": plan.method, "sparsity": s, "early_launch": early,
+                "method": plan.method, "sparsity": s, "early_launch": early, "gather": format!("{gather:?}").to_lowercase(),
                 "dense_us_per_step": dense_us, "method_us_per_step": method_us,
                 "speedup": dense_us / method_us,
                 "dense_of_roofline": roofline_us / dense_us,
@@ -213,6 +218,7 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
         }
     }
     gm.set_early_launch(modes[0]);
+    gm.set_gather(Gather::Auto);
     let out = serde_json::json!({
         "gpu": gm.gpu().info().name,
         "shape": a.shape,
@@ -236,16 +242,17 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
         1e6 / roofline_us
     );
     println!(
-        "| method | sparsity | early launch | dense µs/step | dense of roofline | method µs/step | tok/s | speedup |"
+        "| method | sparsity | early launch | gather | dense µs/step | dense of roofline | method µs/step | tok/s | speedup |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2}x |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2}x |",
             r["method"].as_str().unwrap_or("?"),
             f("sparsity"),
             if r["early_launch"].as_bool().unwrap_or(false) { "on" } else { "off" },
+            r["gather"].as_str().unwrap_or("?"),
             f("dense_us_per_step"),
             f("dense_of_roofline"),
             f("method_us_per_step"),

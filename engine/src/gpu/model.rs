@@ -323,6 +323,15 @@ impl GpuModel {
         self.gpu.set_early_launch(on);
     }
 
+    /// How the input-sparse GEMVs gather active rows ([`Gather::Auto`] unless set); each
+    /// sequence's step graph is captured again at its next step.
+    pub fn set_gather(&mut self, gather: Gather) {
+        self.gemv.gather = gather;
+        for seq in &mut self.seqs {
+            seq.graph = None;
+        }
+    }
+
     /// Positions the KV cache holds.
     pub fn max_len(&self) -> usize {
         self.max_len
