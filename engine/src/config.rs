@@ -46,7 +46,7 @@ impl Config {
         let key = |k: &str| format!("{architecture}.{k}");
         let n_heads = gguf.get_usize(&key("attention.head_count"))?;
         let d_model = gguf.get_usize(&key("embedding_length"))?;
-        let head_dim = if n_heads > 0 { d_model / n_heads } else { 0 };
+        let head_dim = d_model.checked_div(n_heads).unwrap_or(0);
         let vocab_size = match gguf.get_usize(&key("vocab_size")) {
             Ok(v) => v,
             Err(_) => gguf.tensor_shape("token_embd.weight").and_then(|s| s.first().copied()).unwrap_or(0),
@@ -125,19 +125,19 @@ impl Config {
                 return bad(k, "must be positive".into());
             }
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(
                 "attention.head_count",
                 format!("{} does not divide embedding_length {}", self.n_heads, self.d_model),
             );
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "attention.head_count_kv",
                 format!("{} does not divide head_count {}", self.n_kv_heads, self.n_heads),
             );
         }
-        if self.rope_dim > self.head_dim || self.rope_dim % 2 != 0 {
+        if self.rope_dim > self.head_dim || !self.rope_dim.is_multiple_of(2) {
             return bad(
                 "rope.dimension_count",
                 format!("{} is not an even number <= head size {}", self.rope_dim, self.head_dim),
@@ -146,8 +146,8 @@ impl Config {
         if self.n_layers > 1024 || self.d_model > 1 << 16 || self.d_ff > 1 << 18 || self.context_len > 1 << 20 {
             return bad("block_count/embedding_length", "implausibly large model dimensions".into());
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) || !(self.rms_eps.is_finite() && self.rms_eps > 0.0)
-        {
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !(positive(self.rope_theta) && positive(self.rms_eps)) {
             return bad("rope.freq_base/layer_norm_rms_epsilon", "must be finite and positive".into());
         }
         Ok(())

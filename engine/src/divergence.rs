@@ -118,9 +118,9 @@ struct RowDivergence {
     same_top: bool,
 }
 
-/// With `lp = p - max_p - ln Z_p` and `lq` alike, KL(p || q) = Σ softmax(p)_i (p_i - q_i)
-/// - (max_p + ln Z_p) + (max_q + ln Z_q): the dense exponentials are kept in `scratch` so the
-/// KL sum needs none of its own.
+/// With `lp = p - max_p - ln Z_p` and `lq` alike,
+/// KL(p || q) = Σ softmax(p)_i (p_i - q_i) - (max_p + ln Z_p) + (max_q + ln Z_q): the dense
+/// exponentials are kept in `scratch` so the KL sum needs none of its own.
 fn compare_row(p: &[f32], q: &[f32], target: usize, scratch: &mut [f64]) -> RowDivergence {
     let (p_max, p_top) = max_and_first_argmax(p);
     let (q_max, q_top) = max_and_first_argmax(q);

@@ -189,7 +189,7 @@ impl<'m> Session<'m> {
         self.steps += 1;
         let plan = self.opts.sparsity.as_ref();
         let every = self.opts.audit_every;
-        if let Some(a) = self.audit.as_mut().filter(|_| self.steps % every == 0) {
+        if let Some(a) = self.audit.as_mut().filter(|_| self.steps.is_multiple_of(every)) {
             let mut hooks = Hooks { plan, audit: Some(a), accuracy_path: true, ..Hooks::default() };
             self.logits = self.model.forward_with(&[next], &mut self.cache, Logits::Last, &mut hooks)?;
             return Ok(Step::Token(next));

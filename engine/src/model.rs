@@ -344,13 +344,16 @@ impl Model {
     }
 }
 
+/// A [`Hooks::observe`] callback: gets the layer, the tap and that tap's activations.
+pub type Observer<'a> = dyn FnMut(usize, Tap, &[f32]) + 'a;
+
 /// Optional extras of a forward pass: a sparsity plan to apply, counters of what it dropped,
 /// and an observer that sees every tapped activation (before the plan drops anything).
 #[derive(Default)]
 pub struct Hooks<'a> {
     pub plan: Option<&'a SparsityPlan>,
     pub stats: Option<&'a mut SparsityStats>,
-    pub observe: Option<&'a mut dyn FnMut(usize, Tap, &[f32])>,
+    pub observe: Option<&'a mut Observer<'a>>,
     /// Mask audit against the reference masks (accuracy path only).
     pub audit: Option<&'a mut MaskAudit>,
     /// Per-layer attention and MLP wall time, when wanted.
@@ -416,6 +419,7 @@ impl Hooks<'_> {
 /// `out = W input` for each listed projection, `input` masked by that projection's threshold
 /// first (quantized once for consecutive projections with the same mask), counting what the
 /// mask dropped.
+#[allow(clippy::too_many_arguments)]
 fn project_each(
     prec: Precision,
     layer: usize,

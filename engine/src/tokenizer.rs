@@ -177,10 +177,10 @@ impl Tokenizer {
 
         let mut stops = vec![eos];
         for s in ["<|im_end|>", "<|endoftext|>"] {
-            if let Some(&id) = ids.get(s) {
-                if !stops.contains(&id) {
-                    stops.push(id);
-                }
+            if let Some(&id) = ids.get(s)
+                && !stops.contains(&id)
+            {
+                stops.push(id);
             }
         }
         let mut special_first = [false; 256];

@@ -149,7 +149,7 @@ pub fn forward_many(x: &ActsQ8, jobs: &mut [(&Linear, &mut [f32])]) -> Result<()
 fn q8_0_blocks(rows: usize, cols: usize, raw: &[u8]) -> Result<MatQ8> {
     const BLOCK: usize = 2 + QK;
     let blocks = rows * cols / QK;
-    if raw.len() != blocks * BLOCK || cols % QK != 0 {
+    if raw.len() != blocks * BLOCK || !cols.is_multiple_of(QK) {
         return Err(EngineError::Tensor {
             tensor: "Q8_0".into(),
             reason: format!("{} bytes for {rows}x{cols}, expected {}", raw.len(), blocks * BLOCK),

@@ -42,7 +42,9 @@ pub fn ppl_p(
     if ps.is_empty() || ps.iter().any(|&p| !p.is_finite() || p <= 0.0) {
         return Err(EvalError::InvalidOption(format!("every p must be above 0 (got {ps:?})")));
     }
-    if !(tolerance > 0.0 && tolerance < 0.5) || !(ceiling > 0.0 && ceiling < 1.0) {
+    // Written so that NaN fails too.
+    let within = |v: f32, lo: f32, hi: f32| v > lo && v < hi;
+    if !(within(tolerance, 0.0, 0.5) && within(ceiling, 0.0, 1.0)) {
         return Err(EvalError::InvalidOption("tolerance must be in (0, 0.5) and the ceiling in (0, 1)".into()));
     }
     // Keyed by sparsity in 1e-4 steps.

@@ -190,13 +190,14 @@ fn worker(s: &Shared, w: usize) {
         }
         // Read the clock only now and then: the spin loop's latency is the pool's latency.
         spins = spins.wrapping_add(1);
-        if spins % 1024 != 0 || idle_since.elapsed() < SPIN {
+        if !spins.is_multiple_of(1024) || idle_since.elapsed() < SPIN {
             std::hint::spin_loop();
             continue;
         }
         s.sleeping[w].store(true, SeqCst);
         let g2 = s.generation.load(SeqCst);
-        if !(g2 % 2 == 1 && g2 != seen) && !s.stop.load(SeqCst) {
+        let published = g2 % 2 == 1 && g2 != seen;
+        if !published && !s.stop.load(SeqCst) {
             thread::park_timeout(Duration::from_millis(100));
         }
         s.sleeping[w].store(false, SeqCst);

@@ -213,6 +213,9 @@ pub struct TrainLog {
     pub val_loss: Vec<f64>,
 }
 
+/// The weights of the best epoch so far: its validation loss, then W1, W2 and b2 flattened.
+type BestEpoch = (f64, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// The DejaVu-style classifier: logits = W2 phi(W1 x) + b2, trained on `labels` with
 /// positives weighted by the negative/positive ratio; the weights of the epoch with the
 /// lowest validation loss are kept.
@@ -235,7 +238,7 @@ pub fn train_lowrank(
             opts.batch
         )));
     }
-    if opts.batch == 0 || opts.epochs == 0 || !(opts.lr > 0.0) {
+    if opts.batch == 0 || opts.epochs == 0 || opts.lr.is_nan() || opts.lr <= 0.0 {
         return Err(PredictorError::InvalidOption("batch, epochs and learning rate must be positive".into()));
     }
     let r = opts.rank;
@@ -262,7 +265,7 @@ pub fn train_lowrank(
     let val_y_t = labels_tensor(val_y, 0..val_y.n(), &dev)?;
     let mut order: Vec<usize> = (0..n).collect();
     let mut log = TrainLog { epochs_run: 0, best_epoch: 0, val_loss: Vec::new() };
-    let mut best: Option<(f64, Vec<f32>, Vec<f32>, Vec<f32>)> = None;
+    let mut best: Option<BestEpoch> = None;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     for epoch in 0..opts.epochs {
         shuffle(&mut order, &mut rng);

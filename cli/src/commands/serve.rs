@@ -53,7 +53,7 @@ pub struct Args {
 }
 
 fn seconds(name: &str, s: f64) -> Result<Duration> {
-    if !s.is_finite() || s < 0.0 || s > 86_400.0 {
+    if !s.is_finite() || !(0.0..=86_400.0).contains(&s) {
         bail!("--{name} {s} must be between 0 and 86400 seconds");
     }
     Ok(Duration::from_secs_f64(s))

@@ -51,8 +51,8 @@ unsafe fn scales8(w: &Q4Row<'_>, x: &ActRow<'_>, b0: usize, nb: usize, out: &mut
             hsum(_mm256_mul_ps(m, _mm256_loadu_ps(x.sum.as_ptr().add(b0))))
         } else {
             let mut mins = 0f32;
-            for i in 0..k {
-                out[i] = f16(w.d[b0 + i]) * x.d[b0 + i];
+            for (i, o) in out.iter_mut().enumerate().take(k) {
+                *o = f16(w.d[b0 + i]) * x.d[b0 + i];
                 mins += f16(w.m[b0 + i]) * x.sum[b0 + i];
             }
             mins

@@ -142,9 +142,9 @@ mod tests {
             assert!((want - got).abs() < 1e-4 * (1.0 + want.abs()), "{want} vs {got}");
             // SAFETY: as above.
             let got4 = unsafe { avx2::dot_x4(&w, &[row(0), row(1), row(2), row(3)]) };
-            for k in 0..4 {
+            for (k, &got) in got4.iter().enumerate() {
                 let want = scalar::dot(&w, &row(k));
-                assert!((want - got4[k]).abs() < 1e-4 * (1.0 + want.abs()), "{k}: {want} vs {}", got4[k]);
+                assert!((want - got).abs() < 1e-4 * (1.0 + want.abs()), "{k}: {want} vs {got}");
             }
         }
     }
