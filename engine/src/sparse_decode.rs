@@ -151,8 +151,10 @@ pub(crate) fn project_all(
     stats: &mut Option<&mut SparsityStats>,
 ) -> Result<()> {
     let teal = matches!(method, Method::Teal | Method::TealUniform);
-    if outs.len() > 1 && !outs.iter().any(|(p, _)| teal && lp.proj[p.index()] > 0.0) {
-        // Every projection dense: one quantization, one parallel job.
+    let all_quantized = outs.iter().all(|(p, _)| !matches!(w.proj(*p), Linear::F32(_)));
+    if outs.len() > 1 && all_quantized && !outs.iter().any(|(p, _)| teal && lp.proj[p.index()] > 0.0) {
+        // Every projection dense and quantized: one quantization, one parallel job (f32
+        // weights take the loop below, which hands them the f32 input).
         scratch.qa.quantize_from(x, 1, x.len())?;
         let mut many: Vec<(&Linear, &mut [f32])> = outs.iter_mut().map(|(p, out)| (w.proj(*p), &mut **out)).collect();
         crate::weights::forward_many(&scratch.qa, &mut many)?;

@@ -59,15 +59,25 @@ fn step(s: &Setup, method: Method, accuracy_path: bool) -> (Vec<f32>, SparsitySt
 }
 
 fn step_with(s: &Setup, plan: &SparsityPlan, accuracy_path: bool) -> (Vec<f32>, SparsityStats) {
+    step_on(&s.model, &s.tokens, plan, accuracy_path)
+}
+
+fn step_on(model: &Model, tokens: &[u32], plan: &SparsityPlan, accuracy_path: bool) -> (Vec<f32>, SparsityStats) {
     let plan = plan.clone();
-    let (prompt, next) = s.tokens.split_at(40);
-    let mut cache = s.model.new_cache();
+    let (prompt, next) = tokens.split_at(40);
+    let mut cache = model.new_cache();
     let mut hooks = Hooks { plan: Some(&plan), ..Hooks::default() };
-    s.model.forward_with(prompt, &mut cache, Logits::Last, &mut hooks).expect("prefill");
-    let mut stats = SparsityStats::new(s.model.config().n_layers);
+    model.forward_with(prompt, &mut cache, Logits::Last, &mut hooks).expect("prefill");
+    let mut stats = SparsityStats::new(model.config().n_layers);
     let mut hooks = Hooks { plan: Some(&plan), stats: Some(&mut stats), accuracy_path, ..Hooks::default() };
-    let logits = s.model.forward_with(&next[..1], &mut cache, Logits::Last, &mut hooks).expect("decode");
+    let logits = model.forward_with(&next[..1], &mut cache, Logits::Last, &mut hooks).expect("decode");
     (logits, stats)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
 }
 
 #[test]
@@ -81,13 +91,30 @@ fn sparse_decode_kernels_match_the_accuracy_path() {
         // one input pair at a time). A mask is a step function, so an activation within
         // rounding of its threshold may flip and the difference grows through later layers
         // (TEAL measured cosine 0.9945 there); compare the logit vectors' direction.
-        let dot: f64 = fast.iter().zip(&reference).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-        let cosine = dot / (norm(&fast) * norm(&reference));
+        let cosine = cosine(&fast, &reference);
         assert!(cosine > 0.99, "{method}: logits cosine {cosine}");
         let params = s.model.config().proj_params();
         let (a, b) = (fast_stats.achieved(method, &params), ref_stats.achieved(method, &params));
         assert!(a > 0.2 && (a - b).abs() < 0.01, "{method}: achieved sparsity {a} by kernels, {b} by masking");
+    }
+}
+
+/// The f32 (reference) precision decodes with its own sparse kernels too: f32 input-sparse
+/// GEMVs for TEAL; for CATS the dense attention projections in f32 beside the f32 gate and up
+/// rows (this path once fed them int8 activations and failed).
+#[test]
+fn f32_sparse_decode_matches_its_accuracy_path() {
+    let s = setup();
+    let model = Model::load(&common::model_path(), Precision::F32).expect("f32 model");
+    for method in [Method::Teal, Method::Cats] {
+        let plan = s.profile.plan(method, 0.5).expect("plan");
+        let (sparse, stats) = step_on(&model, &s.tokens, &plan, false);
+        let (reference, ref_stats) = step_on(&model, &s.tokens, &plan, true);
+        let cosine = cosine(&sparse, &reference);
+        assert!(cosine > 0.99, "f32 {method}: logits cosine {cosine}");
+        let params = model.config().proj_params();
+        let (a, b) = (stats.achieved(method, &params), ref_stats.achieved(method, &params));
+        assert!(a > 0.2 && (a - b).abs() < 0.01, "f32 {method}: achieved sparsity {a} by kernels, {b} by masking");
     }
 }
 
