@@ -138,6 +138,21 @@ pub(crate) fn check_io(inputs: usize, outputs: usize, x: usize, out: usize) -> R
     Ok(())
 }
 
+/// Most outputs per task of the f32 input-sparse GEMV: each active row is read in runs of up
+/// to 8 KB (two pages), which the hardware prefetcher follows, while the task's sums (8 KB)
+/// stay in L1. Runs of 256 bytes, one per 64-output task, read each active row from as many
+/// pages as tasks and measured 0.5-0.7x of the dense GEMV at 50% sparsity.
+const F32_MAX_TASK_OUTPUTS: usize = 2048;
+
+/// Active rows ahead of the current one whose run's first lines a task prefetches: the runs
+/// are scattered, so the hardware prefetcher cannot start them.
+const F32_ROWS_AHEAD: usize = 8;
+
+/// Outputs below which the f32 input-sparse GEMV splits its active rows over the tasks
+/// (each read whole, 4 KB or less) rather than its outputs (runs of a quarter of a row, 1 KB
+/// or less, which the hardware prefetcher does not follow from row to row).
+const F32_SPLIT_INPUTS_BELOW: usize = 1024;
+
 /// `out = W (x ⊙ [|x| > threshold])` for f32 input-major weights; returns how many input
 /// channels were active.
 pub fn gemv_input_sparse_f32(
@@ -149,18 +164,40 @@ pub fn gemv_input_sparse_f32(
     check_threshold(threshold)?;
     check_io(w.inputs, w.outputs, x.len(), out.len())?;
     let active: Vec<u32> = (0..x.len()).filter(|&i| x[i].abs() > threshold).map(|i| i as u32).collect();
-    let tasks = w.outputs.div_ceil(OUT_TILE);
+    let values: Vec<f32> = active.iter().map(|&i| x[i as usize]).collect();
+    let threads = global().threads();
+    if w.outputs < F32_SPLIT_INPUTS_BELOW && threads > 1 && active.len() >= 2 * F32_ROWS_AHEAD {
+        // Narrow outputs: the tasks take the active rows in turn, each row read whole into
+        // the task's own sums, which are added up at the end.
+        let tasks = 2 * threads;
+        let per = active.len().div_ceil(tasks);
+        let mut partial = vec![0f32; tasks * w.outputs];
+        let p = Shared(partial.as_mut_ptr());
+        parallel_for(tasks, |t| {
+            let rows = t * per..((t + 1) * per).min(active.len());
+            // SAFETY: task t owns partial[t * outputs..(t + 1) * outputs].
+            let y = unsafe { p.range(t * w.outputs, w.outputs) };
+            if !rows.is_empty() {
+                cpu::axpy_rows_f32(&w.data, w.outputs, 0, &active[rows.clone()], &values[rows], y, F32_ROWS_AHEAD);
+            }
+        });
+        out.copy_from_slice(&partial[..w.outputs]);
+        for part in partial.chunks_exact(w.outputs).skip(1) {
+            cpu::axpy_f32(1.0, part, out);
+        }
+        return Ok(active.len());
+    }
+    // Two tasks per thread where the outputs allow, each a whole number of cache lines.
+    let tile = w.outputs.div_ceil(2 * threads).next_multiple_of(16).min(F32_MAX_TASK_OUTPUTS);
+    let tasks = w.outputs.div_ceil(tile);
     let o = Shared(out.as_mut_ptr());
     parallel_for(tasks, |t| {
-        let j0 = t * OUT_TILE;
-        let len = OUT_TILE.min(w.outputs - j0);
+        let j0 = t * tile;
+        let len = tile.min(w.outputs - j0);
         // SAFETY: task t owns outputs j0..j0 + len, inside `out`.
         let y = unsafe { o.range(j0, len) };
         y.fill(0.0);
-        for &i in &active {
-            let i = i as usize;
-            cpu::axpy_f32(x[i], &w.data[i * w.outputs + j0..][..len], y);
-        }
+        cpu::axpy_rows_f32(&w.data, w.outputs, j0, &active, &values, y, F32_ROWS_AHEAD);
     });
     Ok(active.len())
 }

@@ -79,6 +79,69 @@ pub unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `y += Σ_k a[k] · w[idx[k] · stride + offset ..][..y.len()]`, four rows per pass over `y`
+/// (one load and store of `y` per four rows), prefetching the run `ahead` rows on (its first
+/// 512 bytes: a longer run is followed by the hardware prefetcher once it has started).
+///
+/// # Safety
+/// avx2 and fma are enabled; `a.len() >= idx.len()` and every run
+/// `idx[k] · stride + offset + y.len()` lies inside `w` (checked by the caller).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_rows_f32(w: &[f32], stride: usize, offset: usize, idx: &[u32], a: &[f32], y: &mut [f32], ahead: usize) {
+    let n = y.len();
+    let run = |k: usize| idx[k] as usize * stride + offset;
+    // SAFETY: every run read lies inside `w` and every y access below index n (guaranteed by
+    // the caller; the vector loops stop at the last whole 8).
+    unsafe {
+        let (pw, py) = (w.as_ptr(), y.as_mut_ptr());
+        let lines = n.div_ceil(16).min(16);
+        let prefetch = |k: usize| {
+            if k < idx.len() {
+                let p = pw.add(run(k));
+                for l in 0..lines {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * l) as *const i8);
+                }
+            }
+        };
+        (0..ahead).for_each(prefetch);
+        let mut k = 0;
+        while k + 4 <= idx.len() {
+            (k + ahead..k + ahead + 4).for_each(prefetch);
+            let r = [run(k), run(k + 1), run(k + 2), run(k + 3)].map(|o| pw.add(o));
+            let c = [a[k], a[k + 1], a[k + 2], a[k + 3]];
+            let v = [_mm256_set1_ps(c[0]), _mm256_set1_ps(c[1]), _mm256_set1_ps(c[2]), _mm256_set1_ps(c[3])];
+            let mut i = 0;
+            while i + 8 <= n {
+                let mut acc = _mm256_loadu_ps(py.add(i));
+                for (rj, vj) in r.iter().zip(&v) {
+                    acc = _mm256_fmadd_ps(*vj, _mm256_loadu_ps(rj.add(i)), acc);
+                }
+                _mm256_storeu_ps(py.add(i), acc);
+                i += 8;
+            }
+            while i < n {
+                *py.add(i) += c[0] * *r[0].add(i) + c[1] * *r[1].add(i) + c[2] * *r[2].add(i) + c[3] * *r[3].add(i);
+                i += 1;
+            }
+            k += 4;
+        }
+        while k < idx.len() {
+            let (r, c) = (pw.add(run(k)), a[k]);
+            let v = _mm256_set1_ps(c);
+            let mut i = 0;
+            while i + 8 <= n {
+                _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(v, _mm256_loadu_ps(r.add(i)), _mm256_loadu_ps(py.add(i))));
+                i += 8;
+            }
+            while i < n {
+                *py.add(i) += c * *r.add(i);
+                i += 1;
+            }
+            k += 1;
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn dot_q8(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
     let nb = ws.len().min(xs.len()).min(wq.len() / QK).min(xq.len() / QK);

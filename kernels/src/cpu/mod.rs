@@ -57,6 +57,21 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `y += Σ_k a[k] · w[idx[k] · stride + offset ..][..y.len()]`: the input-sparse f32 GEMV's
+/// task, over the runs of its active rows (prefetched `ahead` rows on). Panics, as slicing
+/// would, when a run leaves `w` or `a` is shorter than `idx`.
+pub fn axpy_rows_f32(w: &[f32], stride: usize, offset: usize, idx: &[u32], a: &[f32], y: &mut [f32], ahead: usize) {
+    let last = idx.iter().map(|&i| i as usize * stride + offset + y.len()).max().unwrap_or(0);
+    assert!(last <= w.len() && a.len() >= idx.len(), "axpy_rows_f32: a run ends at {last} of {}", w.len());
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `active()` returns Avx2 only when the CPU reports avx2 and fma; every run lies
+        // inside `w` and `a` covers `idx` (asserted above).
+        Isa::Avx2 => unsafe { avx2::axpy_rows_f32(w, stride, offset, idx, a, y, ahead) },
+        _ => scalar::axpy_rows_f32(w, stride, offset, idx, a, y),
+    }
+}
+
 /// Dot product of an int8 weight row and an int8 activation row, both in blocks of 32 with
 /// one f32 scale per block. (The dense products use the multi-row kernels below; this one is
 /// kept for row-selective callers and as the tested reference of the block arithmetic.)
@@ -303,6 +318,33 @@ mod tests {
         assert_eq!(res, [0.0; 4], "rows > res_stride is refused");
         scalar::q8_gemm(&tile(1), &mut res, 1);
         assert_eq!(res, [32.0; 4]);
+    }
+
+    /// The AVX2 multi-row axpy against the scalar one: every tail of 8 outputs, every
+    /// remainder of 4 rows, rows at an offset into a strided matrix.
+    #[test]
+    fn axpy_rows_matches_scalar() {
+        let (rows, stride) = (11usize, 40usize);
+        let w: Vec<f32> = (0..rows * stride).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        for n in [0usize, 1, 7, 8, 9, 17, 31] {
+            for count in 0..=rows {
+                let idx: Vec<u32> = (0..count as u32).map(|k| (k * 7) % rows as u32).collect();
+                let a: Vec<f32> = (0..count).map(|k| 0.5 - k as f32 * 0.25).collect();
+                let mut want = vec![1.0f32; n];
+                scalar::axpy_rows_f32(&w, stride, 5, &idx, &a, &mut want);
+                let mut got = vec![1.0f32; n];
+                super::axpy_rows_f32(&w, stride, 5, &idx, &a, &mut got, 3);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "n {n} rows {count}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "axpy_rows_f32")]
+    fn axpy_rows_refuses_runs_past_the_weights() {
+        super::axpy_rows_f32(&[0.0; 16], 8, 4, &[1], &[1.0], &mut [0.0; 8], 0);
     }
 
     #[cfg(target_arch = "x86_64")]

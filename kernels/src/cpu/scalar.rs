@@ -27,6 +27,13 @@ pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+pub fn axpy_rows_f32(w: &[f32], stride: usize, offset: usize, idx: &[u32], a: &[f32], y: &mut [f32]) {
+    for (&i, &c) in idx.iter().zip(a) {
+        let at = i as usize * stride + offset;
+        axpy_f32(c, &w[at..at + y.len()], y);
+    }
+}
+
 pub fn dot_q8(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
     let mut s = 0f32;
     for ((wb, xb), (&sw, &sx)) in wq.chunks_exact(QK).zip(xq.chunks_exact(QK)).zip(ws.iter().zip(xs)) {
