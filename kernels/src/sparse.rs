@@ -144,7 +144,7 @@ pub(crate) fn check_io(inputs: usize, outputs: usize, x: usize, out: usize) -> R
 /// pages as tasks and measured 0.5-0.7x of the dense GEMV at 50% sparsity.
 const F32_MAX_TASK_OUTPUTS: usize = 2048;
 
-/// Active rows ahead of the current one whose run's first lines a task prefetches: the runs
+/// Active rows ahead of the current one whose run a task prefetches: the runs
 /// are scattered, so the hardware prefetcher cannot start them.
 const F32_ROWS_AHEAD: usize = 8;
 
@@ -318,11 +318,15 @@ impl RowMajor<'_> {
             RowMajor::Q4(m) => m.cols(),
         }
     }
-    /// Starts fetching row `r` (quantized rows; f32 rows are the reference path).
+    /// Starts fetching row `r` (of an f32 row its first 512 bytes: the hardware prefetcher
+    /// follows a longer row once it has started).
     #[inline]
     fn prefetch(&self, r: usize) {
         match self {
-            RowMajor::F32(_) => {}
+            RowMajor::F32(m) => {
+                let row = m.row(r);
+                cpu::prefetch(&row[..row.len().min(128)]);
+            }
             RowMajor::Q8(m) => {
                 cpu::prefetch(m.row_qs(r));
                 cpu::prefetch(m.row_scales(r));
@@ -361,6 +365,7 @@ impl RowMajor<'_> {
                 let (r0, r1, r2, r3) = (m.row_view(r[0]), m.row_view(r[1]), m.row_view(r[2]), m.row_view(r[3]));
                 q4_inner::dot_rows4([&r0, &r1, &r2, &r3], &act)
             }
+            (RowMajor::F32(m), Vector::F32(x)) => cpu::dot4_f32(r.map(|r| m.row(r)), x),
             _ => r.map(|r| self.dot(r, x)),
         }
     }

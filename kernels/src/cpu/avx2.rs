@@ -80,8 +80,9 @@ pub unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 }
 
 /// `y += Σ_k a[k] · w[idx[k] · stride + offset ..][..y.len()]`, four rows per pass over `y`
-/// (one load and store of `y` per four rows), prefetching the run `ahead` rows on (its first
-/// 512 bytes: a longer run is followed by the hardware prefetcher once it has started).
+/// (one load and store of `y` per four rows), prefetching the run `ahead` rows on into L2 (up
+/// to 2.5 KB of it, a 576-wide row whole: the hardware prefetcher follows a longer run once
+/// it has started, and so many lines ahead would overflow L1's fill buffers).
 ///
 /// # Safety
 /// avx2 and fma are enabled; `a.len() >= idx.len()` and every run
@@ -94,12 +95,13 @@ pub unsafe fn axpy_rows_f32(w: &[f32], stride: usize, offset: usize, idx: &[u32]
     // the caller; the vector loops stop at the last whole 8).
     unsafe {
         let (pw, py) = (w.as_ptr(), y.as_mut_ptr());
-        let lines = n.div_ceil(16).min(16);
+        let lines = n.div_ceil(16).min(40);
+        // Prefetch addresses may pass the end of `w` (wrapping_add): a prefetch never faults.
         let prefetch = |k: usize| {
             if k < idx.len() {
                 let p = pw.add(run(k));
                 for l in 0..lines {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * l) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(16 * l) as *const i8);
                 }
             }
         };
@@ -220,6 +222,35 @@ pub unsafe fn f32_rows_x1<const R: usize>(w: &[f32], cols: usize, x: &[f32]) -> 
     for i in i..cols {
         for (r, o) in out.iter_mut().enumerate() {
             *o += w[r * cols + i] * x[i];
+        }
+    }
+    out
+}
+
+/// Four f32 rows anywhere (the output-sparse GEMV's listed rows) times one activation row:
+/// each activation load serves the four rows. Over the shortest length.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn f32_dot4(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    let n = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len());
+    let p = rows.map(|r| r.as_ptr());
+    let px = x.as_ptr();
+    let mut i = 0;
+    let mut out = [0f32; 4];
+    // SAFETY: every load reads 8 floats at index i with i + 8 <= n, inside each row and x.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        while i + 8 <= n {
+            let xv = _mm256_loadu_ps(px.add(i));
+            for (a, pr) in acc.iter_mut().zip(&p) {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pr.add(i)), xv, *a);
+            }
+            i += 8;
+        }
+        out.copy_from_slice(&to_array(hsum4(acc)));
+    }
+    for i in i..n {
+        for (o, r) in out.iter_mut().zip(&rows) {
+            *o += r[i] * x[i];
         }
     }
     out

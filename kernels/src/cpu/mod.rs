@@ -46,6 +46,17 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// Four f32 rows times one activation row (over the shortest length).
+#[inline]
+pub fn dot4_f32(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    match active() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `active()` returns Avx2 only when the CPU reports avx2 and fma.
+        Isa::Avx2 => unsafe { avx2::f32_dot4(rows, x) },
+        _ => rows.map(|r| scalar::dot_f32(r, x)),
+    }
+}
+
 /// `y += a * x` (over the shorter length, should they differ).
 #[inline]
 pub fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
@@ -337,6 +348,19 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "n {n} rows {count}: {g} vs {w}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn dot4_matches_four_dots() {
+        let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let rows: Vec<Vec<f32>> = (0..4).map(|r| (0..37).map(|i| ((i * (r + 3)) % 11) as f32 - 5.0).collect()).collect();
+        for n in [0usize, 5, 8, 23, 37] {
+            let got = super::dot4_f32([&rows[0][..n], &rows[1][..], &rows[2][..], &rows[3][..]], &x);
+            for (r, g) in got.iter().enumerate() {
+                let want = scalar::dot_f32(&rows[r][..n], &x[..n]);
+                assert!((g - want).abs() <= 1e-4 * (1.0 + want.abs()), "n {n} row {r}: {g} vs {want}");
             }
         }
     }
