@@ -511,6 +511,16 @@ pub fn swiglu_gated(
         let y = unsafe { o.range(k0, len) };
         match (gate, x) {
             (RowMajor::Q4(g), Vector::Q8(a)) => g.gemv_rows(a, k0..k0 + len, y),
+            (RowMajor::F32(g), Vector::F32(xv)) => {
+                // Consecutive rows: the dense kernel's four rows per activation load.
+                let whole = len / 4 * 4;
+                for i in (0..whole).step_by(4) {
+                    y[i..i + 4].copy_from_slice(&cpu::f32_rows_x1::<4>(g.rows_data(k0 + i, 4), g.cols(), xv));
+                }
+                for (i, v) in y.iter_mut().enumerate().skip(whole) {
+                    *v = cpu::dot_f32(g.row(k0 + i), xv);
+                }
+            }
             _ => {
                 for (i, v) in y.iter_mut().enumerate() {
                     if i + ROWS_AHEAD < len {
