@@ -187,8 +187,10 @@ pub fn gemv_input_sparse_f32(
         }
         return Ok(active.len());
     }
-    // Two tasks per thread where the outputs allow, each a whole number of cache lines.
-    let tile = w.outputs.div_ceil(2 * threads).next_multiple_of(16).min(F32_MAX_TASK_OUTPUTS);
+    // At least two tasks per thread and a multiple of the threads (7 tasks of 2048 on 2
+    // threads left one thread a task behind), each a whole number of cache lines.
+    let tasks = w.outputs.div_ceil(F32_MAX_TASK_OUTPUTS).max(2 * threads).next_multiple_of(threads);
+    let tile = w.outputs.div_ceil(tasks).next_multiple_of(16);
     let tasks = w.outputs.div_ceil(tile);
     let o = Shared(out.as_mut_ptr());
     parallel_for(tasks, |t| {
