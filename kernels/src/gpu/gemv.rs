@@ -112,11 +112,19 @@ pub enum Gather {
 /// narrow ahead at 4096 outputs and high sparsity).
 pub const WIDE_MIN_OUTPUTS: usize = 8192;
 
+/// Weights of an output from which [`Gather::Auto`] reads it wide even below
+/// [`WIDE_MIN_OUTPUTS`] (but at 4096 outputs or more): Llama-3-8B's down projection (14336 ->
+/// 4096) ran 1.74-1.75x against 1.73x narrow, and the synthetic 8B decode step with every
+/// product wide took 3831 µs against 3886 at TEAL 50% (q/k/v and o, 4096 -> 4096 and
+/// narrower, stay narrow: 1.60x against 1.47-1.53x wide at 50%).
+pub const WIDE_MIN_WEIGHTS: usize = 32 << 20;
+
 impl Gather {
-    /// The gather used for outputs of these widths.
-    pub fn resolve(self, widths: &[usize]) -> Gather {
+    /// The gather used for outputs of these widths over `k` inputs.
+    pub fn resolve(self, k: usize, widths: &[usize]) -> Gather {
+        let wide = |n: usize| n >= WIDE_MIN_OUTPUTS || (n >= 4096 && k.saturating_mul(n) >= WIDE_MIN_WEIGHTS);
         match self {
-            Gather::Auto if widths.iter().all(|&n| n >= WIDE_MIN_OUTPUTS) => Gather::Wide,
+            Gather::Auto if widths.iter().all(|&n| wide(n)) => Gather::Wide,
             Gather::Auto => Gather::Narrow,
             g => g,
         }
@@ -147,7 +155,7 @@ pub struct SparseGemv {
 impl SparseGemv {
     /// The split plan this GEMV uses for `k` inputs and the given outputs' widths.
     pub fn plan(&self, gpu: &Gpu, k: usize, widths: &[usize]) -> SplitPlan {
-        SplitPlan::new(k, self.tiles(widths), gpu.info().sm_count, self.units_per_sm)
+        SplitPlan::new(k, self.tiles(k, widths), gpu.info().sm_count, self.units_per_sm)
     }
 
     /// f32 values of scratch the deterministic reduction needs for these widths.
@@ -155,14 +163,14 @@ impl SparseGemv {
         match self.reduction {
             Reduction::Atomic => 0,
             Reduction::Deterministic => {
-                self.plan(gpu, k, widths).splits * self.tiles(widths) * self.gather.resolve(widths).tile()
+                self.plan(gpu, k, widths).splits * self.tiles(k, widths) * self.gather.resolve(k, widths).tile()
             }
         }
     }
 
     /// 256-output tiles over all outputs.
-    fn tiles(&self, widths: &[usize]) -> usize {
-        let tile = self.gather.resolve(widths).tile();
+    fn tiles(&self, k: usize, widths: &[usize]) -> usize {
+        let tile = self.gather.resolve(k, widths).tile();
         widths.iter().map(|n| n.div_ceil(tile)).sum()
     }
 
@@ -193,7 +201,7 @@ impl SparseGemv {
             return Err(GpuError::Unsupported(format!("gate has {k} values, up {}", u.len())));
         }
         let widths: Vec<usize> = outs.iter().map(|o| o.out.len()).collect();
-        let gather = self.gather.resolve(&widths);
+        let gather = self.gather.resolve(k, &widths);
         let mut segs = Segs { count: outs.len() as i32, ..Default::default() };
         let mut total_tiles = 0usize;
         for (seg, o) in segs.s.iter_mut().zip(outs) {
@@ -466,13 +474,16 @@ mod tests {
 
     #[test]
     fn wide_units_only_for_wide_outputs() {
-        assert_eq!(Gather::Auto.resolve(&[14336]), Gather::Wide);
-        assert_eq!(Gather::Auto.resolve(&[14336, 14336]), Gather::Wide);
+        assert_eq!(Gather::Auto.resolve(4096, &[14336]), Gather::Wide);
+        assert_eq!(Gather::Auto.resolve(4096, &[14336, 14336]), Gather::Wide);
+        // Llama-3-8B's down projection: 4096 outputs, but 58.7M weights.
+        assert_eq!(Gather::Auto.resolve(14336, &[4096]), Gather::Wide);
+        assert_eq!(Gather::Auto.resolve(4096, &[4096]), Gather::Narrow);
         // q/k/v in one launch: the narrowest output decides.
-        assert_eq!(Gather::Auto.resolve(&[4096, 1024, 1024]), Gather::Narrow);
-        assert_eq!(Gather::Auto.resolve(&[576]), Gather::Narrow);
-        assert_eq!(Gather::Narrow.resolve(&[14336]), Gather::Narrow);
-        assert_eq!(Gather::Wide.resolve(&[576]), Gather::Wide);
+        assert_eq!(Gather::Auto.resolve(4096, &[4096, 1024, 1024]), Gather::Narrow);
+        assert_eq!(Gather::Auto.resolve(1536, &[576]), Gather::Narrow);
+        assert_eq!(Gather::Narrow.resolve(4096, &[14336]), Gather::Narrow);
+        assert_eq!(Gather::Wide.resolve(576, &[576]), Gather::Wide);
         assert_eq!((Gather::Wide.tile(), Gather::Narrow.tile()), (512, 256));
     }
 }
