@@ -17,9 +17,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use sieve_kernels::sparse::{InputMajorF32, gemv_input_sparse_f32};
 use sieve_kernels::sparse::{RowMajor, SparseScratch, Vector, gemv_rows};
 use sieve_kernels::testdata::values;
-use sieve_kernels::sparse::{InputMajorF32, gemv_input_sparse_f32};
 use sieve_kernels::{ActsQ8, InputMajorQ4_1, MatF32, MatQ4_1, gemv_input_sparse_q4_1, matmul_f32, matmul_q4_1};
 
 /// (name, outputs, inputs)

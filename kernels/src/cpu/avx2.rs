@@ -89,7 +89,15 @@ pub unsafe fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) {
 /// avx2 and fma are enabled; `a.len() >= idx.len()` and every run
 /// `idx[k] · stride + offset + y.len()` lies inside `w` (checked by the caller).
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn axpy_rows_f32(w: &[f32], stride: usize, offset: usize, idx: &[u32], a: &[f32], y: &mut [f32], ahead: usize) {
+pub unsafe fn axpy_rows_f32(
+    w: &[f32],
+    stride: usize,
+    offset: usize,
+    idx: &[u32],
+    a: &[f32],
+    y: &mut [f32],
+    ahead: usize,
+) {
     let n = y.len();
     let run = |k: usize| idx[k] as usize * stride + offset;
     // SAFETY: every run read lies inside `w` and every y access below index n (guaranteed by

@@ -355,7 +355,8 @@ mod tests {
     #[test]
     fn dot4_matches_four_dots() {
         let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
-        let rows: Vec<Vec<f32>> = (0..4).map(|r| (0..37).map(|i| ((i * (r + 3)) % 11) as f32 - 5.0).collect()).collect();
+        let rows: Vec<Vec<f32>> =
+            (0..4).map(|r| (0..37).map(|i| ((i * (r + 3)) % 11) as f32 - 5.0).collect()).collect();
         for n in [0usize, 5, 8, 23, 37] {
             let got = super::dot4_f32([&rows[0][..n], &rows[1][..], &rows[2][..], &rows[3][..]], &x);
             for (r, g) in got.iter().enumerate() {
