@@ -15,13 +15,16 @@ pub mod error;
 pub mod gemm_vnni;
 pub mod gpu;
 pub mod isa;
+mod lines;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
 pub mod q4;
+mod q4_rows;
 pub mod quant;
 pub mod sparse;
 pub mod sparse_q4;
+pub mod sparse_rows;
 pub mod testdata;
 
 pub use error::KernelError;

@@ -14,6 +14,7 @@ use half::f16;
 use crate::cpu::q4 as inner;
 use crate::decode_panels::Q4Panels;
 use crate::matmul::{OutPtr, Packed, for_each_row_chunk, q8_gemm_rows, with_packed_acts};
+use crate::q4_rows::StepRows;
 use crate::{ActsQ8, KernelError, MatQ8, QK};
 
 /// Bytes of one GGML `block_q4_1`: f16 d, f16 m, 16 bytes of codes.
@@ -33,6 +34,9 @@ pub struct MatQ4_1 {
     /// The same weights in decode panels, made on the first decode product where the VNNI
     /// kernels run (another 0.625 bytes per weight, for the matrices decode multiplies).
     panels: OnceLock<Q4Panels>,
+    /// The codes in step order for products that read scattered rows, made on the first
+    /// such product where the VNNI kernels run (another 0.5 bytes per weight).
+    step_rows: OnceLock<StepRows>,
 }
 
 impl MatQ4_1 {
@@ -57,7 +61,7 @@ impl MatQ4_1 {
             m.push(u16::from_le_bytes([b[2], b[3]]));
             codes.extend_from_slice(&b[4..]);
         }
-        Ok(Self { rows, cols, codes, d, m, panels: OnceLock::new() })
+        Ok(Self { rows, cols, codes, d, m, panels: OnceLock::new(), step_rows: OnceLock::new() })
     }
 
     /// Quantizes f32 rows as GGML does (per block: m = min, d = (max - min) / 15).
@@ -96,6 +100,10 @@ impl MatQ4_1 {
     /// Bytes of the weights (codes and f16 scales and minima), as the GGUF stores them.
     pub fn bytes(&self) -> usize {
         self.codes.len() + 2 * (self.d.len() + self.m.len())
+    }
+    /// The codes in step order, made on first use; `None` where the VNNI kernels do not run.
+    pub(crate) fn step_rows(&self) -> Option<&StepRows> {
+        crate::gemm_vnni::enabled().then(|| self.step_rows.get_or_init(|| StepRows::new(self)))
     }
     /// The decode panels, made on first use; `None` where the VNNI kernels do not run.
     fn decode_panels(&self) -> Option<&Q4Panels> {

@@ -17,6 +17,7 @@
 use half::f16;
 
 use crate::cpu::sparse_q4::{self as inner, ActiveBlock, CODE_TILE_BYTES, DM_TILE_BYTES, Pair, TILE, TileRun};
+use crate::lines::Lines;
 use crate::pool::{global, parallel_for};
 use crate::sparse::{Shared, SparseScratch, check_io, check_threshold};
 use crate::{KernelError, MatQ4_1, QK};
@@ -39,33 +40,6 @@ const MIN_PARALLEL_WORK: usize = 1024;
 
 /// Cost of a block's scaling per tile, in pairs (for balancing a split over blocks).
 const BLOCK_COST_PAIRS: usize = 5;
-
-/// One cache line, so that code rows and scale tiles start 64-byte aligned.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// A zero-initialized, 64-byte aligned byte buffer.
-#[derive(Clone)]
-struct Lines {
-    lines: Vec<Line>,
-    len: usize,
-}
-
-impl Lines {
-    fn zeroed(len: usize) -> Self {
-        Self { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
-    }
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `Line` is 64 plain bytes (repr(C), no padding), the vector holds at least
-        // `len` of them, and the slice borrows `self`.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.len) }
-    }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`, borrowed mutably through `self`; any byte value is valid.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u8, self.len) }
-    }
-}
 
 /// Q4_1 weights stored input-major for [`gemv_input_sparse_q4_1`] (a lossless
 /// transposition of [`MatQ4_1`], the same bytes per weight).
@@ -131,7 +105,7 @@ impl InputMajorQ4_1 {
     }
     /// Bytes held (codes and f16 scales and minima, outputs padded to a multiple of 64).
     pub fn bytes(&self) -> usize {
-        self.codes.len + self.dm.len
+        self.codes.bytes().len() + self.dm.bytes().len()
     }
     /// Weight (input `i`, output `j`) in f32 (panics if out of range).
     pub fn get(&self, i: usize, j: usize) -> f32 {

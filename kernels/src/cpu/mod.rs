@@ -9,6 +9,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 pub mod q4;
+pub mod q4_rows;
 pub mod quant;
 mod scalar;
 pub mod silu;
