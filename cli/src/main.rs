@@ -25,10 +25,10 @@ enum Command {
     Generate(commands::generate::Args),
     /// Print the token ids of a text.
     Tokenize(commands::tokenize::Args),
-    /// Evaluations (perplexity).
+    /// Evaluations: perplexity, mask audit, sweeps, PPL-p% sparsity, A/B, the full report.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
-    /// Benchmarks (decode speed).
+    /// Benchmarks: decode speed (CPU or GPU), batching, the synthetic 8B model on the GPU.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
     /// Measure activation statistics on calibration text and write the sparsity profile.
