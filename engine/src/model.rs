@@ -75,6 +75,17 @@ impl Model {
         self.weights.precision
     }
 
+    /// Builds the dense decode copies of every matrix (the fast path's VNNI panels; nothing
+    /// on the f32 path or without VNNI), otherwise built inside the first decode step that
+    /// multiplies each: benchmarks and the server call this before they time or serve.
+    pub fn prepare_decode(&self) {
+        let layers = &self.weights.layers;
+        let linears = layers.iter().flat_map(|w| [&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down]);
+        for linear in linears.chain([self.weights.lm_head()]) {
+            linear.prepare_decode();
+        }
+    }
+
     /// Builds the input-major weight copies that decoding under `plan` reads (otherwise built
     /// on first use, inside a decode step).
     pub fn prepare_sparse(&self, plan: &SparsityPlan) -> Result<()> {

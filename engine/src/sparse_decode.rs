@@ -90,9 +90,20 @@ impl SparseWeights {
             Method::Cats => &[Proj::Down],
             _ => &[],
         };
+        // The matrices whose listed rows the method reads one by one.
+        let row_read: &[Proj] = match method {
+            Method::Cats => &[Proj::Up],
+            Method::Predictor | Method::PredictorVerify => &[Proj::Gate, Proj::Up],
+            _ => &[],
+        };
         for (l, w) in layers.iter().enumerate() {
             for &p in projs {
                 self.get(l, p, w)?;
+            }
+            for &p in row_read {
+                if let Linear::Q4(m) = w.proj(p) {
+                    m.prepare_row_reads();
+                }
             }
         }
         Ok(())

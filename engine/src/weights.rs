@@ -47,6 +47,16 @@ pub enum Linear {
 }
 
 impl Linear {
+    /// Builds the copy the decode GEMV reads, where it has one (see
+    /// [`crate::Model::prepare_decode`]).
+    pub fn prepare_decode(&self) {
+        match self {
+            Linear::F32(_) => {}
+            Linear::Q8(m) => m.prepare_decode(),
+            Linear::Q4(m) => m.prepare_decode(),
+        }
+    }
+
     /// Reads tensor `name` (`rows x cols`) at `precision`: f32 for the reference path; on the
     /// fast path Q4_1 tensors keep their blocks and everything else becomes int8.
     fn read(gguf: &mut GgufFile, name: &str, precision: Precision, rows: usize, cols: usize) -> Result<Self> {

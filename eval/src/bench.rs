@@ -92,6 +92,10 @@ pub fn bench_decode(
         });
     }
     let prompt = &tokens[..opts.prompt_tokens];
+    // Every copy either lane reads is built before the clock starts: built lazily, the dense
+    // panels landed in run 0 of whichever lane multiplied a matrix first (about 0.16 s on
+    // SmolLM2, most of it in the dense lane, whose run 0 then measured about 1.3x slower).
+    model.prepare_decode();
     if let Some(plan) = &opts.plan {
         model.prepare_sparse(plan)?;
     }

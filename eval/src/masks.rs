@@ -121,6 +121,7 @@ pub fn audit_masks(
         on_step();
     }
     let (method_t, dense_t) = if opts.timed_steps > 0 {
+        model.prepare_decode();
         model.prepare_sparse(plan)?;
         let prompt = &tokens[..opts.ctx.min(tokens.len()).min(64)];
         let mut method_t = LayerTimes::default();

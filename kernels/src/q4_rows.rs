@@ -71,6 +71,7 @@ impl StepRows {
 }
 
 /// One activation row reordered for [`StepRows`] (see [`StepActs`]).
+#[derive(Default)]
 pub(crate) struct StepActsBuf {
     q: Vec<i8>,
     d: Vec<f32>,
@@ -79,14 +80,25 @@ pub(crate) struct StepActsBuf {
 
 impl StepActsBuf {
     /// Token 0 of `x`, reordered.
+    #[cfg(test)]
     pub(crate) fn new(x: &ActsQ8) -> Self {
+        let mut buf = Self::default();
+        buf.fill(x);
+        buf
+    }
+    /// Token 0 of `x`, reordered into this buffer (its memory reused).
+    pub(crate) fn fill(&mut self, x: &ActsQ8) {
         let nb = x.cols() / QK;
         let (groups, tail) = (nb / GROUP, nb % GROUP);
         let (qs, scales, sums) = (x.row_qs(0), x.row_scales(0), x.row_sums(0));
         let slots = groups + 2;
-        let mut q = vec![0i8; GROUP_ACT_BYTES * slots];
-        let mut d = vec![0f32; 16 * slots];
-        let mut sum = vec![0f32; 16 * slots];
+        let Self { q, d, sum } = self;
+        for v in [&mut *d, &mut *sum] {
+            v.clear();
+            v.resize(16 * slots, 0.0);
+        }
+        q.clear();
+        q.resize(GROUP_ACT_BYTES * slots, 0);
         // Step k of slot `slot`, lane `lane` <- weights 4k..4k+3 of block `b`.
         let mut put = |slot: usize, lane: usize, b: usize| {
             for k in 0..8 {
@@ -107,7 +119,6 @@ impl StepActsBuf {
                 }
             }
         }
-        Self { q, d, sum }
     }
     /// The view the inner loops read.
     pub(crate) fn view(&self) -> StepActs<'_> {

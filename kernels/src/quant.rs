@@ -128,6 +128,11 @@ impl MatQ8 {
     pub fn bytes(&self) -> usize {
         self.qs.len() + self.scales.len() * 4
     }
+    /// Builds now the decode panels (where the VNNI kernels run; else nothing to build), so
+    /// that no timed decode step pays for them.
+    pub fn prepare_decode(&self) {
+        let _ = self.decode_panels();
+    }
     /// The decode panels, made on first use; `None` where the VNNI kernels do not run.
     pub(crate) fn decode_panels(&self) -> Option<&crate::decode_panels::Q8Panels> {
         crate::gemm_vnni::enabled().then(|| self.panels.get_or_init(|| crate::decode_panels::Q8Panels::new(self)))
@@ -318,6 +323,15 @@ fn quantize_blocks_portable(x: &[f32], qs: &mut [i8], scales: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `prepare_decode` builds the decode panels where the VNNI kernels run, and only there.
+    #[test]
+    fn prepare_builds_the_decode_panels() {
+        let w = MatQ8::quantize(32, 64, &crate::testdata::values(32 * 64, 9)).unwrap();
+        assert!(w.panels.get().is_none());
+        w.prepare_decode();
+        assert_eq!(w.panels.get().is_some(), crate::gemm_vnni::enabled());
+    }
 
     #[test]
     fn masked_quantization_equals_quantizing_a_masked_copy() {

@@ -105,11 +105,26 @@ enum Reader<'a> {
     Plain { w: &'a RowMajor<'a>, x: &'a Vector<'a> },
 }
 
-/// The activations in step order, where a Q4_1 product would read them so.
-fn step_acts(x: &Vector<'_>) -> Option<StepActsBuf> {
+/// `f` with the activations in step order where a Q4_1 product would read them so (in a
+/// buffer of this thread's, reused from product to product), else with `None`.
+fn with_step_acts<R>(x: &Vector<'_>, f: impl FnOnce(Option<&StepActsBuf>) -> R) -> R {
+    thread_local! {
+        static BUF: std::cell::RefCell<StepActsBuf> = std::cell::RefCell::new(StepActsBuf::default());
+    }
     match x {
-        Vector::Q8(a) if crate::gemm_vnni::enabled() => Some(StepActsBuf::new(a)),
-        _ => None,
+        Vector::Q8(a) if crate::gemm_vnni::enabled() => BUF.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.fill(a);
+                f(Some(&buf))
+            }
+            // A product started from inside another on this thread: a buffer of its own.
+            Err(_) => {
+                let mut buf = StepActsBuf::default();
+                buf.fill(a);
+                f(Some(&buf))
+            }
+        }),
+        _ => f(None),
     }
 }
 
@@ -193,9 +208,10 @@ fn for_each_row_run(rows: &[u32], out: &mut [f32], f: impl Fn(&[u32], &mut [f32]
 /// `out[k] = W[rows[k]] · x`: only the listed rows are read.
 pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
     check_rows(w, x, rows, out.len())?;
-    let acts = step_acts(x);
-    let w = Reader::new(w, x, acts.as_ref());
-    for_each_row_run(rows, out, |rows, y| w.rows(rows, y));
+    with_step_acts(x, |acts| {
+        let w = Reader::new(w, x, acts);
+        for_each_row_run(rows, out, |rows, y| w.rows(rows, y));
+    });
     Ok(())
 }
 
@@ -210,18 +226,19 @@ pub fn swiglu_rows(
 ) -> Result<(), KernelError> {
     check_rows(gate, x, rows, h.len())?;
     check_rows(up, x, rows, h.len())?;
-    let acts = step_acts(x);
-    let (gate, up) = (Reader::new(gate, x, acts.as_ref()), Reader::new(up, x, acts.as_ref()));
-    for_each_row_run(rows, h, |rows, y| {
-        let mut u = [0f32; RUN];
-        for (rows, y) in rows.chunks(RUN).zip(y.chunks_mut(RUN)) {
-            gate.rows(rows, y);
-            let u = &mut u[..rows.len()];
-            up.rows(rows, u);
-            for (h, &u) in y.iter_mut().zip(u.iter()) {
-                *h = crate::ops::silu(*h) * u;
+    with_step_acts(x, |acts| {
+        let (gate, up) = (Reader::new(gate, x, acts), Reader::new(up, x, acts));
+        for_each_row_run(rows, h, |rows, y| {
+            let mut u = [0f32; RUN];
+            for (rows, y) in rows.chunks(RUN).zip(y.chunks_mut(RUN)) {
+                gate.rows(rows, y);
+                let u = &mut u[..rows.len()];
+                up.rows(rows, u);
+                for (h, &u) in y.iter_mut().zip(u.iter()) {
+                    *h = crate::ops::silu(*h) * u;
+                }
             }
-        }
+        });
     });
     Ok(())
 }
@@ -229,8 +246,37 @@ pub fn swiglu_rows(
 /// Neurons whose gate rows, then up rows, [`swiglu_rows`] reads in one go.
 const RUN: usize = 64;
 
-/// Most neurons one task of [`swiglu_gated`] decides (its kept list lives on the stack).
+/// Most neurons one task of [`swiglu_gated`] decides.
 const GATED_TASK_MAX: usize = 1024;
+
+/// Neurons whose kept up rows [`swiglu_gated`] lists and reads in one go.
+const KEPT_CHUNK: usize = 256;
+
+/// `y[i] = Wg[k0 + i] · x` for consecutive gate rows: the dense kernels (the decode panels,
+/// or four f32 rows per activation load), else one row at a time.
+fn gate_rows(gate: &RowMajor<'_>, x: &Vector<'_>, k0: usize, y: &mut [f32]) {
+    let len = y.len();
+    match (gate, x) {
+        (RowMajor::Q4(g), Vector::Q8(a)) => g.gemv_rows(a, k0..k0 + len, y),
+        (RowMajor::F32(g), Vector::F32(xv)) => {
+            let whole = len / 4 * 4;
+            for i in (0..whole).step_by(4) {
+                y[i..i + 4].copy_from_slice(&cpu::f32_rows_x1::<4>(g.rows_data(k0 + i, 4), g.cols(), xv));
+            }
+            for (i, v) in y.iter_mut().enumerate().skip(whole) {
+                *v = cpu::dot_f32(g.row(k0 + i), xv);
+            }
+        }
+        _ => {
+            for (i, v) in y.iter_mut().enumerate() {
+                if i + ROWS_AHEAD < len {
+                    gate.prefetch(k0 + i + ROWS_AHEAD);
+                }
+                *v = gate.dot(k0 + i, x);
+            }
+        }
+    }
+}
 
 /// CATS's MLP front half: for every neuron the gate product g = Wg[i]·x, and where
 /// |silu(g)| > `threshold` also the up product, `h[i] = silu(g) * (Wu[i]·x)`; elsewhere
@@ -258,56 +304,42 @@ pub fn swiglu_gated(
         )));
     }
     let n = h.len();
-    let acts = step_acts(x);
-    let up_rows = Reader::new(up, x, acts.as_ref());
     let per = n.div_ceil(4 * global().threads()).clamp(16, GATED_TASK_MAX);
     let tasks = n.div_ceil(per);
     let kept = std::sync::atomic::AtomicUsize::new(0);
     let o = Shared(h.as_mut_ptr());
-    parallel_for(tasks, |t| {
-        let k0 = t * per;
-        let len = per.min(n - k0);
-        // SAFETY: task t owns h[k0..k0 + len], inside `h`.
-        let y = unsafe { o.range(k0, len) };
-        match (gate, x) {
-            (RowMajor::Q4(g), Vector::Q8(a)) => g.gemv_rows(a, k0..k0 + len, y),
-            (RowMajor::F32(g), Vector::F32(xv)) => {
-                // Consecutive rows: the dense kernel's four rows per activation load.
-                let whole = len / 4 * 4;
-                for i in (0..whole).step_by(4) {
-                    y[i..i + 4].copy_from_slice(&cpu::f32_rows_x1::<4>(g.rows_data(k0 + i, 4), g.cols(), xv));
-                }
-                for (i, v) in y.iter_mut().enumerate().skip(whole) {
-                    *v = cpu::dot_f32(g.row(k0 + i), xv);
-                }
-            }
-            _ => {
-                for (i, v) in y.iter_mut().enumerate() {
-                    if i + ROWS_AHEAD < len {
-                        gate.prefetch(k0 + i + ROWS_AHEAD);
+    with_step_acts(x, |acts| {
+        let up_rows = Reader::new(up, x, acts);
+        parallel_for(tasks, |t| {
+            let k0 = t * per;
+            let len = per.min(n - k0);
+            // SAFETY: task t owns h[k0..k0 + len], inside `h`.
+            let y = unsafe { o.range(k0, len) };
+            gate_rows(gate, x, k0, y);
+            crate::ops::silu_in_place(y);
+            let mut count = 0;
+            for (c, chunk) in y.chunks_mut(KEPT_CHUNK).enumerate() {
+                let first = k0 + c * KEPT_CHUNK;
+                let mut list = [0u32; KEPT_CHUNK];
+                let mut k = 0;
+                for (i, v) in chunk.iter_mut().enumerate() {
+                    if v.abs() > threshold {
+                        list[k] = (first + i) as u32;
+                        k += 1;
+                    } else {
+                        *v = 0.0;
                     }
-                    *v = gate.dot(k0 + i, x);
                 }
+                let mut ups = [0f32; KEPT_CHUNK];
+                let (list, ups) = (&list[..k], &mut ups[..k]);
+                up_rows.rows(list, ups);
+                for (&i, u) in list.iter().zip(ups.iter()) {
+                    chunk[i as usize - first] *= u;
+                }
+                count += k;
             }
-        }
-        crate::ops::silu_in_place(y);
-        let mut list = [0u32; GATED_TASK_MAX];
-        let mut count = 0;
-        for (i, v) in y.iter_mut().enumerate() {
-            if v.abs() > threshold {
-                list[count] = (k0 + i) as u32;
-                count += 1;
-            } else {
-                *v = 0.0;
-            }
-        }
-        let mut ups = [0f32; GATED_TASK_MAX];
-        let (list, ups) = (&list[..count], &mut ups[..count]);
-        up_rows.rows(list, ups);
-        for (&i, u) in list.iter().zip(ups.iter()) {
-            y[i as usize - k0] *= u;
-        }
-        kept.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            kept.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        });
     });
     Ok(kept.into_inner())
 }

@@ -72,6 +72,8 @@ impl Assets {
             profile,
             predictors,
         };
+        // Built at start, so that no request's first decode step pays for them.
+        model.prepare_decode();
         for m in METHODS {
             if let Ok(Some(plan)) = assets.plan(m, 0.5) {
                 model.prepare_sparse(&plan)?;

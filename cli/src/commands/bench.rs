@@ -149,6 +149,7 @@ fn batching(model_path: &Path, a: BatchingArgs) -> Result<()> {
     let Some(plan) = a.sparsity.plan(model_path, &model)? else {
         anyhow::bail!("--method cats, teal or teal-uniform with a --sparsity above 0 is needed");
     };
+    model.prepare_decode();
     model.prepare_sparse(&plan)?;
     let kmax = a.streams.iter().copied().max().unwrap_or(1);
     if a.prompt_tokens == 0 {

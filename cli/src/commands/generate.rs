@@ -72,6 +72,7 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
     }
     let (tok, model) = super::load(model_path, a.precision)?;
     let sparsity = a.sparsity.plan(model_path, &model)?;
+    model.prepare_decode();
     if let Some(plan) = &sparsity {
         model.prepare_sparse(plan)?;
     }
