@@ -77,20 +77,11 @@ impl RowMajor<'_> {
             _ => 0.0,
         }
     }
-    /// [`RowMajor::dot`] of four rows; Q4_1 rows share the activations' loads.
+    /// [`RowMajor::dot`] of four rows; f32 rows share the activations' loads (Q4_1 rows take
+    /// the step-order kernel wherever it runs, see [`Reader`]).
     #[inline]
     fn dot4(&self, r: [usize; 4], x: &Vector<'_>) -> [f32; 4] {
         match (self, x) {
-            (RowMajor::Q4(m), Vector::Q8(a)) => {
-                let act = q4_inner::ActRow {
-                    q: a.row_qs(0),
-                    pair_q: a.row_pair_qs(0),
-                    d: a.row_scales(0),
-                    sum: a.row_sums(0),
-                };
-                let (r0, r1, r2, r3) = (m.row_view(r[0]), m.row_view(r[1]), m.row_view(r[2]), m.row_view(r[3]));
-                q4_inner::dot_rows4([&r0, &r1, &r2, &r3], &act)
-            }
             (RowMajor::F32(m), Vector::F32(x)) => cpu::dot4_f32(r.map(|r| m.row(r)), x),
             _ => r.map(|r| self.dot(r, x)),
         }

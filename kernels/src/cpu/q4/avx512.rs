@@ -1,5 +1,5 @@
-//! x86-64 AVX-512 VNNI Q4_1 x int8 dot product of one weight row, for the products that
-//! read scattered rows (CATS's kept up rows, rows outside whole decode panels). Four blocks
+//! x86-64 AVX-512 VNNI Q4_1 x int8 dot product of one weight row, for the rows outside whole
+//! decode panels (listed rows are read in step order, see `crate::q4_rows`). Four blocks
 //! per step: their 64 bytes of codes split into low and high nibbles, two `vpdpbusd` against
 //! the pair-ordered activations regrouped by 128-bit lanes, so lanes 4b..4b+3 hold block b's
 //! partial sums; block scales are expanded to those lanes from one vector per 16 blocks.
@@ -91,77 +91,6 @@ pub unsafe fn dot(w: &Q4Row<'_>, x: &ActRow<'_>) -> f32 {
             total += hsum128(_mm_mul_ps(block_sums(w, x, b), _mm_set1_ps(scale))) + f16c(w.m[b]) * x.sum[b];
         }
         total
-    }
-}
-
-/// [`dot`] of four weight rows against one activation row: the activations are loaded and
-/// regrouped once per group of blocks for all four rows.
-///
-/// # Safety
-/// As for [`dot`]; the block count is the smallest every row and the activations cover.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot4(w: [&Q4Row<'_>; 4], x: &ActRow<'_>) -> [f32; 4] {
-    let mut nb = x.d.len().min(x.sum.len()).min(x.q.len() / 32).min(x.pair_q.len() / 32);
-    for r in &w {
-        nb = nb.min(r.d.len()).min(r.m.len()).min(r.codes.len() / 16);
-    }
-    let paired = nb & !1;
-    // SAFETY: as in `dot`, for each of the four rows.
-    unsafe {
-        let nibbles = _mm512_set1_epi8(0x0f);
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut b0 = 0;
-        while b0 < paired {
-            let span = (paired - b0).min(SPAN);
-            let lanes: __mmask16 = ((1u32 << span) - 1) as __mmask16;
-            let xd = _mm512_maskz_loadu_ps(lanes, x.d.as_ptr().add(b0));
-            let xsum = _mm512_maskz_loadu_ps(lanes, x.sum.as_ptr().add(b0));
-            let mut scales = [_mm512_setzero_ps(); 4];
-            for r in 0..4 {
-                let d = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, w[r].d.as_ptr().add(b0) as *const i16));
-                let m = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, w[r].m.as_ptr().add(b0) as *const i16));
-                scales[r] = _mm512_mul_ps(d, xd);
-                acc[r] = _mm512_fmadd_ps(m, xsum, acc[r]);
-            }
-            let mut g = 0;
-            while 4 * g < span {
-                let b = b0 + 4 * g;
-                let full = b + 4 <= b0 + span;
-                let p0 = _mm512_loadu_si512(x.pair_q.as_ptr().add(32 * b) as *const __m512i);
-                let p1 = if full {
-                    _mm512_loadu_si512(x.pair_q.as_ptr().add(32 * b + 64) as *const __m512i)
-                } else {
-                    _mm512_setzero_si512()
-                };
-                let xlo = _mm512_shuffle_i64x2::<0x44>(p0, p1);
-                let xhi = _mm512_shuffle_i64x2::<0xEE>(p0, p1);
-                let idx = group_lanes(g);
-                for r in 0..4 {
-                    let at = w[r].codes.as_ptr().add(16 * b);
-                    let codes = if full {
-                        _mm512_loadu_si512(at as *const __m512i)
-                    } else {
-                        _mm512_maskz_loadu_epi64(0x0f, at as *const i64)
-                    };
-                    let lo = _mm512_and_si512(codes, nibbles);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), nibbles);
-                    let sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xlo), hi, xhi);
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_permutexvar_ps(idx, scales[r]), acc[r]);
-                }
-                g += 1;
-            }
-            b0 += span;
-        }
-        let mut out = [0f32; 4];
-        for r in 0..4 {
-            out[r] = _mm512_reduce_add_ps(acc[r]);
-            if paired < nb {
-                let b = paired;
-                let scale = f16c(w[r].d[b]) * x.d[b];
-                out[r] += hsum128(_mm_mul_ps(block_sums(w[r], x, b), _mm_set1_ps(scale))) + f16c(w[r].m[b]) * x.sum[b];
-            }
-        }
-        out
     }
 }
 

@@ -41,17 +41,6 @@ pub fn dot(w: &Q4Row<'_>, x: &ActRow<'_>) -> f32 {
     }
 }
 
-/// [`dot`] of four weight rows against one activation row.
-#[inline]
-pub fn dot_rows4(w: [&Q4Row<'_>; 4], x: &ActRow<'_>) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if crate::gemm_vnni::enabled() {
-        // SAFETY: as for `dot`.
-        return unsafe { avx512::dot4(w, x) };
-    }
-    w.map(|r| dot(r, x))
-}
-
 /// [`dot`] of one weight row against four activation rows (codes unpacked once).
 #[inline]
 pub fn dot_x4(w: &Q4Row<'_>, x: [ActRow<'_>; 4]) -> [f32; 4] {
@@ -103,19 +92,6 @@ mod tests {
                 // SAFETY: the CPU supports the AVX-512 VNNI set (checked above).
                 let got = unsafe { avx512::dot(&w, &row) };
                 assert!((want - got).abs() < 1e-4 * (1.0 + want.abs()), "{nb} blocks: {want} vs {got}");
-                // Four rows at once: this row and three others made from rotated codes.
-                let rotated: Vec<Vec<u8>> = (1..4).map(|k| codes.iter().map(|c| c.rotate_left(k)).collect()).collect();
-                let rows = [w.codes, &rotated[0], &rotated[1], &rotated[2]].map(|c| Q4Row { codes: c, d: &d, m: &m });
-                // SAFETY: as above.
-                let got4 = unsafe { avx512::dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &row) };
-                for (r, w) in rows.iter().enumerate() {
-                    let want = scalar::dot(w, &row);
-                    assert!(
-                        (want - got4[r]).abs() < 1e-4 * (1.0 + want.abs()),
-                        "{nb} blocks, row {r}: {want} vs {}",
-                        got4[r]
-                    );
-                }
             }
         }
     }
