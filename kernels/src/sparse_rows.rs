@@ -96,9 +96,13 @@ enum Reader<'a> {
     Plain { w: &'a RowMajor<'a>, x: &'a Vector<'a> },
 }
 
-/// `f` with the activations in step order where a Q4_1 product would read them so (in a
-/// buffer of this thread's, reused from product to product), else with `None`.
-fn with_step_acts<R>(x: &Vector<'_>, f: impl FnOnce(Option<&StepActsBuf>) -> R) -> R {
+/// `f` with the activations in step order where one of `ws` is Q4_1 and the step-order
+/// kernel runs (in a buffer of this thread's, reused from product to product), else with
+/// `None`.
+fn with_step_acts<R>(ws: &[&RowMajor<'_>], x: &Vector<'_>, f: impl FnOnce(Option<&StepActsBuf>) -> R) -> R {
+    if !ws.iter().any(|w| matches!(w, RowMajor::Q4(_))) {
+        return f(None);
+    }
     thread_local! {
         static BUF: std::cell::RefCell<StepActsBuf> = std::cell::RefCell::new(StepActsBuf::default());
     }
@@ -199,7 +203,7 @@ fn for_each_row_run(rows: &[u32], out: &mut [f32], f: impl Fn(&[u32], &mut [f32]
 /// `out[k] = W[rows[k]] · x`: only the listed rows are read.
 pub fn gemv_rows(w: &RowMajor<'_>, x: &Vector<'_>, rows: &[u32], out: &mut [f32]) -> Result<(), KernelError> {
     check_rows(w, x, rows, out.len())?;
-    with_step_acts(x, |acts| {
+    with_step_acts(&[w], x, |acts| {
         let w = Reader::new(w, x, acts);
         for_each_row_run(rows, out, |rows, y| w.rows(rows, y));
     });
@@ -217,7 +221,7 @@ pub fn swiglu_rows(
 ) -> Result<(), KernelError> {
     check_rows(gate, x, rows, h.len())?;
     check_rows(up, x, rows, h.len())?;
-    with_step_acts(x, |acts| {
+    with_step_acts(&[gate, up], x, |acts| {
         let (gate, up) = (Reader::new(gate, x, acts), Reader::new(up, x, acts));
         for_each_row_run(rows, h, |rows, y| {
             let mut u = [0f32; RUN];
@@ -299,7 +303,7 @@ pub fn swiglu_gated(
     let tasks = n.div_ceil(per);
     let kept = std::sync::atomic::AtomicUsize::new(0);
     let o = Shared(h.as_mut_ptr());
-    with_step_acts(x, |acts| {
+    with_step_acts(&[up], x, |acts| {
         let up_rows = Reader::new(up, x, acts);
         parallel_for(tasks, |t| {
             let k0 = t * per;
