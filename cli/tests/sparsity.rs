@@ -179,6 +179,17 @@ fn bench_and_mask_audit_measure_a_method_against_dense() {
     assert!(b["achieved_sparsity"].as_f64().unwrap() > 0.3, "{b}");
     assert!(b["dense"]["decode_tok_s"].as_f64().unwrap() > 0.0, "{b}");
     assert!(b["dense"]["decode_speedup"].as_f64().unwrap() > 0.0, "{b}");
+    // Bytes per step: SmolLM2's Q4_1 projections (66.4 MB) and its Q8 LM head (31.9 MB);
+    // TEAL reads less of the projections, all of the head, and the same cache.
+    let t = &b["traffic"];
+    let f = |k: &str| t[k].as_f64().unwrap();
+    assert!((98.0..98.5).contains(&f("dense_weight_mb")), "{t}");
+    assert!(f("method_weight_mb") > 31.8 && f("method_weight_mb") < 0.9 * f("dense_weight_mb"), "{t}");
+    let bound = (f("dense_weight_mb") + f("kv_cache_mb")) / (f("method_weight_mb") + f("kv_cache_mb"));
+    assert!((f("bound_speedup") - bound).abs() < 1e-9 && bound > 1.1, "{t}");
+    assert!(f("kv_cache_mb") > 0.0, "{t}");
+    let speedup = b["dense"]["decode_speedup"].as_f64().unwrap();
+    assert!((f("of_bound") - speedup / bound).abs() < 1e-9, "{t}");
 
     let o = sieve(&[
         "eval",

@@ -36,3 +36,4 @@ pub mod sampling;
 pub mod sparse_decode;
 pub mod sparsity;
 pub mod stop;
+pub mod traffic;

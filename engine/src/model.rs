@@ -36,7 +36,7 @@ pub struct Model {
     weights: Weights,
     rope: Rope,
     /// Input-major copies for the sparse decode kernels, built on first use.
-    sparse: SparseWeights,
+    pub(crate) sparse: SparseWeights,
 }
 
 impl Model {
@@ -100,12 +100,16 @@ impl Model {
     /// An empty KV cache for this model: f16 on the fast path (as its int8 activations, a
     /// precision below the reference's), f32 on the f32 path.
     pub fn new_cache(&self) -> KvCache {
-        let format = match self.precision() {
+        let c = &self.config;
+        KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, c.context_len, self.cache_format())
+    }
+
+    /// Element type of the caches [`Model::new_cache`] makes.
+    pub fn cache_format(&self) -> CacheFormat {
+        match self.precision() {
             Precision::F32 => CacheFormat::F32,
             Precision::Fast => CacheFormat::F16,
-        };
-        let c = &self.config;
-        KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, c.context_len, format)
+        }
     }
 
     /// Runs `tokens` at the positions after those already in `cache`, appends their keys and

@@ -59,6 +59,14 @@ impl InputMajor {
             InputMajor::Q4(w) => w.bytes(),
         }
     }
+
+    /// Bytes one product reads with `active` input channels (a mean over products).
+    fn bytes_read(&self, active: f64) -> f64 {
+        match self {
+            InputMajor::F32(w) => 4.0 * active.clamp(0.0, w.inputs() as f64) * w.outputs() as f64,
+            InputMajor::Q4(w) => w.bytes_read(active),
+        }
+    }
 }
 
 /// Input-major copies of the projections, built on first use (TEAL needs all seven, CATS
@@ -107,6 +115,13 @@ impl SparseWeights {
             }
         }
         Ok(())
+    }
+
+    /// Bytes the input-sparse product of projection `p` in layer `l` reads with a fraction
+    /// `active` of its inputs active (builds the copy if it is not there yet).
+    pub(crate) fn bytes_read(&self, l: usize, p: Proj, w: &LayerWeights, active: f64) -> Result<f64> {
+        let m = self.get(l, p, w)?;
+        Ok(m.bytes_read(active * w.proj(p).cols() as f64))
     }
 
     /// Bytes of the copies built so far.

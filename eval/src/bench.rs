@@ -58,6 +58,23 @@ pub struct BenchReport {
     pub achieved_by_projection: BTreeMap<&'static str, f64>,
     /// With a method: dense measured in the same process, runs alternated with the method's.
     pub dense: Option<DenseBaseline>,
+    /// With a method: the bytes a decode step reads, dense and under the method.
+    pub traffic: Option<Traffic>,
+}
+
+/// Bytes one decode step reads (see [`sieve_engine::traffic`]), in MB (10^6 bytes).
+#[derive(Debug, Clone, Serialize)]
+pub struct Traffic {
+    /// Weights of a dense step (every projection and the LM head).
+    pub dense_weight_mb: f64,
+    /// Weights of the method's step at the sparsity it achieved, predictors included.
+    pub method_weight_mb: f64,
+    /// The KV cache at the mean position (read alike by both).
+    pub kv_cache_mb: f64,
+    /// Dense bytes over the method's: the decode speedup at equal bandwidth.
+    pub bound_speedup: f64,
+    /// The measured decode speedup as a fraction of that bound.
+    pub of_bound: f64,
 }
 
 /// Dense figures measured alongside a method.
@@ -149,6 +166,20 @@ pub fn bench_decode(
         }
     });
     let plan = opts.plan.as_ref();
+    let traffic = match (plan, &dense) {
+        (Some(p), Some(d)) => {
+            let positions = opts.prompt_tokens as f64 + (opts.new_tokens as f64 + 1.0) / 2.0;
+            let t = model.decode_traffic(p, &stats, positions)?;
+            Some(Traffic {
+                dense_weight_mb: t.dense_weight_bytes / 1e6,
+                method_weight_mb: t.method_weight_bytes / 1e6,
+                kv_cache_mb: t.kv_cache_bytes / 1e6,
+                bound_speedup: t.bound_speedup(),
+                of_bound: d.decode_speedup / t.bound_speedup(),
+            })
+        }
+        _ => None,
+    };
     Ok(BenchReport {
         prefill_tok_s: median(runs.iter().map(|r| r.0).collect()),
         decode_tok_s,
@@ -161,6 +192,7 @@ pub fn bench_decode(
         achieved_sparsity: plan.map_or(0.0, |p| stats.achieved(p.method, &model.config().proj_params())),
         achieved_by_projection: by_projection(&stats),
         dense,
+        traffic,
     })
 }
 

@@ -225,6 +225,17 @@ fn decode(model_path: &Path, a: DecodeArgs) -> Result<()> {
                 d.decode_speedup
             );
         }
+        if let Some(t) = &report.traffic {
+            println!(
+                "bytes per decode step: weights {:.1} MB dense, {:.1} MB {}; KV cache {:.1} MB; at equal bandwidth at most {:.2}x, measured {:.0}% of that",
+                t.dense_weight_mb,
+                t.method_weight_mb,
+                report.method,
+                t.kv_cache_mb,
+                t.bound_speedup,
+                100.0 * t.of_bound
+            );
+        }
         if let Some(c) = &out.isa_comparison {
             println!(
                 "{} runs each, taking turns: VNNI kernels decode {:.1} tok/s (prefill {:.1}), AVX2 kernels decode {:.1} tok/s (prefill {:.1}); decode VNNI/AVX2 {:.2}x",
