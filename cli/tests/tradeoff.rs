@@ -69,8 +69,11 @@ fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
         assert!(f("kl_vs_dense") > 0.0 && f("top1_agreement") < 1.0 && f("perplexity") > dense_ppl * 0.9, "{p}");
         assert!(f("decode_tok_s") > 0.0 && f("speedup") > 0.0, "{p}");
     }
-    // More sparsity, more divergence (same method).
+    // More sparsity, more divergence (same method), and fewer bytes read: a larger bound.
     assert!(points[2]["kl_vs_dense"].as_f64() > points[1]["kl_vs_dense"].as_f64(), "{sweep}");
+    let bound = |k: usize| points[k]["bound_speedup"].as_f64().unwrap();
+    assert_eq!(bound(0), 1.0, "dense reads what dense reads");
+    assert!(bound(1) > 1.0 && bound(2) > bound(1) && bound(3) > 1.0 && bound(4) > bound(3), "{sweep}");
     // `eval ppl` of a method reports the same KL as the sweep.
     let cats = json(&sieve(&[
         "eval",

@@ -320,7 +320,8 @@ fn ppl_p_rows(setup: &Setup, sweep: &[Point], methods: &[Method], ps: &[f64], st
             let point = interpolate_ppl_p(dense, &curve, p)?;
             let (decode_tok_s, speedup) = if point.sparsity > 0.0 {
                 let plan = setup.plan(m, point.sparsity)?;
-                setup.speed(plan.as_ref(), steps)?
+                let speed = setup.speed(plan.as_ref(), steps)?;
+                (speed.tok_s, speed.speedup)
             } else {
                 (sweep[0].decode_tok_s, 1.0)
             };

@@ -166,17 +166,33 @@ impl Setup {
         Ok(Some(plan))
     }
 
-    /// Decode tok/s of the plan and its speedup over dense, taking turns step by step.
-    pub fn speed(&self, plan: Option<&SparsityPlan>, steps: usize) -> Result<(f64, f64)> {
+    /// Decode tok/s of the plan, its speedup over dense (taking turns step by step) and the
+    /// speedup the bytes it reads allow.
+    pub fn speed(&self, plan: Option<&SparsityPlan>, steps: usize) -> Result<Speed> {
         if steps == 0 {
-            return Ok((0.0, 0.0));
+            return Ok(Speed { tok_s: 0.0, speedup: 0.0, bound: 0.0 });
         }
         let text = self.tokens.get(..256).unwrap_or(&self.tokens);
         let opts =
             BenchOptions { prompt_tokens: 64.min(text.len() - 1), new_tokens: steps, runs: 1, plan: plan.cloned() };
         let r = bench_decode(&self.model, text, opts, || {})?;
-        Ok((r.decode_tok_s, r.dense.map_or(1.0, |d| d.decode_speedup)))
+        Ok(Speed {
+            tok_s: r.decode_tok_s,
+            speedup: r.dense.map_or(1.0, |d| d.decode_speedup),
+            bound: r.traffic.map_or(1.0, |t| t.bound_speedup),
+        })
     }
+}
+
+/// What [`Setup::speed`] measured.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Speed {
+    /// Decode tok/s.
+    pub tok_s: f64,
+    /// Decode speedup over dense, steps paired.
+    pub speedup: f64,
+    /// The speedup the bytes a step reads allow at equal bandwidth (1 for dense).
+    pub bound: f64,
 }
 
 /// One (method, sparsity) point.
@@ -190,10 +206,12 @@ pub(crate) struct Point {
     pub achieved_sparsity: f64,
     pub decode_tok_s: f64,
     pub speedup: f64,
+    /// The speedup the bytes a decode step reads allow at equal bandwidth.
+    pub bound_speedup: f64,
 }
 
-/// A point's quality figures from its scores, with its measured (tok/s, speedup).
-pub(crate) fn point(m: &MethodScores, speed: (f64, f64)) -> Point {
+/// A point's quality figures from its scores, with its measured speed.
+pub(crate) fn point(m: &MethodScores, speed: Speed) -> Point {
     let t = m.total();
     Point {
         method: m.method.clone(),
@@ -202,19 +220,20 @@ pub(crate) fn point(m: &MethodScores, speed: (f64, f64)) -> Point {
         kl_vs_dense: t.mean_kl(),
         top1_agreement: t.agreement(),
         achieved_sparsity: m.achieved_sparsity,
-        decode_tok_s: speed.0,
-        speedup: speed.1,
+        decode_tok_s: speed.tok_s,
+        speedup: speed.speedup,
+        bound_speedup: speed.bound,
     }
 }
 
 /// The markdown table of `points`.
 pub(crate) fn points_table(points: &[Point]) -> String {
     let mut t = String::from(
-        "| method | sparsity | perplexity | KL vs dense | top-1 agreement | achieved | decode tok/s | speedup |\n|---|---|---|---|---|---|---|---|\n",
+        "| method | sparsity | perplexity | KL vs dense | top-1 agreement | achieved | decode tok/s | speedup | bytes allow |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for p in points {
         t += &format!(
-            "| {} | {:.2} | {:.3} | {:.4} | {:.3} | {:.3} | {:.1} | {:.2}x |\n",
+            "| {} | {:.2} | {:.3} | {:.4} | {:.3} | {:.3} | {:.1} | {:.2}x | {:.2}x |\n",
             p.method,
             p.sparsity,
             p.perplexity,
@@ -222,7 +241,8 @@ pub(crate) fn points_table(points: &[Point]) -> String {
             p.top1_agreement,
             p.achieved_sparsity,
             p.decode_tok_s,
-            p.speedup
+            p.speedup,
+            p.bound_speedup
         );
     }
     t
@@ -305,8 +325,8 @@ pub fn ppl_p_search(model_path: &Path, a: PplPArgs) -> Result<()> {
         })?;
         for point in points {
             let plan = setup.plan(m, point.sparsity)?;
-            let (decode_tok_s, speedup) = setup.speed(plan.as_ref(), a.common.decode_tokens)?;
-            rows.push(PplPRow { method: m.name().into(), point, decode_tok_s, speedup });
+            let speed = setup.speed(plan.as_ref(), a.common.decode_tokens)?;
+            rows.push(PplPRow { method: m.name().into(), point, decode_tok_s: speed.tok_s, speedup: speed.speedup });
         }
         bar.inc(1);
     }
