@@ -5,8 +5,8 @@
 //! can give at equal bandwidth: (dense bytes) / (method bytes). This counts them from the
 //! layouts the sparse kernels read (see [`crate::sparse_decode`]) and the sparsity a run
 //! achieved per layer and projection: dense products read the whole matrix, input-sparse
-//! ones the codes of their active channels plus every block's scales, row reads the kept
-//! rows, and predictor methods their predictors too. The LM head and the KV cache are read
+//! ones the codes of their active channels plus every block's scales, row reads the whole
+//! cache lines of the kept rows, and predictor methods their predictors too. The LM head and the KV cache are read
 //! alike by dense and every method.
 
 use serde::Serialize;
@@ -76,7 +76,7 @@ impl Model {
                 let kept = 1.0 - stats.layer(l, p);
                 method += match if plan.is_dense() { Read::Dense } else { read_of(plan.method, p, t) } {
                     Read::Dense => full,
-                    Read::Rows => kept * full,
+                    Read::Rows => kept * (w.proj(p).rows() * w.proj(p).listed_row_bytes()) as f64,
                     Read::InputSparse => self.sparse.bytes_read(l, p, w, kept)?,
                 };
             }

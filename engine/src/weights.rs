@@ -103,6 +103,14 @@ impl Linear {
             Linear::Q4(m) => m.bytes(),
         }
     }
+    /// Bytes one row costs when rows are read one by one (output-sparse products).
+    pub fn listed_row_bytes(&self) -> usize {
+        match self {
+            Linear::F32(m) => 4 * m.cols(),
+            Linear::Q8(m) => m.bytes() / m.rows().max(1),
+            Linear::Q4(m) => m.listed_row_bytes(),
+        }
+    }
     /// Row `r` in f32 (embedding lookup).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         match self {

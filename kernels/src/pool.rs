@@ -6,6 +6,10 @@
 //! for a while after each job, so the next job starts within a cache-line transfer, and park
 //! only after a longer idle spell. The caller always works on its own job too.
 //!
+//! A worker whose core is taken away while it holds a task (another process on that core)
+//! would make each job wait out the scheduler's time slice; after such a stall jobs run on
+//! the submitter alone for a back-off period (see `Backoff`).
+//!
 //! One job runs at a time. A job submitted while another runs (another thread, or a task
 //! that submits a job itself) runs inline on the submitting thread: correct, never a
 //! deadlock, just not parallel.
@@ -43,7 +47,7 @@ const CALM_JOBS: u32 = 4096;
 
 /// When jobs run on the submitting thread alone. A worker preempted while it holds a task
 /// makes every job wait for it, so that two threads decode slower than one (measured with a
-/// busy loop pinned to the second of two cores: 104-141 tok/s against 178-216 on one
+/// busy loop pinned to the second of two cores: 97-133 tok/s against 139-205 on one
 /// thread); after such a stall the pool runs jobs inline for a while, then tries again.
 #[derive(Debug, Default)]
 struct Backoff {

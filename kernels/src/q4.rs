@@ -101,6 +101,12 @@ impl MatQ4_1 {
     pub fn bytes(&self) -> usize {
         self.codes.len() + 2 * (self.d.len() + self.m.len())
     }
+    /// Bytes one listed row costs the output-sparse products: its whole cache lines in step
+    /// order where the VNNI kernels run, else its codes, scale and minimum.
+    pub fn listed_row_bytes(&self) -> usize {
+        let nb = self.cols / QK;
+        if crate::gemm_vnni::enabled() { StepRows::stride(nb) } else { nb * Q4_1_BLOCK_BYTES }
+    }
     /// The codes in step order, made on first use; `None` where the VNNI kernels do not run.
     pub(crate) fn step_rows(&self) -> Option<&StepRows> {
         crate::gemm_vnni::enabled().then(|| self.step_rows.get_or_init(|| StepRows::new(self)))
@@ -401,6 +407,18 @@ mod tests {
         let on = crate::gemm_vnni::enabled();
         assert_eq!(w.panels.get().is_some(), on);
         assert_eq!(w.step_rows.get().is_some(), on);
+        // A listed row costs what the step-order copy holds per row.
+        if let Some(steps) = w.step_rows.get() {
+            assert_eq!(w.listed_row_bytes() * w.rows(), steps.bytes());
+        }
+    }
+
+    #[test]
+    fn listed_rows_cost_whole_lines_in_step_order() {
+        // SmolLM2's 576-wide rows: 18 blocks, 360 bytes, 384 in step order.
+        let w = MatQ4_1::quantize(2, 576, &crate::testdata::values(2 * 576, 3)).unwrap();
+        let want = if crate::gemm_vnni::enabled() { 384 } else { 360 };
+        assert_eq!(w.listed_row_bytes(), want);
     }
 
     fn data(len: usize, seed: u64) -> Vec<f32> {

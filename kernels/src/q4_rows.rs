@@ -30,11 +30,22 @@ pub(crate) struct StepRows {
 }
 
 impl StepRows {
+    /// Bytes from one row's start to the next's for rows of `nb` blocks (whole cache lines).
+    pub(crate) fn stride(nb: usize) -> usize {
+        (GROUP_BYTES * (nb / GROUP) + 20 * (nb % GROUP)).div_ceil(64) * 64
+    }
+
+    /// Bytes held (every row's whole lines).
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.bytes().len()
+    }
+
     /// Reorders `w`.
     pub(crate) fn new(w: &MatQ4_1) -> Self {
         let nb = w.cols() / QK;
         let (groups, tail) = (nb / GROUP, nb % GROUP);
-        let stride = (GROUP_BYTES * groups + 20 * tail).div_ceil(64) * 64;
+        let stride = Self::stride(nb);
         let mut bytes = Lines::zeroed(stride * w.rows());
         let out = bytes.bytes_mut();
         let mut codes = [0i8; QK];
