@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use sieve_engine::config::Config;
-use sieve_engine::gpu::{GpuModel, GpuPlan, calibrate_uniform, step_weight_bytes};
+use sieve_engine::gpu::{GpuModel, GpuPlan, calibrate_uniform, method_step_weight_bytes, step_weight_bytes};
 use sieve_engine::model::{Hooks, Logits};
 use sieve_engine::sampling::{Sampler, SamplingParams, argmax};
 use sieve_engine::sparsity::SparsityPlan;
@@ -209,11 +209,16 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
                 super::GatherArg::Wide => Gather::Wide,
             });
             let (dense_us, method_us) = paired_times(&mut gm, &steps, &dense, &plan, 3)?;
+            let method_bytes = method_step_weight_bytes(&shape, m, s);
+            let method_roofline_us = method_bytes / copy_bw * 1e6;
             rows.push(serde_json::json!({
                 "method": plan.method, "sparsity": s, "early_launch": early, "gather": format!("{gather:?}").to_lowercase(),
                 "dense_us_per_step": dense_us, "method_us_per_step": method_us,
                 "speedup": dense_us / method_us,
                 "dense_of_roofline": roofline_us / dense_us,
+                "method_weight_bytes_per_step": method_bytes,
+                "method_of_roofline": method_roofline_us / method_us,
+                "bound_speedup": bytes as f64 / method_bytes,
             }));
         }
     }
@@ -242,13 +247,13 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
         1e6 / roofline_us
     );
     println!(
-        "| method | sparsity | early launch | gather | dense µs/step | dense of roofline | method µs/step | tok/s | speedup |"
+        "| method | sparsity | early launch | gather | dense µs/step | dense of roofline | method µs/step | method of its roofline | tok/s | speedup | bytes allow |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.2}x |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.1} | {:.2}x | {:.2}x |",
             r["method"].as_str().unwrap_or("?"),
             f("sparsity"),
             if r["early_launch"].as_bool().unwrap_or(false) { "on" } else { "off" },
@@ -256,8 +261,10 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
             f("dense_us_per_step"),
             f("dense_of_roofline"),
             f("method_us_per_step"),
+            f("method_of_roofline"),
             1e6 / f("method_us_per_step"),
-            f("speedup")
+            f("speedup"),
+            f("bound_speedup")
         );
     }
     Ok(())

@@ -13,7 +13,7 @@ mod plan;
 mod session;
 mod step;
 
-pub use model::{GpuModel, step_weight_bytes};
+pub use model::{GpuModel, method_step_weight_bytes, step_weight_bytes};
 pub use plan::{GpuLayerPlan, GpuPlan, calibrate_uniform};
 pub use session::GpuSession;
 pub use step::StepTiming;

@@ -5,6 +5,7 @@
 use sieve_kernels::gpu::{AttentionShape, CudaSlice, Gather, Gpu, GpuError, Reduction, SparseGemv, WeightType};
 
 use crate::config::Config;
+use crate::sparsity::Method;
 use crate::error::{EngineError, Result};
 use crate::model::Model;
 use crate::weights::Linear;
@@ -19,6 +20,23 @@ pub fn step_weight_bytes(cfg: &Config) -> usize {
     let (d, f, kv) = (cfg.d_model, cfg.d_ff, cfg.kv_dim());
     let layer = d * (d + 2 * kv) + d * d + 3 * d * f;
     2 * (cfg.n_layers * layer + cfg.vocab_size * d)
+}
+
+/// Bytes of fp16 weights one decode step reads under `method` at target sparsity `s`: TEAL's
+/// input-sparse products read the rows of their active inputs (a fraction 1 - s of each
+/// matrix), CATS reads the whole gate and the kept rows of up and down; attention under CATS,
+/// and the LM head always, are read whole. (The synthetic model's thresholds are calibrated
+/// to `s` on its own activations, so this is the bytes at the target, not measured ones.)
+pub fn method_step_weight_bytes(cfg: &Config, method: Method, s: f32) -> f64 {
+    let (d, f, kv) = (cfg.d_model as f64, cfg.d_ff as f64, cfg.kv_dim() as f64);
+    let kept = 1.0 - f64::from(s.clamp(0.0, 1.0));
+    let (attn, mlp) = (d * (d + 2.0 * kv) + d * d, 3.0 * d * f);
+    let layer = match method {
+        Method::Teal | Method::TealUniform => kept * (attn + mlp),
+        Method::Cats => attn + d * f + kept * 2.0 * d * f,
+        _ => attn + mlp,
+    };
+    2.0 * (cfg.n_layers as f64 * layer + (cfg.vocab_size * cfg.d_model) as f64)
 }
 
 pub(crate) fn attention_shape(cfg: &Config, max_len: usize) -> AttentionShape {
@@ -450,5 +468,20 @@ mod tests {
         assert!(check_shape(&heads).is_err());
         // 8B at fp16: 15.0 GB read per step (layers + LM head).
         assert_eq!(step_weight_bytes(&Config::llama3_8b()), 2 * (32 * 218_103_808 + 128_256 * 4096));
+    }
+
+    #[test]
+    fn method_bytes_shrink_with_what_each_method_skips() {
+        let cfg = Config::llama3_8b();
+        let dense = step_weight_bytes(&cfg) as f64;
+        assert_eq!(method_step_weight_bytes(&cfg, Method::Dense, 0.5), dense);
+        assert_eq!(method_step_weight_bytes(&cfg, Method::TealUniform, 0.0), dense);
+        let head = 2.0 * 128_256.0 * 4096.0;
+        let teal = method_step_weight_bytes(&cfg, Method::TealUniform, 0.5);
+        assert!((teal - (head + (dense - head) / 2.0)).abs() < 1.0, "{teal}");
+        // CATS at 50% skips half of up and down: a third of the MLP's bytes.
+        let mlp = 2.0 * 32.0 * 3.0 * 4096.0 * 14336.0;
+        let cats = method_step_weight_bytes(&cfg, Method::Cats, 0.5);
+        assert!((cats - (dense - mlp / 3.0)).abs() < 1.0, "{cats}");
     }
 }
