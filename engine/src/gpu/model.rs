@@ -5,9 +5,9 @@
 use sieve_kernels::gpu::{AttentionShape, CudaSlice, Gather, Gpu, GpuError, Reduction, SparseGemv, WeightType};
 
 use crate::config::Config;
-use crate::sparsity::Method;
 use crate::error::{EngineError, Result};
 use crate::model::Model;
+use crate::sparsity::Method;
 use crate::weights::Linear;
 
 /// Caches longer than this many positions use the split (flash-decoding) attention: one more
