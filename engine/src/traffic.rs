@@ -74,7 +74,8 @@ impl Model {
                 dense += full;
                 let t = lp.map_or(0.0, |lp| lp.proj[p.index()]);
                 let kept = 1.0 - stats.layer(l, p);
-                method += match if plan.is_dense() { Read::Dense } else { read_of(plan.method, p, t) } {
+                let read = if plan.is_dense() { Read::Dense } else { read_of(plan.method, p, t) };
+                method += match read {
                     Read::Dense => full,
                     Read::Rows => kept * (w.proj(p).rows() * w.proj(p).listed_row_bytes()) as f64,
                     Read::InputSparse => self.sparse.bytes_read(l, p, w, kept)?,
