@@ -125,6 +125,39 @@ fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
     );
     assert!(v["ppl_ratio"].as_f64().unwrap() < 1.0, "30% kept should beat 80% kept: {ab}");
     assert_eq!(ab["down_input_sparsity_by_layer"][0].as_array().unwrap().len(), 30);
+    // A against B directly: three paired runs, and where each stands on (perplexity, speed).
+    let paired = &ab["paired_decode"];
+    let ratios = paired["a_over_b"].as_array().unwrap();
+    assert_eq!(ratios.len(), 3, "{ab}");
+    assert!(ratios.iter().all(|r| r.as_f64().unwrap() > 0.0) && paired["b_tok_s"].as_f64().unwrap() > 0.0);
+    let d = &ab["dominance"];
+    if v["ppl_ratio"].as_f64().unwrap() < 0.995 {
+        assert_eq!(d["quality"], "A", "{ab}");
+        assert!(d["verdict"] == "A dominates" || d["verdict"] == "trade-off", "{ab}");
+    }
+    assert_eq!(ab["precision"], "fast");
+
+    // The reference precision, scoring and decoding: its dense perplexity is `eval ppl`'s at
+    // f32, and not the fast path's.
+    let f32_sweep = json(&run(&["sweep", "--methods", "cats", "--sparsities", "0.5", "--precision", "f32"]));
+    let f32_dense = f32_sweep["points"][0]["perplexity"].as_f64().unwrap();
+    let f32_ppl = json(&sieve(&[
+        "eval",
+        "ppl",
+        "--corpus",
+        &corpus,
+        "--ctx",
+        "64",
+        "--windows",
+        "3",
+        "--precision",
+        "f32",
+        "--json",
+    ]));
+    assert!((f32_ppl["perplexity"].as_f64().unwrap() - f32_dense).abs() < 1e-6 * f32_dense, "{f32_sweep}");
+    assert!((f32_dense - dense_ppl).abs() > 1e-6 * dense_ppl, "f32 and fast score alike: {f32_sweep}");
+    assert_eq!(f32_sweep["precision"], "f32");
+    assert!(f32_sweep["points"][1]["speedup"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -139,6 +172,9 @@ fn bad_tradeoff_requests_are_refused() {
     };
     assert_fails_with(&run(&["ab", "--a", "bogus:0.5", "--b", "cats:0.5"]), "unknown method 'bogus'");
     assert_fails_with(&run(&["ab", "--a", "cats:0.5", "--b", "cats:1.5"]), "--b cats:1.5");
+    assert_fails_with(&run(&["ab", "--a", "cats:0.5", "--b", "teal:0.5", "--speed-runs", "0"]), "--speed-runs");
+    assert_fails_with(&run(&["ab", "--a", "cats:0.5", "--b", "teal:0.5", "--ppl-band", "2"]), "--ppl-band");
+    assert_fails_with(&run(&["sweep", "--precision", "f16"]), "unknown precision 'f16'");
     assert_fails_with(&run(&["sweep", "--sparsities", ""]), "--sparsities");
     assert_fails_with(&run(&["sweep", "--sparsities", "0"]), "--sparsities");
     assert_fails_with(&run(&["ppl-p", "--p", "0"]), "--p");

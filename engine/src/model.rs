@@ -86,9 +86,12 @@ impl Model {
         }
     }
 
-    /// Builds the input-major weight copies that decoding under `plan` reads (otherwise built
-    /// on first use, inside a decode step).
+    /// Builds the weight copies that decoding under `plan` reads, its predictors' included
+    /// (otherwise built on first use, inside a decode step).
     pub fn prepare_sparse(&self, plan: &SparsityPlan) -> Result<()> {
+        if let Some(set) = &plan.predictors {
+            set.0.layers.iter().for_each(|p| p.prepare_decode());
+        }
         if plan.is_dense() { Ok(()) } else { self.sparse.prepare(plan.method, &self.weights.layers) }
     }
 

@@ -1,5 +1,5 @@
 //! A/B verdicts: a paired bootstrap over windows of the perplexity ratio of two methods scored
-//! on the same windows.
+//! on the same windows, and which of the two dominates on (perplexity, decode speed).
 
 use serde::Serialize;
 use sieve_engine::divergence::Divergence;
@@ -66,9 +66,69 @@ pub fn paired_bootstrap(a: &[Divergence], b: &[Divergence], resamples: usize, se
     Ok(Verdict { ppl_ratio, ci_low, ci_high, resamples, better: better.into() })
 }
 
+/// Where two settings stand on (perplexity, decode speed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Dominance {
+    /// "A" or "B" (the lower perplexity, by more than the band), or "equal" (within it).
+    pub quality: String,
+    /// "A" or "B" (faster in every paired run), or "tie" (the runs disagree).
+    pub speed: String,
+    /// "A dominates" / "B dominates" (ahead on one axis, not behind on the other), "equal",
+    /// or "trade-off" (each ahead on one axis).
+    pub verdict: String,
+    /// Perplexities within this fraction of each other count as equal.
+    pub ppl_band: f64,
+}
+
+/// Which of A and B dominates, from PPL(A) / PPL(B) and the paired runs' A-over-B speed
+/// ratios (above 1: A faster).
+pub fn dominance(ppl_ratio: f64, speed_ratios: &[f64], ppl_band: f64) -> Result<Dominance> {
+    if speed_ratios.is_empty() || !(0.0..1.0).contains(&ppl_band) || !ppl_ratio.is_finite() {
+        return Err(EvalError::InvalidOption(format!(
+            "dominance needs paired speed runs ({}), a finite perplexity ratio ({ppl_ratio}) and a band in [0, 1) ({ppl_band})",
+            speed_ratios.len()
+        )));
+    }
+    let quality = if ppl_ratio < 1.0 - ppl_band {
+        "A"
+    } else if ppl_ratio > 1.0 + ppl_band {
+        "B"
+    } else {
+        "equal"
+    };
+    let speed = if speed_ratios.iter().all(|&r| r > 1.0) {
+        "A"
+    } else if speed_ratios.iter().all(|&r| r < 1.0) {
+        "B"
+    } else {
+        "tie"
+    };
+    let ahead = |x: &str| quality == x || speed == x;
+    let verdict = match (ahead("A"), ahead("B")) {
+        (true, false) => "A dominates",
+        (false, true) => "B dominates",
+        (false, false) => "equal",
+        (true, true) => "trade-off",
+    };
+    Ok(Dominance { quality: quality.into(), speed: speed.into(), verdict: verdict.into(), ppl_band })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dominance_needs_one_axis_ahead_and_none_behind() {
+        let v = |ppl: f64, speed: &[f64]| dominance(ppl, speed, 0.005).unwrap().verdict;
+        assert_eq!(v(1.003, &[1.08, 1.05, 1.10]), "A dominates", "faster at equal perplexity");
+        assert_eq!(v(0.97, &[1.02, 0.98]), "A dominates", "better at equal speed");
+        assert_eq!(v(1.02, &[0.95, 0.97]), "B dominates");
+        assert_eq!(v(0.97, &[0.95, 0.97]), "trade-off");
+        assert_eq!(v(1.001, &[1.02, 0.99]), "equal");
+        assert!(dominance(1.0, &[], 0.005).is_err());
+        assert!(dominance(f64::NAN, &[1.0], 0.005).is_err());
+        assert!(dominance(1.0, &[1.0], 1.5).is_err());
+    }
 
     fn windows(nll_per_token: &[f64]) -> Vec<Divergence> {
         nll_per_token.iter().map(|&x| Divergence { nll_sum: x * 100.0, positions: 100, ..Default::default() }).collect()

@@ -134,20 +134,7 @@ pub fn bench_decode(
     for run in 0..opts.runs {
         let mut method = Lane::new(model, opts.plan.as_ref());
         let mut dense = opts.plan.as_ref().map(|_| Lane::new(model, None));
-        // Dense and the method take turns step by step, first one then the other, so that
-        // what the machine does meanwhile weighs on both alike.
-        for step in 0..=opts.new_tokens {
-            let method_first = (run + step) % 2 == 0;
-            if method_first {
-                method.step(model, prompt, step, Some(&mut stats))?;
-            }
-            if let Some(d) = dense.as_mut() {
-                d.step(model, prompt, step, None)?;
-            }
-            if !method_first {
-                method.step(model, prompt, step, Some(&mut stats))?;
-            }
-        }
+        take_turns(model, prompt, opts.new_tokens, run, (&mut method, Some(&mut stats)), dense.as_mut())?;
         runs.push(method.tok_s(opts.prompt_tokens, opts.new_tokens));
         if let Some(d) = dense {
             dense_runs.push(d.tok_s(opts.prompt_tokens, opts.new_tokens));
@@ -194,6 +181,95 @@ pub fn bench_decode(
         dense,
         traffic,
     })
+}
+
+/// Advances `first` (counting its sparsity into its stats) and `second` over the prompt and
+/// `new_tokens` decode steps, taking turns step by step, who goes first alternating with the
+/// step and the run, so that what the machine does meanwhile weighs on both alike.
+fn take_turns(
+    model: &Model,
+    prompt: &[u32],
+    new_tokens: usize,
+    run: usize,
+    first: (&mut Lane<'_>, Option<&mut SparsityStats>),
+    mut second: Option<&mut Lane<'_>>,
+) -> Result<()> {
+    let (lane, mut stats) = first;
+    for step in 0..=new_tokens {
+        let lane_first = (run + step) % 2 == 0;
+        if lane_first {
+            lane.step(model, prompt, step, stats.as_deref_mut())?;
+        }
+        if let Some(other) = second.as_deref_mut() {
+            other.step(model, prompt, step, None)?;
+        }
+        if !lane_first {
+            lane.step(model, prompt, step, stats.as_deref_mut())?;
+        }
+    }
+    Ok(())
+}
+
+/// Decode speed of two settings measured against each other (A/B), steps paired.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairedDecode {
+    /// Median decode tok/s of A.
+    pub a_tok_s: f64,
+    /// Median decode tok/s of B.
+    pub b_tok_s: f64,
+    /// Per run, B's decode time over A's: above 1 where A decoded faster.
+    pub a_over_b: Vec<f64>,
+}
+
+impl PairedDecode {
+    /// Mean of the runs' A-over-B speed ratios.
+    pub fn mean_a_over_b(&self) -> f64 {
+        self.a_over_b.iter().sum::<f64>() / self.a_over_b.len().max(1) as f64
+    }
+}
+
+/// Decodes `new_tokens` greedy tokens after the first `prompt_tokens` of `tokens` under plans
+/// `a` and `b` (`None`: dense), `runs` times, the two taking turns step by step.
+pub fn paired_decode(
+    model: &Model,
+    tokens: &[u32],
+    plans: [Option<&SparsityPlan>; 2],
+    prompt_tokens: usize,
+    new_tokens: usize,
+    runs: usize,
+) -> Result<PairedDecode> {
+    if runs == 0 || new_tokens == 0 || prompt_tokens == 0 {
+        return Err(EvalError::InvalidOption("runs, prompt tokens and new tokens must be at least 1".into()));
+    }
+    let prompt = tokens.get(..prompt_tokens).ok_or_else(|| EvalError::TooShort {
+        asked: format!("a {prompt_tokens}-token prompt"),
+        needed: prompt_tokens,
+        have: tokens.len(),
+    })?;
+    model.prepare_decode();
+    let request = GenerateOptions::new(new_tokens, SamplingParams::default(), Vec::new());
+    for plan in plans.into_iter().flatten() {
+        model.prepare_sparse(plan)?;
+        validate(model, prompt, &GenerateOptions { sparsity: Some(plan.clone()), ..request.clone() })?;
+    }
+    validate(model, prompt, &request)?;
+    if prompt_tokens + new_tokens > model.config().context_len {
+        return Err(EvalError::InvalidOption(format!(
+            "{prompt_tokens} prompt + {new_tokens} new tokens exceed the model's context of {}",
+            model.config().context_len
+        )));
+    }
+    let (mut a_runs, mut b_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let mut a = Lane::new(model, plans[0]);
+        let mut b = Lane::new(model, plans[1]);
+        take_turns(model, prompt, new_tokens, run, (&mut a, None), Some(&mut b))?;
+        let (ta, tb) = (a.tok_s(prompt_tokens, new_tokens), b.tok_s(prompt_tokens, new_tokens));
+        ratios.push(tb.2 / ta.2.max(1e-12));
+        a_runs.push(ta.1);
+        b_runs.push(tb.1);
+    }
+    Ok(PairedDecode { a_tok_s: median(a_runs), b_tok_s: median(b_runs), a_over_b: ratios })
 }
 
 /// One generation advanced a step at a time: greedy, fixed length, timed apart from sampling.

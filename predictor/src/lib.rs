@@ -5,6 +5,7 @@
 //! Knows nothing of the engine: it sees inputs, labels and W_gate as plain arrays.
 
 pub mod error;
+pub mod grid;
 pub mod labels;
 pub mod model;
 pub mod pca;

@@ -5,7 +5,7 @@
 
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
-use sieve_kernels::{ActsQ8, MatF32, MatQ8, QK, matmul_f32, matmul_q8, ops};
+use sieve_kernels::{ActsQ8, MatF32, MatQ4_1, MatQ8, QK, matmul_f32, matmul_q4_1, matmul_q8, ops};
 
 use crate::error::{PredictorError, Result};
 use crate::rule::{Quality, Rule};
@@ -65,11 +65,13 @@ pub enum Body {
     LowBit { bits: u8, w: Vec<f32> },
 }
 
-/// A matrix for the one-token path: int8 when its width is a multiple of the block size.
+/// A matrix for the one-token path: int8 when its width is a multiple of the block size;
+/// 4-bit codes for low-bit copies of at most 4 bits (see [`crate::grid`]).
 #[derive(Debug, Clone)]
 enum Fast {
     F32(MatF32),
     Q8(MatQ8),
+    Q4(MatQ4_1),
 }
 
 impl Fast {
@@ -81,10 +83,28 @@ impl Fast {
         })
     }
 
+    /// A b-bit grid copy: in 4-bit codes where it fits them, else as [`Fast::new`] makes it.
+    fn grid(rows: usize, cols: usize, data: &[f32], bits: u8) -> Result<Self> {
+        match crate::grid::grid_to_q4_1(rows, cols, data, bits) {
+            Some(m) => Ok(Fast::Q4(m)),
+            None => Self::new(rows, cols, data),
+        }
+    }
+
     fn bytes(&self) -> usize {
         match self {
             Fast::F32(m) => m.bytes(),
             Fast::Q8(m) => m.bytes(),
+            Fast::Q4(m) => m.bytes(),
+        }
+    }
+
+    /// Builds the copies the one-token product reads, so that no timed step pays for them.
+    fn prepare_decode(&self) {
+        match self {
+            Fast::F32(_) => {}
+            Fast::Q8(m) => m.prepare_decode(),
+            Fast::Q4(m) => m.prepare_decode(),
         }
     }
 
@@ -94,6 +114,10 @@ impl Fast {
             Fast::Q8(m) => {
                 qa.quantize_from(x, 1, x.len())?;
                 matmul_q8(m, qa, out)?
+            }
+            Fast::Q4(m) => {
+                qa.quantize_from(x, 1, x.len())?;
+                matmul_q4_1(m, qa, out)?
             }
         }
         Ok(())
@@ -160,7 +184,7 @@ impl LayerPredictor {
                 if w.len() != f * d {
                     return Err(PredictorError::Shape(format!("low-bit weights {} for {f} x {d}", w.len())));
                 }
-                (Fast::new(f, d, w)?, None, 0)
+                (Fast::grid(f, d, w, *bits)?, None, 0)
             }
         };
         Ok(Self {
@@ -191,6 +215,15 @@ impl LayerPredictor {
     /// Bytes the one-token path reads.
     pub fn bytes(&self) -> usize {
         self.first.bytes() + self.second.as_ref().map_or(0, Fast::bytes)
+    }
+
+    /// Builds the copies the one-token path reads (decode panels), so that no timed decode
+    /// step pays for them.
+    pub fn prepare_decode(&self) {
+        self.first.prepare_decode();
+        if let Some(second) = &self.second {
+            second.prepare_decode();
+        }
     }
 
     /// Bytes of the weights as a format packed to the family's precision would store them
@@ -359,6 +392,31 @@ mod tests {
             let scale = batch.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in one.iter().zip(batch.iter()) {
                 assert!((a - b).abs() <= 0.03 * scale, "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn low_bit_copies_of_up_to_four_bits_read_four_bit_codes() {
+        let (d, f) = (64, 40);
+        let w: Vec<f32> = (0..f * d).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.05).collect();
+        let x: Vec<f32> = (0..d).map(|i| (i as f32 * 0.3).sin()).collect();
+        for bits in [1u8, 3, 4, 6] {
+            let body = Body::LowBit { bits, w: quantize_bits(&w, bits).unwrap() };
+            let p = LayerPredictor::new(body, Output::Gate, Rule::TopK(10), Quality::default(), d, f).unwrap();
+            let blocks = f * d / QK;
+            if bits <= 4 {
+                assert_eq!(p.bytes(), blocks * 20, "{bits} bits: Q4_1 blocks");
+            } else {
+                assert!(p.bytes() > blocks * 20, "{bits} bits: an int8 copy");
+            }
+            p.prepare_decode();
+            let mut one = vec![0f32; f];
+            p.scores(&x, &mut Scratch::default(), &mut one).unwrap();
+            let batch = p.scores_batch(ArrayView2::from_shape((1, d), &x).unwrap()).unwrap();
+            let scale = batch.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in one.iter().zip(batch.iter()) {
+                assert!((a - b).abs() <= 0.03 * scale, "{bits} bits: {a} vs {b}");
             }
         }
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use sieve_engine::Precision;
 use sieve_engine::profile::{Profile, default_profile_path};
 use sieve_engine::sparsity::{Method, SparsityPlan};
 use sieve_eval::ab::{Verdict, paired_bootstrap};
@@ -201,6 +202,7 @@ pub fn run(model_path: &Path, a: ReportArgs) -> Result<()> {
         corpus: &a.corpus,
         ctx: a.ctx,
         windows: a.windows,
+        precision: Precision::Fast,
         profile: a.profile.as_deref(),
         predictors: a.predictors.as_deref(),
         plot: a.plot.as_deref(),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sieve_engine::sparsity::{Method, SparsityPlan, check_target};
 use sieve_engine::{Model, Precision};
 use sieve_eval::ab::{Verdict, paired_bootstrap};
-use sieve_eval::bench::{BenchOptions, bench_decode};
+use sieve_eval::bench::{BenchOptions, bench_decode, paired_decode};
 use sieve_eval::corpus::tokenize_file;
 use sieve_eval::perplexity::{PplOptions, perplexity, plan as window_count};
 use sieve_eval::plot::{Chart, Series, check_dir, line_chart};
@@ -31,6 +31,10 @@ pub struct Common {
     /// Decode steps timed per point against dense, taking turns (0: no speed measurement).
     #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
+    /// Weight precision of every point, scoring and decoding: fast (the GGUF's Q4_1, int8
+    /// activations) or f32 (the reference, where skipped rows save their whole cost).
+    #[arg(long, default_value = "fast")]
+    precision: Precision,
     /// Calibration profile (default: the one `sieve calibrate` wrote for this model).
     #[arg(long)]
     profile: Option<PathBuf>,
@@ -95,6 +99,12 @@ pub struct AbArgs {
     /// Bootstrap resamples of the windows.
     #[arg(long, default_value_t = 2000)]
     resamples: usize,
+    /// Runs of A against B, steps paired (each `--decode-tokens` steps), for the speed axis.
+    #[arg(long, default_value_t = 3)]
+    speed_runs: usize,
+    /// Perplexities within this fraction of each other count as equal in the dominance verdict.
+    #[arg(long, default_value_t = 0.005)]
+    ppl_band: f64,
 }
 
 /// Where the trade-off commands read from.
@@ -102,6 +112,7 @@ pub(crate) struct Inputs<'a> {
     pub corpus: &'a Path,
     pub ctx: usize,
     pub windows: usize,
+    pub precision: Precision,
     pub profile: Option<&'a Path>,
     pub predictors: Option<&'a Path>,
     pub plot: Option<&'a Path>,
@@ -113,6 +124,7 @@ impl<'a> From<&'a Common> for Inputs<'a> {
             corpus: &c.corpus,
             ctx: c.ctx,
             windows: c.windows,
+            precision: c.precision,
             profile: c.profile.as_deref(),
             predictors: c.predictors.as_deref(),
             plot: c.plot.as_deref(),
@@ -145,7 +157,7 @@ impl Setup {
         let tokens = tokenize_file(&tokenizer, c.corpus)?;
         let opts = PplOptions { ctx: c.ctx, windows: Some(c.windows) };
         window_count(tokens.len(), opts, usize::MAX).with_context(|| format!("corpus {}", c.corpus.display()))?;
-        let (_, model) = super::load(model_path, Precision::Fast)?;
+        let (_, model) = super::load(model_path, c.precision)?;
         let sparse = methods.iter().any(|&m| m != Method::Dense);
         let profile = if sparse { Some(super::load_profile(model_path, &model, c.profile)?) } else { None };
         let predictors = if methods.iter().any(|m| m.needs_predictors()) {
@@ -181,6 +193,17 @@ impl Setup {
             speedup: r.dense.map_or(1.0, |d| d.decode_speedup),
             bound: r.traffic.map_or(1.0, |t| t.bound_speedup),
         })
+    }
+
+    /// Decode speed of two plans against each other, taking turns step by step.
+    pub fn paired_speed(
+        &self,
+        plans: [Option<&SparsityPlan>; 2],
+        steps: usize,
+        runs: usize,
+    ) -> Result<sieve_eval::bench::PairedDecode> {
+        let text = self.tokens.get(..256).unwrap_or(&self.tokens);
+        Ok(paired_decode(&self.model, text, plans, 64.min(text.len() - 1), steps, runs)?)
     }
 }
 
@@ -288,8 +311,11 @@ pub fn sweep(model_path: &Path, a: SweepArgs) -> Result<()> {
         plots.extend(line_chart(dir, "ppl_vs_tok_s", &chart)?);
     }
     if a.common.json {
-        return super::print_json(&serde_json::json!({ "points": points, "plots": plots }));
+        return super::print_json(
+            &serde_json::json!({ "points": points, "precision": a.common.precision, "plots": plots }),
+        );
     }
+    println!("{:?} precision, {} windows x {}", a.common.precision, a.common.windows, a.common.ctx);
     print!("{}", points_table(&points));
     for p in &plots {
         println!("plot: {}", p.display());
@@ -343,7 +369,9 @@ pub fn ppl_p_search(model_path: &Path, a: PplPArgs) -> Result<()> {
         plots.extend(line_chart(dir, "ppl_p", &chart)?);
     }
     if a.common.json {
-        return super::print_json(&serde_json::json!({ "dense_perplexity": dense, "rows": rows, "plots": plots }));
+        return super::print_json(&serde_json::json!({
+            "dense_perplexity": dense, "precision": a.common.precision, "rows": rows, "plots": plots,
+        }));
     }
     println!(
         "dense perplexity {dense:.3} ({} windows x {}); bisection to a bracket of {} in sparsity: the budget holds at `sparsity` and fails at `over at`",
@@ -373,6 +401,12 @@ pub fn ppl_p_search(model_path: &Path, a: PplPArgs) -> Result<()> {
 pub fn ab(model_path: &Path, a: AbArgs) -> Result<()> {
     let (ma, sa) = super::parse_method_at("--a", &a.a)?;
     let (mb, sb) = super::parse_method_at("--b", &a.b)?;
+    if a.speed_runs == 0 {
+        bail!("--speed-runs must be at least 1");
+    }
+    if !(0.0..1.0).contains(&a.ppl_band) {
+        bail!("--ppl-band: {} must be in [0, 1)", a.ppl_band);
+    }
     let setup = Setup::load(model_path, &a.common, &[ma, mb])?;
     let plans = [setup.plan(ma, sa)?, setup.plan(mb, sb)?];
     let refs: Vec<Option<&SparsityPlan>> = plans.iter().map(Option::as_ref).collect();
@@ -385,6 +419,14 @@ pub fn ab(model_path: &Path, a: AbArgs) -> Result<()> {
         .zip(&plans)
         .map(|(m, p)| Ok(point(m, setup.speed(p.as_ref(), a.common.decode_tokens)?)))
         .collect::<Result<_>>()?;
+    let paired = match a.common.decode_tokens {
+        0 => None,
+        steps => Some(setup.paired_speed([plans[0].as_ref(), plans[1].as_ref()], steps, a.speed_runs)?),
+    };
+    let dominance = match &paired {
+        Some(p) => Some(sieve_eval::ab::dominance(verdict.ppl_ratio, &p.a_over_b, a.ppl_band)?),
+        None => None,
+    };
     let layers: Vec<Vec<f64>> = scores
         .iter()
         .map(|m| (0..m.stats.layers()).map(|l| m.stats.layer(l, sieve_engine::sparsity::Proj::Down)).collect())
@@ -424,7 +466,9 @@ pub fn ab(model_path: &Path, a: AbArgs) -> Result<()> {
     }
     if a.common.json {
         return super::print_json(&serde_json::json!({
-            "a": points[0], "b": points[1], "verdict": verdict, "down_input_sparsity_by_layer": layers, "plots": plots,
+            "a": points[0], "b": points[1], "verdict": verdict, "precision": a.common.precision,
+            "paired_decode": paired, "dominance": dominance,
+            "down_input_sparsity_by_layer": layers, "plots": plots,
         }));
     }
     print!("{}", points_table(&points));
@@ -438,6 +482,25 @@ pub fn ab(model_path: &Path, a: AbArgs) -> Result<()> {
         verdict.ppl_ratio, a.common.windows, verdict.ci_low, verdict.ci_high, verdict.resamples
     );
     let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+    if let (Some(p), Some(d)) = (&paired, &dominance) {
+        println!(
+            "decode, A and B taking turns ({} runs of {} steps, {:?} precision): A {:.1} tok/s, B {:.1} tok/s, A over B {:.3}x (runs {})",
+            a.speed_runs,
+            a.common.decode_tokens,
+            a.common.precision,
+            p.a_tok_s,
+            p.b_tok_s,
+            p.mean_a_over_b(),
+            fmt(&p.a_over_b)
+        );
+        println!(
+            "on (perplexity, decode speed): {} (lower perplexity: {}, perplexities within {:.1}% equal; faster in every run: {})",
+            d.verdict,
+            d.quality,
+            100.0 * d.ppl_band,
+            d.speed
+        );
+    }
     println!("MLP (down input) sparsity by layer, A: {}", fmt(&layers[0]));
     println!("MLP (down input) sparsity by layer, B: {}", fmt(&layers[1]));
     for p in &plots {

@@ -106,7 +106,10 @@ struct LayerReport {
     recall_at_half: f64,
     svd_recall_at_half: Option<f64>,
     bytes: usize,
+    /// Predictor bytes over W_gate's as the model stores it.
     bytes_share_of_gate: f64,
+    /// Predictor bytes over W_gate's in f32, what `--precision f32` reads.
+    bytes_share_of_f32_gate: f64,
     /// Predictor bytes over the bytes of the layer's seven weight matrices.
     bytes_share_of_layer: f64,
     predictor_us: f64,
@@ -278,6 +281,7 @@ pub fn run(model_path: &Path, a: Args) -> Result<()> {
             svd_recall_at_half: (!svd_curve.is_empty()).then(|| at_half(&svd_curve)),
             bytes: p.bytes(),
             bytes_share_of_gate: p.bytes() as f64 / gate_bytes.max(1) as f64,
+            bytes_share_of_f32_gate: p.bytes() as f64 / (4 * d * f).max(1) as f64,
             bytes_share_of_layer: p.bytes() as f64 / layer_bytes.max(1) as f64,
             predictor_us,
             mlp_us,
@@ -440,12 +444,12 @@ fn print_table(r: &Report) {
         r.train_tokens, r.validation_tokens, r.trace_seconds, r.train_seconds
     );
     println!(
-        "| layer | recall | precision | pred. sparsity | recall @ s=0.5 | SVD recall @ 0.5 | bytes / W_gate | predictor µs | MLP µs |"
+        "| layer | recall | precision | pred. sparsity | recall @ s=0.5 | SVD recall @ 0.5 | bytes / W_gate | bytes / f32 W_gate | predictor µs | MLP µs |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for l in &r.layers {
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.1}% | {:.1} | {:.1} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {:.1}% | {:.1}% | {:.1} | {:.1} |",
             l.layer,
             l.recall,
             l.precision,
@@ -453,12 +457,13 @@ fn print_table(r: &Report) {
             l.recall_at_half,
             l.svd_recall_at_half.map_or("-".into(), |v| format!("{v:.3}")),
             100.0 * l.bytes_share_of_gate,
+            100.0 * l.bytes_share_of_f32_gate,
             l.predictor_us,
             l.mlp_us
         );
     }
     println!(
-        "| mean | {:.3} | {:.3} | {:.3} | {:.3} | {} | | | |",
+        "| mean | {:.3} | {:.3} | {:.3} | {:.3} | {} | | | | |",
         r.mean_recall,
         r.mean_precision,
         r.mean_predicted_sparsity,
