@@ -87,7 +87,12 @@ impl Fast {
     fn grid(rows: usize, cols: usize, data: &[f32], bits: u8) -> Result<Self> {
         match crate::grid::grid_to_q4_1(rows, cols, data, bits) {
             Some(m) => Ok(Fast::Q4(m)),
-            None => Self::new(rows, cols, data),
+            None => {
+                if bits <= crate::grid::MAX_GRID_BITS {
+                    tracing::warn!("a {bits}-bit copy ({rows} x {cols}) is not on a {bits}-bit grid: kept in int8");
+                }
+                Self::new(rows, cols, data)
+            }
         }
     }
 
