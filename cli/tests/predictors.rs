@@ -78,6 +78,26 @@ fn ppl(corpus: &Path, profile: &Path, predictors: &Path, method: &str) -> std::p
 }
 
 #[test]
+fn a_four_bit_gate_copy_runs_in_q4_1_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (corpus, profile) = setup(dir.path());
+    let out = dir.path().join("lowbit4");
+    let o = train(&corpus, &profile, &out, &["--family", "lowbit", "--bits", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for l in r["layers"].as_array().unwrap() {
+        // Q4_1 blocks, as SmolLM2's own gate: 20 bytes per 32 weights, 5/32 of the f32 gate.
+        let share = |k: &str| l[k].as_f64().unwrap();
+        assert!((share("bytes_share_of_gate") - 1.0).abs() < 1e-9, "{l}");
+        assert!((share("bytes_share_of_f32_gate") - 20.0 / 128.0).abs() < 1e-9, "{l}");
+    }
+    // A 4-bit copy of the gate ranks neurons almost as the gate does.
+    assert!(r["mean_recall_at_half"].as_f64().unwrap() > 0.9, "{r}");
+    let o = ppl(&corpus, &profile, &out, "predictor");
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
 fn trained_predictors_beat_the_svd_anchor_and_run_as_methods() {
     let dir = tempfile::tempdir().unwrap();
     let (corpus, profile) = setup(dir.path());

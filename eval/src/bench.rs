@@ -196,7 +196,7 @@ fn take_turns(
 ) -> Result<()> {
     let (lane, mut stats) = first;
     for step in 0..=new_tokens {
-        let lane_first = (run + step) % 2 == 0;
+        let lane_first = (run + step).is_multiple_of(2);
         if lane_first {
             lane.step(model, prompt, step, stats.as_deref_mut())?;
         }

@@ -15,7 +15,7 @@ pub const MAX_GRID_BITS: u8 = 4;
 /// (weights not made by `quantize_bits`), when b > 4, or when the step does not survive f16:
 /// callers then keep an int8 copy.
 pub fn grid_to_q4_1(rows: usize, cols: usize, w: &[f32], bits: u8) -> Option<MatQ4_1> {
-    if !(1..=MAX_GRID_BITS).contains(&bits) || !cols.is_multiple_of(QK) || w.len() != rows * cols {
+    if !(1..=MAX_GRID_BITS).contains(&bits) || cols % QK != 0 || w.len() != rows * cols {
         return None;
     }
     let mut raw = Vec::with_capacity(w.len() / QK * 20);
