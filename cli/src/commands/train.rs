@@ -46,8 +46,9 @@ pub struct Args {
     /// Rank of the low-rank families (1 to d_model).
     #[arg(long, default_value_t = 64)]
     rank: usize,
-    /// Bits of the low-bit family (1 to 8).
-    #[arg(long, default_value_t = 2)]
+    /// Bits of the low-bit family (1 to 8). Up to 4 run in Q4_1 blocks (0.625 bytes per
+    /// weight whatever the bits), more in int8: 4 is the most a Q4_1 block's bytes buy.
+    #[arg(long, default_value_t = 4)]
     bits: u8,
     /// Input: this layer's MLP input, or the previous layer's (lookahead).
     #[arg(long, default_value = "mlp-input")]
