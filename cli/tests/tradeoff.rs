@@ -44,19 +44,13 @@ fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
     let dense_ppl = points[0]["perplexity"].as_f64().unwrap();
     let ppl_plot = dir.path().join("ppl");
     let ppl_plot_s = ppl_plot.to_str().unwrap();
-    let ppl = json(&sieve(&[
-        "eval",
-        "ppl",
-        "--corpus",
-        &corpus,
-        "--ctx",
-        "64",
-        "--windows",
-        "3",
-        "--plot",
-        ppl_plot_s,
-        "--json",
-    ]));
+    // `eval ppl` over the sweep's windows.
+    let ppl_of = |extra: &[&str]| {
+        let mut args = vec!["eval", "ppl", "--corpus", &corpus, "--ctx", "64", "--windows", "3", "--json"];
+        args.extend_from_slice(extra);
+        json(&sieve(&args))
+    };
+    let ppl = ppl_of(&["--plot", ppl_plot_s]);
     assert!((ppl["perplexity"].as_f64().unwrap() - dense_ppl).abs() < 1e-6 * dense_ppl, "{ppl} vs {dense_ppl}");
     let per_window: Vec<f64> =
         ppl["per_window_perplexity"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
@@ -75,23 +69,7 @@ fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
     assert_eq!(bound(0), 1.0, "dense reads what dense reads");
     assert!(bound(1) > 1.0 && bound(2) > bound(1) && bound(3) > 1.0 && bound(4) > bound(3), "{sweep}");
     // `eval ppl` of a method reports the same KL as the sweep.
-    let cats = json(&sieve(&[
-        "eval",
-        "ppl",
-        "--corpus",
-        &corpus,
-        "--ctx",
-        "64",
-        "--windows",
-        "3",
-        "--method",
-        "cats",
-        "--sparsity",
-        "0.3",
-        "--profile",
-        &profile,
-        "--json",
-    ]));
+    let cats = ppl_of(&["--method", "cats", "--sparsity", "0.3", "--profile", &profile]);
     assert!((cats["kl_vs_dense"].as_f64().unwrap() - points[1]["kl_vs_dense"].as_f64().unwrap()).abs() < 1e-9);
 
     let search = json(&run(&["ppl-p", "--methods", "cats", "--p", "5", "--tolerance", "0.05"]));
@@ -141,19 +119,7 @@ fn sweep_ppl_p_and_ab_measure_methods_against_dense() {
     // f32, and not the fast path's.
     let f32_sweep = json(&run(&["sweep", "--methods", "cats", "--sparsities", "0.5", "--precision", "f32"]));
     let f32_dense = f32_sweep["points"][0]["perplexity"].as_f64().unwrap();
-    let f32_ppl = json(&sieve(&[
-        "eval",
-        "ppl",
-        "--corpus",
-        &corpus,
-        "--ctx",
-        "64",
-        "--windows",
-        "3",
-        "--precision",
-        "f32",
-        "--json",
-    ]));
+    let f32_ppl = ppl_of(&["--precision", "f32"]);
     assert!((f32_ppl["perplexity"].as_f64().unwrap() - f32_dense).abs() < 1e-6 * f32_dense, "{f32_sweep}");
     assert!((f32_dense - dense_ppl).abs() > 1e-6 * dense_ppl, "f32 and fast score alike: {f32_sweep}");
     assert_eq!(f32_sweep["precision"], "f32");

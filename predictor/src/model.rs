@@ -391,13 +391,19 @@ mod tests {
             let body = Body::LowRank { rank: r, relu, w1: w1.clone(), w2: w2.clone(), b2: b2.clone() };
             let p = LayerPredictor::new(body, output, Rule::TopK(10), Quality::default(), d, f).unwrap();
             let x: Vec<f32> = (0..d).map(|i| (i as f32 * 0.3).sin()).collect();
-            let mut one = vec![0f32; f];
-            p.scores(&x, &mut Scratch::default(), &mut one).unwrap();
-            let batch = p.scores_batch(ArrayView2::from_shape((1, d), &x).unwrap()).unwrap();
-            let scale = batch.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (a, b) in one.iter().zip(batch.iter()) {
-                assert!((a - b).abs() <= 0.03 * scale, "{a} vs {b}");
-            }
+            assert_one_token_matches_batch(&p, &x, &format!("relu {relu}"));
+        }
+    }
+
+    /// The one-token path (int8 activations) against the f32 batch path, within 3% of the
+    /// largest score.
+    fn assert_one_token_matches_batch(p: &LayerPredictor, x: &[f32], what: &str) {
+        let mut one = vec![0f32; p.f()];
+        p.scores(x, &mut Scratch::default(), &mut one).unwrap();
+        let batch = p.scores_batch(ArrayView2::from_shape((1, p.d()), x).unwrap()).unwrap();
+        let scale = batch.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in one.iter().zip(batch.iter()) {
+            assert!((a - b).abs() <= 0.03 * scale, "{what}: {a} vs {b}");
         }
     }
 
@@ -416,13 +422,7 @@ mod tests {
                 assert!(p.bytes() > blocks * 20, "{bits} bits: an int8 copy");
             }
             p.prepare_decode();
-            let mut one = vec![0f32; f];
-            p.scores(&x, &mut Scratch::default(), &mut one).unwrap();
-            let batch = p.scores_batch(ArrayView2::from_shape((1, d), &x).unwrap()).unwrap();
-            let scale = batch.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (a, b) in one.iter().zip(batch.iter()) {
-                assert!((a - b).abs() <= 0.03 * scale, "{bits} bits: {a} vs {b}");
-            }
+            assert_one_token_matches_batch(&p, &x, &format!("{bits} bits"));
         }
     }
 
