@@ -56,6 +56,10 @@ fn train(corpus: &Path, profile: &Path, out: &Path, extra: &[&str]) -> std::proc
 }
 
 fn ppl(corpus: &Path, profile: &Path, predictors: &Path, method: &str) -> std::process::Output {
+    ppl_at(corpus, profile, predictors, method, "0.5")
+}
+
+fn ppl_at(corpus: &Path, profile: &Path, predictors: &Path, method: &str, sparsity: &str) -> std::process::Output {
     sieve(&[
         "eval",
         "ppl",
@@ -68,7 +72,7 @@ fn ppl(corpus: &Path, profile: &Path, predictors: &Path, method: &str) -> std::p
         "--method",
         method,
         "--sparsity",
-        "0.5",
+        sparsity,
         "--profile",
         profile.to_str().unwrap(),
         "--predictors",
@@ -95,6 +99,16 @@ fn a_four_bit_gate_copy_runs_in_q4_1_blocks() {
     assert!(r["mean_recall_at_half"].as_f64().unwrap() > 0.9, "{r}");
     let o = ppl(&corpus, &profile, &out, "predictor");
     assert!(o.status.success(), "{}", stderr(&o));
+    // Predict-then-verify proposes for the target, not for the labels' 50% only: at 25% it
+    // keeps about three quarters of the neurons.
+    let achieved = |s: &str| {
+        let o = ppl_at(&corpus, &profile, &out, "predictor-verify", s);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["achieved_sparsity"].as_f64().unwrap()
+    };
+    let (quarter, half) = (achieved("0.25"), achieved("0.5"));
+    assert!(quarter > 0.15 && quarter < 0.35 && half > 0.4 && half < 0.6, "{quarter} at 0.25, {half} at 0.5");
 }
 
 #[test]

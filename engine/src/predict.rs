@@ -91,17 +91,18 @@ fn layer(set: &PredictorSet, l: usize) -> Result<&LayerPredictor> {
 
 impl Proposal {
     /// Scores one token and lists the neurons the method proposes: above the plan's
-    /// threshold (predictor), or by the predictor's trained rule (predictor-verify).
+    /// threshold (predictor; predictor-verify away from its label's sparsity), or by the
+    /// predictor's trained rule (predictor-verify at its label's sparsity).
     fn propose(&mut self, p: &LayerPredictor, method: Method, lp: &LayerPlan, x: &[f32]) -> Result<()> {
         self.scores.resize(p.f(), 0.0);
         p.scores(x, &mut self.inner, &mut self.scores)?;
-        match method {
-            Method::Predictor => {
-                let t = lp.predict_threshold;
+        let threshold = if method == Method::Predictor { Some(lp.predict_threshold) } else { lp.propose_threshold };
+        match threshold {
+            Some(t) => {
                 self.rows.clear();
                 self.rows.extend((0..self.scores.len() as u32).filter(|&i| self.scores[i as usize] > t));
             }
-            _ => p.select(&self.scores, &mut self.rows),
+            None => p.select(&self.scores, &mut self.rows),
         }
         Ok(())
     }

@@ -208,15 +208,21 @@ impl Profile {
                 }
                 Method::Cats => lp.gate_act = self.threshold(l, Tap::GateAct, s),
                 // The proposal is confirmed by the rule of the label the predictor learnt.
-                Method::PredictorVerify => match plan.predictors.as_ref().map(|p| p.0.manifest.label) {
-                    Some(LabelKind::Teal) => lp.proj[Proj::Down.index()] = self.threshold(l, Tap::DownIn, s),
-                    Some(LabelKind::Cett) => {
-                        let width = self.down_col_norms[l].len();
-                        lp.cett_keep = ((1.0 - s as f64) * width as f64).round() as usize;
-                        lp.down_col_norms = self.down_col_norms[l].clone();
+                Method::PredictorVerify => {
+                    lp.propose_threshold = plan.predictors.as_ref().and_then(|set| {
+                        let p = set.0.layers.get(l)?;
+                        verify_proposal(p, set.0.manifest.label_sparsity, s)
+                    });
+                    match plan.predictors.as_ref().map(|p| p.0.manifest.label) {
+                        Some(LabelKind::Teal) => lp.proj[Proj::Down.index()] = self.threshold(l, Tap::DownIn, s),
+                        Some(LabelKind::Cett) => {
+                            let width = self.down_col_norms[l].len();
+                            lp.cett_keep = ((1.0 - s as f64) * width as f64).round() as usize;
+                            lp.down_col_norms = self.down_col_norms[l].clone();
+                        }
+                        _ => lp.gate_act = self.threshold(l, Tap::GateAct, s),
                     }
-                    _ => lp.gate_act = self.threshold(l, Tap::GateAct, s),
-                },
+                }
                 Method::Predictor => {
                     let p = plan.predictors.as_ref().and_then(|set| set.0.layers.get(l));
                     lp.predict_threshold = p.and_then(|p| p.threshold_at_sparsity(s)).ok_or_else(|| {
@@ -239,6 +245,20 @@ impl Profile {
         let steps = &self.greedy[layer];
         steps.iter().find(|st| st.block_sparsity >= s - 1e-4).or(steps.last()).map_or([s; 7], |st| st.levels)
     }
+}
+
+/// Predictor-verify's proposal threshold at target `s` for a predictor trained on labels at
+/// `label_sparsity`: `None` at the label's own sparsity (the trained rule, set for its target
+/// recall, proposes). Elsewhere the trained rule would still propose about half of the neurons
+/// however many CATS keeps, so the proposal no longer holds what the confirming rule wants; it
+/// is sized instead to keep the rule's ratio of predicted to label sparsity at this target,
+/// the slack that gave the rule its recall.
+fn verify_proposal(p: &sieve_predictor::LayerPredictor, label_sparsity: f32, s: f32) -> Option<f32> {
+    let (label, rule) = (p.quality.label_sparsity, p.quality.predicted_sparsity);
+    if (s - label_sparsity).abs() < 1e-6 || label <= 0.0 {
+        return None;
+    }
+    p.threshold_at_sparsity((s as f64 * rule / label).clamp(0.0, 1.0) as f32)
 }
 
 /// Magnitude histogram binned by the top 16 bits of the f32 (sign dropped): 8 exponent and

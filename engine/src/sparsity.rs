@@ -178,6 +178,9 @@ pub struct LayerPlan {
     pub down_col_norms: Vec<f32>,
     /// Predictor: neurons scoring above this are kept.
     pub predict_threshold: f32,
+    /// Predictor-verify at a target other than its label's sparsity: neurons scoring above
+    /// this are proposed (`None`: the trained rule proposes).
+    pub propose_threshold: Option<f32>,
 }
 
 /// A method at one target: what it drops in every layer.
