@@ -98,36 +98,8 @@ pub fn bench_decode(
     opts: BenchOptions,
     mut on_run: impl FnMut(),
 ) -> Result<BenchReport> {
-    if opts.runs == 0 || opts.new_tokens == 0 || opts.prompt_tokens == 0 {
-        return Err(EvalError::InvalidOption("runs, prompt tokens and new tokens must be at least 1".into()));
-    }
-    if tokens.len() < opts.prompt_tokens {
-        return Err(EvalError::TooShort {
-            asked: format!("a {}-token prompt", opts.prompt_tokens),
-            needed: opts.prompt_tokens,
-            have: tokens.len(),
-        });
-    }
-    let prompt = &tokens[..opts.prompt_tokens];
-    // Every copy either lane reads is built before the clock starts: built lazily, the dense
-    // panels landed in run 0 of whichever lane multiplied a matrix first (about 0.16 s on
-    // SmolLM2, most of it in the dense lane, whose run 0 then measured about 1.3x slower).
-    model.prepare_decode();
-    if let Some(plan) = &opts.plan {
-        model.prepare_sparse(plan)?;
-    }
-    let request = GenerateOptions {
-        sparsity: opts.plan.clone(),
-        ..GenerateOptions::new(opts.new_tokens, SamplingParams::default(), Vec::new())
-    };
-    validate(model, prompt, &request)?;
-    let ctx = model.config().context_len;
-    if opts.prompt_tokens + opts.new_tokens > ctx {
-        return Err(EvalError::InvalidOption(format!(
-            "{} prompt + {} new tokens exceed the model's context of {ctx}",
-            opts.prompt_tokens, opts.new_tokens
-        )));
-    }
+    let prompt =
+        prepare_lanes(model, tokens, [opts.plan.as_ref(), None], opts.prompt_tokens, opts.new_tokens, opts.runs)?;
     let mut runs = Vec::with_capacity(opts.runs);
     let mut dense_runs = Vec::with_capacity(opts.runs);
     let mut stats = SparsityStats::new(model.config().n_layers);
@@ -181,6 +153,46 @@ pub fn bench_decode(
         dense,
         traffic,
     })
+}
+
+/// Checks a benchmark's request against `model` and builds every weight copy the lanes under
+/// `plans` (`None`: dense) read, before any clock starts: built lazily, the dense panels landed
+/// in run 0 of whichever lane multiplied a matrix first (about 0.16 s on SmolLM2, most of it in
+/// the dense lane, whose run 0 then measured about 1.3x slower). Returns the prompt.
+fn prepare_lanes<'t>(
+    model: &Model,
+    tokens: &'t [u32],
+    plans: [Option<&SparsityPlan>; 2],
+    prompt_tokens: usize,
+    new_tokens: usize,
+    runs: usize,
+) -> Result<&'t [u32]> {
+    if runs == 0 || new_tokens == 0 || prompt_tokens == 0 {
+        return Err(EvalError::InvalidOption("runs, prompt tokens and new tokens must be at least 1".into()));
+    }
+    let prompt = tokens.get(..prompt_tokens).ok_or_else(|| EvalError::TooShort {
+        asked: format!("a {prompt_tokens}-token prompt"),
+        needed: prompt_tokens,
+        have: tokens.len(),
+    })?;
+    model.prepare_decode();
+    for plan in plans {
+        if let Some(p) = plan {
+            model.prepare_sparse(p)?;
+        }
+        let request = GenerateOptions {
+            sparsity: plan.cloned(),
+            ..GenerateOptions::new(new_tokens, SamplingParams::default(), Vec::new())
+        };
+        validate(model, prompt, &request)?;
+    }
+    let ctx = model.config().context_len;
+    if prompt_tokens + new_tokens > ctx {
+        return Err(EvalError::InvalidOption(format!(
+            "{prompt_tokens} prompt + {new_tokens} new tokens exceed the model's context of {ctx}"
+        )));
+    }
+    Ok(prompt)
 }
 
 /// Advances `first` (counting its sparsity into its stats) and `second` over the prompt and
@@ -238,27 +250,7 @@ pub fn paired_decode(
     new_tokens: usize,
     runs: usize,
 ) -> Result<PairedDecode> {
-    if runs == 0 || new_tokens == 0 || prompt_tokens == 0 {
-        return Err(EvalError::InvalidOption("runs, prompt tokens and new tokens must be at least 1".into()));
-    }
-    let prompt = tokens.get(..prompt_tokens).ok_or_else(|| EvalError::TooShort {
-        asked: format!("a {prompt_tokens}-token prompt"),
-        needed: prompt_tokens,
-        have: tokens.len(),
-    })?;
-    model.prepare_decode();
-    let request = GenerateOptions::new(new_tokens, SamplingParams::default(), Vec::new());
-    for plan in plans.into_iter().flatten() {
-        model.prepare_sparse(plan)?;
-        validate(model, prompt, &GenerateOptions { sparsity: Some(plan.clone()), ..request.clone() })?;
-    }
-    validate(model, prompt, &request)?;
-    if prompt_tokens + new_tokens > model.config().context_len {
-        return Err(EvalError::InvalidOption(format!(
-            "{prompt_tokens} prompt + {new_tokens} new tokens exceed the model's context of {}",
-            model.config().context_len
-        )));
-    }
+    let prompt = prepare_lanes(model, tokens, plans, prompt_tokens, new_tokens, runs)?;
     let (mut a_runs, mut b_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         let mut a = Lane::new(model, plans[0]);
