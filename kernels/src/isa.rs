@@ -48,6 +48,23 @@ pub fn active() -> Isa {
     })
 }
 
+/// Whether the f32 loops that need only AVX-512F run (the input-sparse GEMV's mask and
+/// register-held sums): on an AVX2 machine that also has AVX-512F, unless `SIEVE_ISA=avx2`
+/// asks to keep to AVX2.
+pub fn avx512f() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            active() == Isa::Avx2
+                && std::env::var("SIEVE_ISA").as_deref() != Ok("avx2")
+                && std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// The instruction sets in use, for reports: [`active`]'s name, plus the AVX-512 VNNI
 /// kernels (prefill GEMM, dense decode GEMV) where they run.
 pub fn describe() -> String {
