@@ -198,13 +198,13 @@ fn input_sparse_f32(
     active: &mut Vec<u32>,
     values: &mut Vec<f32>,
 ) -> usize {
-    let count = cpu::active_f32(x, threshold, active, values);
+    let count = inner::active_f32(x, threshold, active, values);
     let (active, values) = (&active[..], &values[..]);
     let threads = global().threads();
     if crate::isa::avx512f() && w.outputs < F32_REGISTER_SUMS_BELOW {
-        // Tasks split the outputs into segments of at most F32_REGISTER_OUTPUTS, whose sums
+        // Tasks split the outputs into segments of at most [`inner::F32_REGISTER_OUTPUTS`], whose sums
         // stay in registers: each active row costs its segment's loads and nothing else.
-        let tasks = w.outputs.div_ceil(cpu::F32_REGISTER_OUTPUTS).next_multiple_of(threads);
+        let tasks = w.outputs.div_ceil(inner::F32_REGISTER_OUTPUTS).next_multiple_of(threads);
         let width = w.outputs.div_ceil(tasks).next_multiple_of(16);
         let tasks = w.outputs.div_ceil(width);
         let o = Shared(out.as_mut_ptr());
@@ -213,7 +213,7 @@ fn input_sparse_f32(
             let len = width.min(w.outputs - j0);
             // SAFETY: task t owns outputs j0..j0 + len, inside `out`.
             let y = unsafe { o.range(j0, len) };
-            cpu::rows_f32_in_registers(&w.data, w.outputs, j0, active, values, y, F32_ROWS_AHEAD);
+            inner::rows_f32_in_registers(&w.data, w.outputs, j0, active, values, y, F32_ROWS_AHEAD);
         });
         return count;
     }
