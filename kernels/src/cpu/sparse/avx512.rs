@@ -21,6 +21,8 @@ const F32_TWO_SETS_UP_TO: usize = F32_SUM_REGS / 2;
 /// # Safety
 /// The CPU must support avx512f; every run `idx[k] · stride + offset .. + y.len()` lies
 /// inside `w`, `a.len() >= idx.len()` and `y.len()` is in `16 (R − 1) + 1 ..= 16 R`.
+// The register index picks the masked load of the last register as well as the sums.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn rows_f32_in_registers<const R: usize>(
     w: &[f32],
@@ -32,7 +34,10 @@ pub unsafe fn rows_f32_in_registers<const R: usize>(
     ahead: usize,
 ) {
     let n = y.len();
-    let tail: __mmask16 = if n % 16 == 0 { 0xffff } else { (1u16 << (n % 16)) - 1 };
+    let tail: __mmask16 = match n % 16 {
+        0 => 0xffff,
+        rest => (1u16 << rest) - 1,
+    };
     let two_sets = R <= F32_TWO_SETS_UP_TO;
     // SAFETY: the caller guarantees every run lies inside `w`; register r < R − 1 loads
     // 16 floats at 16 r + 16 <= 16 (R − 1) < n, the last one only the `tail` lanes below n.
