@@ -39,6 +39,7 @@ pub(crate) struct TypedKernels {
 pub(crate) struct Kernels {
     pub f16: TypedKernels,
     pub bf16: TypedKernels,
+    pub reduce_splits: CudaFunction,
     pub predicted_swiglu_f16: CudaFunction,
     pub rms_norm: CudaFunction,
     pub embed_f16: CudaFunction,
@@ -139,6 +140,7 @@ impl Gpu {
         let kernels = Kernels {
             f16: typed("f16")?,
             bf16: typed("bf16")?,
+            reduce_splits: f("reduce_splits")?,
             predicted_swiglu_f16: f("predicted_swiglu_f16")?,
             rms_norm: f("rms_norm")?,
             embed_f16: f("embed_f16")?,

@@ -23,9 +23,8 @@ pub enum Reduction {
     /// Each block adds its partial sums into the output with atomics (fastest; the order of
     /// additions, so the last bits, can vary run to run).
     Atomic,
-    /// Each warp unit stores its partial sums; the last unit of each output tile to finish
-    /// adds them in a fixed order, in the same launch, so results are bit-identical run to
-    /// run.
+    /// Each block stores its partial sums; a second kernel adds them in a fixed order, so
+    /// results are bit-identical run to run.
     Deterministic,
 }
 
@@ -159,15 +158,12 @@ impl SparseGemv {
         SplitPlan::new(k, self.tiles(k, widths), gpu.info().sm_count, self.units_per_sm)
     }
 
-    /// f32 values of scratch the deterministic reduction needs for these widths; zeroed before
-    /// its first launch (the launches leave its counters at zero).
+    /// f32 values of scratch the deterministic reduction needs for these widths.
     pub fn scratch_len(&self, gpu: &Gpu, k: usize, widths: &[usize]) -> usize {
         match self.reduction {
             Reduction::Atomic => 0,
             Reduction::Deterministic => {
-                let tiles = self.tiles(k, widths);
-                // The partial sums, then one arrival counter per tile (u32, zero between launches).
-                self.plan(gpu, k, widths).splits * tiles * self.gather.resolve(k, widths).tile() + tiles
+                self.plan(gpu, k, widths).splits * self.tiles(k, widths) * self.gather.resolve(k, widths).tile()
             }
         }
     }
@@ -233,7 +229,7 @@ impl SparseGemv {
         to_i32(k * outs.iter().map(|o| o.out.len()).max().unwrap_or(0), "weights")?;
         let plan = self.plan(gpu, k, &widths);
         let stream = gpu.stream();
-        let (partial_addr, arrived_addr) = match self.reduction {
+        let partial_addr = match self.reduction {
             Reduction::Atomic => {
                 if !accumulate {
                     for o in outs {
@@ -249,16 +245,14 @@ impl SparseGemv {
                         .map_err(|e| GpuError::driver("memset", e))?;
                     }
                 }
-                (0u64, 0u64)
+                0u64
             }
             Reduction::Deterministic => {
-                let sums = plan.splits * total_tiles * gather.tile();
-                let need = sums + total_tiles;
+                let need = plan.splits * total_tiles * gather.tile();
                 let s = scratch.filter(|s| s.len() >= need).ok_or_else(|| {
                     GpuError::Unsupported(format!("the deterministic reduction needs {need} values of scratch"))
                 })?;
-                let base = gpu.view(s).addr();
-                (base, base + 4 * sums as u64)
+                gpu.view(s).addr()
             }
         };
         let (x_addr, x2_addr) = (x.addr(), gated_by.map_or(0u64, |u| u.addr()));
@@ -275,15 +269,21 @@ impl SparseGemv {
             Gather::Wide => &typed.sparse_gemv_wide,
             Gather::Auto | Gather::Narrow => &typed.sparse_gemv,
         };
-        let acc_i = accumulate as i32;
         let mut b = Launch::new(gpu, kernel, "sparse_gemv");
         b.arg(&segs).arg(&x_addr).arg(&x2_addr).arg(&k_i).arg(&chunk_i).arg(&splits_i).arg(&partial_addr).arg(&tiles_i);
-        b.arg(&arrived_addr).arg(&acc_i);
         // SAFETY: every segment's weights hold k * n values and its output n (checked above);
         // the kernel reads x[0..k] (and the gate's twin), writes out[0..n] and, when
-        // deterministic, partial[0..splits * tiles * tile] and the tiles' arrival counters
-        // after them (scratch checked above; the counters are back at zero when it returns).
+        // deterministic, partial[0..splits * tiles * 256] (scratch checked above).
         unsafe { b.launch(cfg) }?;
+        if self.reduction == Reduction::Deterministic {
+            let (width_i, acc_i) = (gather.tile() as i32, accumulate as i32);
+            let cfg =
+                LaunchConfig { grid_dim: (total_tiles as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let mut b = Launch::new(gpu, &gpu.kernels.reduce_splits, "reduce_splits");
+            b.arg(&segs).arg(&partial_addr).arg(&splits_i).arg(&tiles_i).arg(&width_i).arg(&acc_i);
+            // SAFETY: reads the partial sums the launch above wrote, writes each segment's n outputs.
+            unsafe { b.launch(cfg) }?;
+        }
         Ok(())
     }
 }

@@ -42,9 +42,14 @@ mod tests {
         match compile_ptx("compute_90") {
             Ok(ptx) => {
                 let text = ptx.to_src();
-                for name in
-                    ["sparse_gemv_f16", "sparse_gemv_wide2_f16", "sparse_gemv_bf16", "swiglu_rows_f16", "attention"]
-                {
+                for name in [
+                    "sparse_gemv_f16",
+                    "sparse_gemv_wide2_f16",
+                    "sparse_gemv_bf16",
+                    "reduce_splits",
+                    "swiglu_rows_f16",
+                    "attention",
+                ] {
                     assert!(text.contains(name), "{name} missing from the PTX");
                 }
                 // Early launch depends on every kernel waiting for the previous grid.

@@ -46,8 +46,7 @@ __device__ __forceinline__ float gemv_input(const float* __restrict__ x, const f
 template <bool BF16, int VEC>
 __device__ __forceinline__ void sparse_gemv_staged_body(const Segs& segs, const float* __restrict__ x,
                                                         const float* __restrict__ x2, int k, int rows, int splits,
-                                                        float* __restrict__ partial, int total_tiles,
-                                                        unsigned* __restrict__ arrived, int accumulate) {
+                                                        float* __restrict__ partial, int total_tiles) {
     constexpr int ROWS_PER_BATCH = STAGE_LOADS / VEC;  // rows per batch of loads
     constexpr int UNIT_OUTPUTS = SG_TILE * VEC;
     __shared__ int s_row[STAGE_WARPS][STAGE_LIST];
@@ -171,49 +170,37 @@ __device__ __forceinline__ void sparse_gemv_staged_body(const Segs& segs, const 
             reinterpret_cast<float4*>(p)[1] = make_float4(a[4], a[5], a[6], a[7]);
         }
     }
-    if (partial == nullptr) return;
-    // Deterministic reduction in the same launch: the last of the tile's units to arrive adds
-    // every split's partial sums in split order (which unit is last does not change the sum)
-    // and resets the tile's counter for the next launch (graph replays reuse it). A second
-    // kernel for the sums cost a launch and measured 0.92x of cuBLAS at s = 0.
-    __threadfence();  // this lane's partial sums are visible device-wide before the count
-    __syncwarp();
-    unsigned before = 0;
-    if (lane == 0) before = atomicAdd(arrived + global_tile, 1u);
-    before = __shfl_sync(FULL, before, 0);
-    if (before != (unsigned)(splits - 1)) return;
-    __threadfence();  // the other units' partial sums, seen through L2 below
-#pragma unroll
-    for (int v = 0; v < VEC; v++) {
-        if (!has[v]) continue;
-        float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        for (int sp = 0; sp < splits; sp++) {
-            const float4* p = reinterpret_cast<const float4*>(
-                partial + ((size_t)sp * total_tiles + global_tile) * UNIT_OUTPUTS + v * SG_TILE + lane * 8);
-            const float4 lo = __ldcg(p), hi = __ldcg(p + 1);
-            sum[0] += lo.x; sum[1] += lo.y; sum[2] += lo.z; sum[3] += lo.w;
-            sum[4] += hi.x; sum[5] += hi.y; sum[6] += hi.z; sum[7] += hi.w;
-        }
-        float4* y = reinterpret_cast<float4*>(S.y + col0 + v * SG_TILE);
-        if (accumulate) {
-            const float4 lo = y[0], hi = y[1];
-            sum[0] += lo.x; sum[1] += lo.y; sum[2] += lo.z; sum[3] += lo.w;
-            sum[4] += hi.x; sum[5] += hi.y; sum[6] += hi.z; sum[7] += hi.w;
-        }
-        y[0] = make_float4(sum[0], sum[1], sum[2], sum[3]);
-        y[1] = make_float4(sum[4], sum[5], sum[6], sum[7]);
-    }
-    if (lane == 0) arrived[global_tile] = 0u;
 }
 
 #define STAGED_KERNEL(NAME, BF16, VEC)                                                                           \
     extern "C" __global__ void NAME(Segs segs, const float* x, const float* x2, int k, int rows, int splits,     \
-                                    float* partial, int total_tiles, unsigned* arrived, int accumulate) {        \
+                                    float* partial, int total_tiles) {                                           \
         pdl_wait();                                                                                          \
-        sparse_gemv_staged_body<BF16, VEC>(segs, x, x2, k, rows, splits, partial, total_tiles, arrived,          \
-                                           accumulate);                                                      \
+        sparse_gemv_staged_body<BF16, VEC>(segs, x, x2, k, rows, splits, partial, total_tiles);                  \
     }
 STAGED_KERNEL(sparse_gemv_f16, false, 1)
 STAGED_KERNEL(sparse_gemv_bf16, true, 1)
 STAGED_KERNEL(sparse_gemv_wide2_f16, false, 2)
 STAGED_KERNEL(sparse_gemv_wide2_bf16, true, 2)
+
+// Deterministic reduction of the split partial sums: y = (accumulate ? y : 0) + sum over splits,
+// always in split order. One block per tile of `tile_width` outputs.
+extern "C" __global__ void reduce_splits(Segs segs, const float* partial, int splits, int total_tiles, int tile_width,
+                                         int accumulate) {
+    pdl_begin();
+    int tile = blockIdx.x;
+    int seg = 0;
+    while (seg + 1 < segs.count && tile >= segs.s[seg].tiles) {
+        tile -= segs.s[seg].tiles;
+        seg++;
+    }
+    const Seg S = segs.s[seg];
+    for (int c = threadIdx.x; c < tile_width; c += blockDim.x) {
+        const int col = tile * tile_width + c;
+        if (col >= S.n) break;
+        float sum = 0.0f;
+        for (int s = 0; s < splits; s++) sum += partial[((size_t)s * total_tiles + blockIdx.x) * tile_width + c];
+        S.y[col] = accumulate ? S.y[col] + sum : sum;
+    }
+}
+
