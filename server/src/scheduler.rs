@@ -52,10 +52,11 @@ pub struct CompareJob {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// Where a running generation decodes.
+/// Where a running generation decodes (both boxed: a stream's state is hundreds of bytes,
+/// moved as the scheduler's queue turns).
 enum Runner<'m> {
     Cpu(Box<Session<'m>>),
-    Gpu(GpuStream),
+    Gpu(Box<GpuStream>),
 }
 
 impl Runner<'_> {
@@ -296,7 +297,7 @@ fn start<'m>(
         // The CPU model's checks first, so both devices refuse the same requests alike.
         Some(g) => sieve_engine::generate::validate(model, &prompt, &options)
             .and_then(|()| g.start(&prompt, options))
-            .map(Runner::Gpu),
+            .map(|s| Runner::Gpu(Box::new(s))),
         None => Session::start(model, &prompt, options).map(|s| Runner::Cpu(Box::new(s.with_layer_timing()))),
     };
     match started {
