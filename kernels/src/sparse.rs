@@ -223,15 +223,7 @@ fn input_sparse_f32(
                 let rows = (t * per).min(active.len())..((t + 1) * per).min(active.len());
                 // SAFETY: task t owns partial[t * outputs..(t + 1) * outputs].
                 let y = unsafe { p.range(t * w.outputs, w.outputs) };
-                inner::rows_f32_in_registers(
-                    w.data.floats(),
-                    w.stride,
-                    0,
-                    &active[rows.clone()],
-                    &values[rows],
-                    y,
-                    F32_ROWS_AHEAD,
-                );
+                inner::rows_f32_in_registers(w.data.floats(), w.stride, 0, &active[rows.clone()], &values[rows], y);
             });
             out.copy_from_slice(&partial[..w.outputs]);
             for part in partial.chunks_exact(w.outputs).skip(1) {
@@ -248,7 +240,7 @@ fn input_sparse_f32(
             let len = width.min(w.outputs - j0);
             // SAFETY: task t owns outputs j0..j0 + len, inside `out`.
             let y = unsafe { o.range(j0, len) };
-            inner::rows_f32_in_registers(w.data.floats(), w.stride, j0, active, values, y, F32_ROWS_AHEAD);
+            inner::rows_f32_in_registers(w.data.floats(), w.stride, j0, active, values, y);
         });
         return count;
     }

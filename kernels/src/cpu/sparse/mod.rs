@@ -36,17 +36,9 @@ pub const F32_REGISTER_OUTPUTS: usize = 16 * avx512::F32_SUM_REGS;
 
 /// `y = Σ_k a[k] · w[idx[k] · stride + offset ..][..y.len()]` (overwriting `y`, at most
 /// [`F32_REGISTER_OUTPUTS`] long) with the sums held in AVX-512 registers where the CPU has
-/// them, else through [`axpy_rows_f32`]. Panics, as slicing would, when a run leaves `w`,
+/// them, else through [`super::axpy_rows_f32`] (rows prefetched 8 ahead). Panics, as slicing would, when a run leaves `w`,
 /// `a` is shorter than `idx` or `y` is too long.
-pub fn rows_f32_in_registers(
-    w: &[f32],
-    stride: usize,
-    offset: usize,
-    idx: &[u32],
-    a: &[f32],
-    y: &mut [f32],
-    ahead: usize,
-) {
+pub fn rows_f32_in_registers(w: &[f32], stride: usize, offset: usize, idx: &[u32], a: &[f32], y: &mut [f32]) {
     assert!(y.len() <= F32_REGISTER_OUTPUTS, "rows_f32_in_registers: {} outputs", y.len());
     #[cfg(target_arch = "x86_64")]
     if crate::isa::avx512f() && !y.is_empty() {
@@ -58,7 +50,7 @@ pub fn rows_f32_in_registers(
                 match y.len().div_ceil(16) {
                     // SAFETY: `avx512f()` checked the CPU; every run lies inside `w` and `a`
                     // covers `idx` (asserted above); `y.len()` is in 16 (R − 1) + 1 ..= 16 R.
-                    $($r => unsafe { avx512::rows_f32_in_registers::<$r>(w, stride, offset, idx, a, y, ahead) },)*
+                    $($r => unsafe { avx512::rows_f32_in_registers::<$r>(w, stride, offset, idx, a, y) },)*
                     _ => unreachable!("at most F32_SUM_REGS registers (asserted above)"),
                 }
             };
@@ -67,7 +59,7 @@ pub fn rows_f32_in_registers(
         return;
     }
     y.fill(0.0);
-    super::axpy_rows_f32(w, stride, offset, idx, a, y, ahead);
+    super::axpy_rows_f32(w, stride, offset, idx, a, y, 8);
 }
 
 /// Clears `idx` and `vals` and fills them with the indices and values of the entries of `x`
@@ -117,7 +109,7 @@ mod tests {
                     }
                 }
                 let mut got = vec![f32::NAN; n];
-                rows_f32_in_registers(&w, stride, 7, &idx, &a, &mut got, 2);
+                rows_f32_in_registers(&w, stride, 7, &idx, &a, &mut got);
                 for (j, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "n {n} rows {count} output {j}: {g} vs {w}");
                 }
