@@ -169,10 +169,10 @@ thread_local! {
 }
 
 /// Outputs below which, with AVX-512F, the f32 input-sparse GEMV keeps its sums in registers
-/// (segments of at most 384 outputs, one per task): `sparse_cold`, 50%, against the loops
-/// below that add four rows at a time into sums in L1, the whole product 1.9-2.0x faster
-/// than dense against 1.4-1.7x at q/o 576 x 576, 1.3-1.6x against 1.0-1.5x at k/v. At
-/// Llama-3-8B's widths the runs of 1.5 KB per row were slower than those below (8 KB):
+/// (segments of at most 384 outputs, one per task). `sparse_cold` at 50%, over the dense
+/// GEMV: q/o 576 x 576 2.2-2.3x, k/v 1.9-2.1x, where the AVX2 loops below (four rows at a
+/// time into sums in L1, a scalar mask) gave 1.4-1.7x and 0.9-1.3x. At Llama-3-8B's widths
+/// the register loop's runs of 1.5 KB per row were slower than the AVX2 loop's 8 KB ones:
 /// 1.5-1.6x against 1.8-1.9x.
 const F32_REGISTER_SUMS_BELOW: usize = 2048;
 
@@ -209,8 +209,8 @@ fn input_sparse_f32(
     let (active, values) = (&active[..], &values[..]);
     let threads = global().threads();
     if crate::isa::avx512f() && w.outputs < F32_REGISTER_SUMS_BELOW {
-        // Tasks split the outputs into segments of at most [`inner::F32_REGISTER_OUTPUTS`], whose sums
-        // stay in registers: each active row costs its segment's loads and nothing else.
+        // Tasks split the outputs into segments of at most 384 (`F32_REGISTER_OUTPUTS`),
+        // whose sums stay in registers: an active row costs its segment's loads and no more.
         if w.outputs <= inner::F32_REGISTER_OUTPUTS && threads > 1 {
             // One segment holds every output: the threads take the active rows in turn,
             // each row read whole (one run the hardware prefetcher can follow, where two

@@ -36,8 +36,8 @@ pub const F32_REGISTER_OUTPUTS: usize = 16 * avx512::F32_SUM_REGS;
 
 /// `y = Σ_k a[k] · w[idx[k] · stride + offset ..][..y.len()]` (overwriting `y`, at most
 /// [`F32_REGISTER_OUTPUTS`] long) with the sums held in AVX-512 registers where the CPU has
-/// them, else through [`super::axpy_rows_f32`] (rows prefetched 8 ahead). Panics, as slicing would, when a run leaves `w`,
-/// `a` is shorter than `idx` or `y` is too long.
+/// them, else through [`super::axpy_rows_f32`] (rows prefetched 8 ahead). Panics, as
+/// slicing would, when a run leaves `w`, `a` is shorter than `idx` or `y` is too long.
 pub fn rows_f32_in_registers(w: &[f32], stride: usize, offset: usize, idx: &[u32], a: &[f32], y: &mut [f32]) {
     assert!(y.len() <= F32_REGISTER_OUTPUTS, "rows_f32_in_registers: {} outputs", y.len());
     #[cfg(target_arch = "x86_64")]
