@@ -10,6 +10,7 @@
 //!   dense path.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use crate::cpu;
 use crate::cpu::sparse::{self as inner, SparsePairs};
@@ -206,88 +207,76 @@ fn input_sparse_f32(
     values: &mut Vec<f32>,
 ) -> usize {
     let count = inner::active_f32(x, threshold, active, values);
+    if w.outputs == 0 {
+        return count;
+    }
     let (active, values) = (&active[..], &values[..]);
     let threads = global().threads();
+    let (data, stride) = (w.data.floats(), w.stride);
     if crate::isa::avx512f() && w.outputs < F32_REGISTER_SUMS_BELOW {
-        // Tasks split the outputs into segments of at most 384 (`F32_REGISTER_OUTPUTS`),
-        // whose sums stay in registers: an active row costs its segment's loads and no more.
         if w.outputs <= inner::F32_REGISTER_OUTPUTS && threads > 1 {
-            // One segment holds every output: the threads take the active rows in turn,
-            // each row read whole (one run the hardware prefetcher can follow, where two
-            // half-row segments left k/v 192 x 576 at 1.4x of dense against 1.6x), and
-            // the partial sums are added at the end.
-            let per = active.len().div_ceil(threads);
-            let mut partial = vec![0f32; threads * w.outputs];
-            let p = Shared(partial.as_mut_ptr());
-            parallel_for(threads, |t| {
-                let rows = (t * per).min(active.len())..((t + 1) * per).min(active.len());
-                // SAFETY: task t owns partial[t * outputs..(t + 1) * outputs].
-                let y = unsafe { p.range(t * w.outputs, w.outputs) };
-                inner::rows_f32_in_registers(w.data.floats(), w.stride, 0, &active[rows.clone()], &values[rows], y);
+            // One segment holds every output: each thread takes its share of the active rows,
+            // each row read whole (one run the hardware prefetcher follows, where two
+            // half-row segments left k/v 192 x 576 at 1.4x of dense against 1.6x).
+            split_rows(threads, active.len(), out, |rows, y| {
+                inner::rows_f32_in_registers(data, stride, 0, &active[rows.clone()], &values[rows], y)
             });
-            out.copy_from_slice(&partial[..w.outputs]);
-            for part in partial.chunks_exact(w.outputs).skip(1) {
-                cpu::axpy_f32(1.0, part, out);
-            }
-            return count;
+        } else {
+            // Segments of at most 384 outputs (`F32_REGISTER_OUTPUTS`), a multiple of the
+            // threads, whose sums stay in registers.
+            let tasks = w.outputs.div_ceil(inner::F32_REGISTER_OUTPUTS).next_multiple_of(threads);
+            split_outputs(tasks, out, |j0, y| inner::rows_f32_in_registers(data, stride, j0, active, values, y));
         }
-        let tasks = w.outputs.div_ceil(inner::F32_REGISTER_OUTPUTS).next_multiple_of(threads);
-        let width = w.outputs.div_ceil(tasks).next_multiple_of(16);
-        let tasks = w.outputs.div_ceil(width);
-        let o = Shared(out.as_mut_ptr());
-        parallel_for(tasks, |t| {
-            let j0 = t * width;
-            let len = width.min(w.outputs - j0);
-            // SAFETY: task t owns outputs j0..j0 + len, inside `out`.
-            let y = unsafe { o.range(j0, len) };
-            inner::rows_f32_in_registers(w.data.floats(), w.stride, j0, active, values, y);
-        });
         return count;
     }
     if w.outputs < F32_SPLIT_INPUTS_BELOW && threads > 1 && active.len() >= 2 * F32_ROWS_AHEAD {
         // Narrow outputs: the tasks take the active rows in turn, each row read whole into
-        // the task's own sums, which are added up at the end.
-        let tasks = 2 * threads;
-        let per = active.len().div_ceil(tasks);
-        let mut partial = vec![0f32; tasks * w.outputs];
-        let p = Shared(partial.as_mut_ptr());
-        parallel_for(tasks, |t| {
-            let rows = t * per..((t + 1) * per).min(active.len());
-            // SAFETY: task t owns partial[t * outputs..(t + 1) * outputs].
-            let y = unsafe { p.range(t * w.outputs, w.outputs) };
-            if !rows.is_empty() {
-                cpu::axpy_rows_f32(
-                    w.data.floats(),
-                    w.stride,
-                    0,
-                    &active[rows.clone()],
-                    &values[rows],
-                    y,
-                    F32_ROWS_AHEAD,
-                );
-            }
+        // the task's own sums.
+        split_rows(2 * threads, active.len(), out, |rows, y| {
+            y.fill(0.0);
+            cpu::axpy_rows_f32(data, stride, 0, &active[rows.clone()], &values[rows], y, F32_ROWS_AHEAD)
         });
-        out.copy_from_slice(&partial[..w.outputs]);
-        for part in partial.chunks_exact(w.outputs).skip(1) {
-            cpu::axpy_f32(1.0, part, out);
-        }
         return count;
     }
     // At least two tasks per thread and a multiple of the threads (7 tasks of 2048 on 2
     // threads left one thread a task behind), each a whole number of cache lines.
     let tasks = w.outputs.div_ceil(F32_MAX_TASK_OUTPUTS).max(2 * threads).next_multiple_of(threads);
-    let tile = w.outputs.div_ceil(tasks).next_multiple_of(16);
-    let tasks = w.outputs.div_ceil(tile);
-    let o = Shared(out.as_mut_ptr());
-    parallel_for(tasks, |t| {
-        let j0 = t * tile;
-        let len = tile.min(w.outputs - j0);
-        // SAFETY: task t owns outputs j0..j0 + len, inside `out`.
-        let y = unsafe { o.range(j0, len) };
+    split_outputs(tasks, out, |j0, y| {
         y.fill(0.0);
-        cpu::axpy_rows_f32(w.data.floats(), w.stride, j0, active, values, y, F32_ROWS_AHEAD);
+        cpu::axpy_rows_f32(data, stride, j0, active, values, y, F32_ROWS_AHEAD)
     });
     count
+}
+
+/// Splits `active` rows over `tasks` tasks: `task(rows, sums)` writes its rows' sums over
+/// every output into its own buffer, and the buffers are added into `out`.
+fn split_rows(tasks: usize, active: usize, out: &mut [f32], task: impl Fn(Range<usize>, &mut [f32]) + Sync) {
+    let outputs = out.len();
+    let per = active.div_ceil(tasks);
+    let mut partial = vec![0f32; tasks * outputs];
+    let p = Shared(partial.as_mut_ptr());
+    parallel_for(tasks, |t| {
+        // SAFETY: task t owns partial[t * outputs..(t + 1) * outputs].
+        let sums = unsafe { p.range(t * outputs, outputs) };
+        task((t * per).min(active)..((t + 1) * per).min(active), sums);
+    });
+    out.copy_from_slice(&partial[..outputs]);
+    for part in partial.chunks_exact(outputs).skip(1) {
+        cpu::axpy_f32(1.0, part, out);
+    }
+}
+
+/// Splits `out` into about `tasks` runs of whole cache lines: `task(j0, y)` writes outputs
+/// `j0..j0 + y.len()`.
+fn split_outputs(tasks: usize, out: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
+    let outputs = out.len();
+    let width = outputs.div_ceil(tasks.max(1)).next_multiple_of(16);
+    let o = Shared(out.as_mut_ptr());
+    parallel_for(outputs.div_ceil(width), |t| {
+        let j0 = t * width;
+        // SAFETY: task t owns outputs j0..j0 + width (or to the end), inside `out`.
+        task(j0, unsafe { o.range(j0, width.min(outputs - j0)) });
+    });
 }
 
 /// Reusable buffers of [`gemv_input_sparse_q8`] and

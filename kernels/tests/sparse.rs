@@ -157,6 +157,19 @@ fn bad_operands_are_errors() {
     assert!(gemv_rows(&RowMajor::F32(&w), &Vector::Q8(&acts), &[0, 1], &mut o2).is_err());
 }
 
+/// A matrix without outputs (or without inputs) is a product like any other: nothing to
+/// write, the active inputs still counted.
+#[test]
+fn empty_matrices_are_fine() {
+    for (outputs, inputs) in [(0usize, 5usize), (5, 0), (0, 0)] {
+        let wt = InputMajorF32::from_row_major(&MatF32::new(outputs, inputs, vec![1.0; outputs * inputs]).unwrap());
+        let x = vec![2.0f32; inputs];
+        let mut out = vec![7.0f32; outputs];
+        assert_eq!(gemv_input_sparse_f32(&wt, &x, 1.0, &mut out).unwrap(), inputs);
+        assert!(out.iter().all(|&v| v == 0.0), "{outputs} x {inputs}: {out:?}");
+    }
+}
+
 /// Input-sparse Q4_1 against the dense Q4_1 GEMV on the masked input (quantized by
 /// `ActsQ8`): equal up to f32 summation order, relative to the output's magnitude.
 fn check_q4_against_dense(outputs: usize, inputs: usize, x: &[f32], t: f32, seed: u64) {
