@@ -1,6 +1,7 @@
 //! Weight and activation containers, and the int8 block quantization of the fast path.
 
 use crate::KernelError;
+use crate::lines::Lines;
 
 /// Values per quantization block (along the contiguous axis), as in GGML's Q8_0.
 pub const QK: usize = 32;
@@ -18,19 +19,23 @@ fn check_block(what: &'static str, cols: usize) -> Result<(), KernelError> {
     if cols.is_multiple_of(QK) { Ok(()) } else { Err(KernelError::Block { what, cols, block: QK }) }
 }
 
-/// A row-major f32 matrix: `rows` outputs, each a contiguous row of `cols` inputs.
+/// A row-major f32 matrix: `rows` outputs, each a contiguous row of `cols` inputs, starting
+/// on a cache line (the allocator's buffers start 16 bytes off one, and then every other
+/// 32-byte load of the GEMV loops is split across two lines).
 #[derive(Debug, Clone)]
 pub struct MatF32 {
     rows: usize,
     cols: usize,
-    data: Vec<f32>,
+    data: Lines,
 }
 
 impl MatF32 {
-    /// Wraps `data` (row-major, `rows * cols` values).
+    /// Takes `data` (row-major, `rows * cols` values), copied onto cache lines.
     pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self, KernelError> {
         check_len("MatF32 data", product("MatF32", rows, cols)?, data.len())?;
-        Ok(Self { rows, cols, data })
+        let mut lines = Lines::zeroed(4 * data.len());
+        lines.floats_mut().copy_from_slice(&data);
+        Ok(Self { rows, cols, data: lines })
     }
     /// Number of rows (outputs).
     pub fn rows(&self) -> usize {
@@ -42,19 +47,19 @@ impl MatF32 {
     }
     /// All values, row-major.
     pub fn data(&self) -> &[f32] {
-        &self.data
+        self.data.floats()
     }
     /// Row `r` (panics if out of range: callers index with their own loop bounds).
     pub fn row(&self, r: usize) -> &[f32] {
-        &self.data[r * self.cols..(r + 1) * self.cols]
+        &self.data.floats()[r * self.cols..(r + 1) * self.cols]
     }
     /// Bytes held by the weights.
     pub fn bytes(&self) -> usize {
-        self.data.len() * 4
+        self.rows * self.cols * 4
     }
     /// Rows `r..r + count`, contiguous (panics if out of range).
     pub(crate) fn rows_data(&self, r: usize, count: usize) -> &[f32] {
-        &self.data[r * self.cols..(r + count) * self.cols]
+        &self.data.floats()[r * self.cols..(r + count) * self.cols]
     }
 }
 
