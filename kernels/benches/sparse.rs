@@ -1,6 +1,8 @@
-//! Sparse GEMV benchmarks against the dense GEMV of the same precision, at SmolLM2 shapes
-//! and at Llama-3-8B's 4096x14336 / 14336x4096, sparsity s in {0, .25, .5, .75, .9}.
-//! Ideal speedup over dense: 1 / (1 - s).
+//! Sparse GEMV benchmarks against the dense GEMV of the same precision (int8, Q4_1 and f32),
+//! at SmolLM2 shapes and at Llama-3-8B's 4096x14336 / 14336x4096, sparsity s in
+//! {0, .25, .5, .75, .9}. Ideal speedup over dense: 1 / (1 - s). The weights here stay hot in
+//! cache where they fit; `sparse_cold` times the same kernels with the weights read from L3
+//! or memory, as in decode.
 //!
 //! `cargo bench -p sieve-kernels --bench sparse [filter]`
 
@@ -8,9 +10,14 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sieve_kernels::sparse::{InputMajorQ8, RowMajor, SparseScratch, Vector, gemv_input_sparse_q8, gemv_rows};
+use sieve_kernels::sparse::{
+    InputMajorF32, InputMajorQ8, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, gemv_input_sparse_q8,
+    gemv_rows,
+};
 use sieve_kernels::testdata::values;
-use sieve_kernels::{ActsQ8, InputMajorQ4_1, MatQ4_1, MatQ8, gemv_input_sparse_q4_1, matmul_q4_1, matmul_q8};
+use sieve_kernels::{
+    ActsQ8, InputMajorQ4_1, MatF32, MatQ4_1, MatQ8, gemv_input_sparse_q4_1, matmul_f32, matmul_q4_1, matmul_q8,
+};
 
 /// (name, outputs, inputs)
 const SHAPES: &[(&str, usize, usize)] =
@@ -26,6 +33,8 @@ fn sparse(c: &mut Criterion) {
         let wq = MatQ8::quantize(outputs, inputs, &data).expect("q8");
         let w4 = MatQ4_1::quantize(outputs, inputs, &data).expect("q4_1");
         let wt = InputMajorQ8::from_row_major(outputs, inputs, &data).expect("input-major");
+        let wf = MatF32::new(outputs, inputs, data.clone()).expect("f32");
+        let wft = InputMajorF32::from_row_major(&wf);
         let start = std::time::Instant::now();
         let w4t = InputMajorQ4_1::from_row_major(&w4).expect("input-major q4_1");
         eprintln!("{name}: InputMajorQ4_1 built in {:?}, {} bytes", start.elapsed(), w4t.bytes());
@@ -34,6 +43,7 @@ fn sparse(c: &mut Criterion) {
         group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         group.bench_function("dense_q8", |b| b.iter(|| matmul_q8(black_box(&wq), &acts, &mut out).expect("q8")));
         group.bench_function("dense_q4_1", |b| b.iter(|| matmul_q4_1(black_box(&w4), &acts, &mut out).expect("q4")));
+        group.bench_function("dense_f32", |b| b.iter(|| matmul_f32(black_box(&wf), &x, 1, &mut out).expect("f32")));
         // The dense GEMV with the activation quantization the sparse kernels include.
         let mut acts2 = ActsQ8::default();
         group.bench_function("dense_q4_1_with_quantize", |b| {
@@ -53,11 +63,17 @@ fn sparse(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("input_sparse_q4_1", s), |b| {
                 b.iter(|| gemv_input_sparse_q4_1(black_box(&w4t), &x, t, &mut out, &mut scratch).expect("sparse"))
             });
+            group.bench_function(BenchmarkId::new("input_sparse_f32", s), |b| {
+                b.iter(|| gemv_input_sparse_f32(black_box(&wft), &x, t, &mut out).expect("sparse"))
+            });
             let keep = ((1.0 - s) * outputs as f64) as usize;
             let rows: Vec<u32> = (0..outputs as u32).filter(|r| (*r as usize * 7919) % outputs < keep).collect();
             let mut part = vec![0f32; rows.len()];
             group.bench_function(BenchmarkId::new("output_sparse_q4_1", s), |b| {
                 b.iter(|| gemv_rows(&RowMajor::Q4(black_box(&w4)), &Vector::Q8(&acts), &rows, &mut part).expect("rows"))
+            });
+            group.bench_function(BenchmarkId::new("output_sparse_f32", s), |b| {
+                b.iter(|| gemv_rows(&RowMajor::F32(black_box(&wf)), &Vector::F32(&x), &rows, &mut part).expect("rows"))
             });
         }
         group.finish();
