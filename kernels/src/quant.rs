@@ -19,9 +19,10 @@ fn check_block(what: &'static str, cols: usize) -> Result<(), KernelError> {
     if cols.is_multiple_of(QK) { Ok(()) } else { Err(KernelError::Block { what, cols, block: QK }) }
 }
 
-/// A row-major f32 matrix: `rows` outputs, each a contiguous row of `cols` inputs, starting
-/// on a cache line (the allocator's buffers start 16 bytes off one, and then every other
-/// 32-byte load of the GEMV loops is split across two lines).
+/// A row-major f32 matrix: `rows` outputs, each a contiguous row of `cols` inputs. The values
+/// start on a cache line, so rows of a whole number of lines (every SmolLM2 and Llama width)
+/// each start on one; the allocator's buffers start 16 bytes off a line, which split every
+/// other 32-byte load of the GEMV loops across two lines.
 #[derive(Debug, Clone)]
 pub struct MatF32 {
     rows: usize,
