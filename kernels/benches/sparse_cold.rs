@@ -59,15 +59,19 @@ fn kept_rows(outputs: usize, s: f64) -> Vec<u32> {
     (0..outputs as u32).filter(|r| (*r as usize * 7919) % outputs < keep).collect()
 }
 
-/// Median µs of each of `variants`, timed alternately: `run(v, k)` runs variant `v` on copy `k`,
-/// one pass over the copies per variant per round (round 0 warms up: page faults, pool start).
-fn time_variants(rounds: usize, copies: usize, variants: usize, mut run: impl FnMut(usize, usize)) -> Vec<f64> {
+/// Median µs of each of `variants`, timed alternately: `run(v, k, x)` runs variant `v` on copy
+/// `k` with input vector `x`, one pass over the copies per variant per round (round 0 warms up:
+/// page faults, pool start). The input moves on with every pass, so that no product reads the
+/// active rows the pass before it just read (with one copy, as at Llama-3-8B's shapes, the
+/// sparse variants otherwise found each other's rows in cache).
+fn time_variants(rounds: usize, copies: usize, variants: usize, mut run: impl FnMut(usize, usize, usize)) -> Vec<f64> {
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds * copies); variants];
     for round in 0..rounds + 1 {
         for (v, t) in times.iter_mut().enumerate() {
             for k in 0..copies {
+                let x = (k + round * variants + v) % XS;
                 let start = Instant::now();
-                run(v, k);
+                run(v, k, x);
                 if round > 0 {
                     t.push(start.elapsed().as_secs_f64() * 1e6);
                 }
@@ -105,8 +109,7 @@ fn q4_1_shape(label: &str, outputs: usize, inputs: usize, rounds: usize, fixed: 
     let mut out = vec![0f32; outputs];
     let mut acts2 = ActsQ8::default();
     let mut scratch = SparseScratch::default();
-    let med = time_variants(rounds, copies, 2 + 2 * SPARSITY.len(), |v, k| {
-        let x = k % XS;
+    let med = time_variants(rounds, copies, 2 + 2 * SPARSITY.len(), |v, k, x| {
         match v {
             0 => matmul_q4_1(black_box(&dense[k]), &acts[x], &mut out).expect("dense"),
             1 => {
@@ -142,8 +145,7 @@ fn f32_shape(label: &str, outputs: usize, inputs: usize, rounds: usize, fixed: O
     let ths: Vec<Vec<f32>> = SPARSITY.iter().map(|&s| thresholds(&xs, s)).collect();
     let row_lists: Vec<Vec<u32>> = SPARSITY.iter().map(|&s| kept_rows(outputs, s)).collect();
     let mut out = vec![0f32; outputs];
-    let med = time_variants(rounds, copies, 1 + 2 * SPARSITY.len(), |v, k| {
-        let x = k % XS;
+    let med = time_variants(rounds, copies, 1 + 2 * SPARSITY.len(), |v, k, x| {
         match v {
             0 => matmul_f32(black_box(&dense[k]), &xs[x], 1, &mut out).expect("dense"),
             v if v > SPARSITY.len() => {
