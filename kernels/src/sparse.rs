@@ -164,9 +164,22 @@ const F32_ROWS_AHEAD: usize = 8;
 const F32_SPLIT_INPUTS_BELOW: usize = 1024;
 
 thread_local! {
-    /// The active channels (indices, values) of this thread's f32 input-sparse products,
-    /// kept between calls: a decode step runs seven.
-    static ACTIVE_F32: RefCell<(Vec<u32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The active channels (indices, values) of this thread's f32 input-sparse products and
+    /// the other tasks' partial sums, kept between calls: a decode step runs seven.
+    static ACTIVE_F32: RefCell<F32Buffers> = const { RefCell::new(F32Buffers::new()) };
+}
+
+/// Buffers of the f32 input-sparse GEMV.
+struct F32Buffers {
+    active: Vec<u32>,
+    values: Vec<f32>,
+    partial: Vec<f32>,
+}
+
+impl F32Buffers {
+    const fn new() -> Self {
+        Self { active: Vec::new(), values: Vec::new(), partial: Vec::new() }
+    }
 }
 
 /// Outputs below which, with AVX-512F, the f32 input-sparse GEMV keeps its sums in registers
@@ -188,24 +201,15 @@ pub fn gemv_input_sparse_f32(
     check_threshold(threshold)?;
     check_io(w.inputs, w.outputs, x.len(), out.len())?;
     Ok(ACTIVE_F32.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffers) => {
-            let (active, values) = &mut *buffers;
-            input_sparse_f32(w, x, threshold, out, active, values)
-        }
+        Ok(mut buffers) => input_sparse_f32(w, x, threshold, out, &mut buffers),
         // A product inside another's task on the same thread: fresh buffers.
-        Err(_) => input_sparse_f32(w, x, threshold, out, &mut Vec::new(), &mut Vec::new()),
+        Err(_) => input_sparse_f32(w, x, threshold, out, &mut F32Buffers::new()),
     }))
 }
 
 /// [`gemv_input_sparse_f32`] with its buffers for the active channels.
-fn input_sparse_f32(
-    w: &InputMajorF32,
-    x: &[f32],
-    threshold: f32,
-    out: &mut [f32],
-    active: &mut Vec<u32>,
-    values: &mut Vec<f32>,
-) -> usize {
+fn input_sparse_f32(w: &InputMajorF32, x: &[f32], threshold: f32, out: &mut [f32], buffers: &mut F32Buffers) -> usize {
+    let F32Buffers { active, values, partial } = buffers;
     let count = inner::active_f32(x, threshold, active, values);
     if w.outputs == 0 {
         return count;
@@ -218,7 +222,7 @@ fn input_sparse_f32(
             // One segment holds every output: each thread takes its share of the active rows,
             // each row read whole (one run the hardware prefetcher follows, where two
             // half-row segments left k/v 192 x 576 at 1.4x of dense against 1.6x).
-            split_rows(threads, active.len(), out, |rows, y| {
+            split_rows(threads, active.len(), out, partial, |rows, y| {
                 inner::rows_f32_in_registers(data, stride, 0, &active[rows.clone()], &values[rows], y)
             });
         } else {
@@ -232,7 +236,7 @@ fn input_sparse_f32(
     if w.outputs < F32_SPLIT_INPUTS_BELOW && threads > 1 && active.len() >= 2 * F32_ROWS_AHEAD {
         // Narrow outputs: the tasks take the active rows in turn, each row read whole into
         // the task's own sums.
-        split_rows(2 * threads, active.len(), out, |rows, y| {
+        split_rows(2 * threads, active.len(), out, partial, |rows, y| {
             y.fill(0.0);
             cpu::axpy_rows_f32(data, stride, 0, &active[rows.clone()], &values[rows], y, F32_ROWS_AHEAD)
         });
@@ -248,20 +252,30 @@ fn input_sparse_f32(
     count
 }
 
-/// Splits `active` rows over `tasks` tasks: `task(rows, sums)` writes its rows' sums over
-/// every output into its own buffer, and the buffers are added into `out`.
-fn split_rows(tasks: usize, active: usize, out: &mut [f32], task: impl Fn(Range<usize>, &mut [f32]) + Sync) {
+/// Splits `active` rows over `tasks` tasks: `task(rows, sums)` overwrites `sums` with its
+/// rows' sums over every output, task 0 in `out` itself and every other in its own row of
+/// `partial` (storage only), and those rows are added into `out`.
+fn split_rows(
+    tasks: usize,
+    active: usize,
+    out: &mut [f32],
+    partial: &mut Vec<f32>,
+    task: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) {
     let outputs = out.len();
-    let per = active.div_ceil(tasks);
-    let mut partial = vec![0f32; tasks * outputs];
-    let p = Shared(partial.as_mut_ptr());
+    if outputs == 0 {
+        return;
+    }
+    let per = active.div_ceil(tasks.max(1));
+    partial.resize(tasks.saturating_sub(1) * outputs, 0.0);
+    let (o, p) = (Shared(out.as_mut_ptr()), Shared(partial.as_mut_ptr()));
     parallel_for(tasks, |t| {
-        // SAFETY: task t owns partial[t * outputs..(t + 1) * outputs].
-        let sums = unsafe { p.range(t * outputs, outputs) };
+        // SAFETY: task 0 alone writes `out` (`outputs` values), task t > 0 alone its row
+        // partial[(t - 1) * outputs..t * outputs], inside the resize above.
+        let sums = unsafe { if t == 0 { o.range(0, outputs) } else { p.range((t - 1) * outputs, outputs) } };
         task((t * per).min(active)..((t + 1) * per).min(active), sums);
     });
-    out.copy_from_slice(&partial[..outputs]);
-    for part in partial.chunks_exact(outputs).skip(1) {
+    for part in partial.chunks_exact(outputs) {
         cpu::axpy_f32(1.0, part, out);
     }
 }
