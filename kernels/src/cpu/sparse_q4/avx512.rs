@@ -35,7 +35,9 @@ static FIRST_HALF: [u8; 64] = byte_index(0);
 /// Lanes of outputs 16..32 (low nibbles) and 48..64 (high nibbles).
 static SECOND_HALF: [u8; 64] = byte_index(16);
 
-/// Σ over `pairs` of code · x in i32, outputs 16c..16c + 16 in vector c.
+/// Σ over the block's pairs of code · x in i32, outputs 16c..16c + 16 in vector c; vectors 2
+/// and 3 (the high nibbles) hold 16 times their sums (the nibble is left in place, not
+/// shifted down: the caller scales them by 1/16, exactly).
 ///
 /// # Safety
 /// avx512f/bw/vnni/vbmi are enabled; every pair's row offset plus the tile's 32 bytes lies
@@ -44,7 +46,8 @@ static SECOND_HALF: [u8; 64] = byte_index(16);
 unsafe fn quad_sums(codes: *const u8, pairs: &[Pair], first: __m512i, second: __m512i) -> [__m512i; 4] {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        let nibble = _mm512_set1_epi8(0x0f);
+        let low = _mm512_set1_epi8(0x0f);
+        let high = _mm512_set1_epi8(0xf0u8 as i8);
         let row = |off: u32| _mm256_loadu_si256(codes.add(off as usize) as *const __m256i);
         let two_rows = |p: &Pair| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(p.off[0])), row(p.off[1]));
         let mut acc = [_mm512_setzero_si512(); 4];
@@ -52,10 +55,10 @@ unsafe fn quad_sums(codes: *const u8, pairs: &[Pair], first: __m512i, second: __
             let x = _mm512_set1_epi32(x);
             let lo = _mm512_permutex2var_epi8(ab, first, cd);
             let hi = _mm512_permutex2var_epi8(ab, second, cd);
-            acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_and_si512(lo, nibble), x);
-            acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_and_si512(hi, nibble), x);
-            acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_and_si512(_mm512_srli_epi16::<4>(lo), nibble), x);
-            acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_and_si512(_mm512_srli_epi16::<4>(hi), nibble), x);
+            acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_and_si512(lo, low), x);
+            acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_and_si512(hi, low), x);
+            acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_and_si512(lo, high), x);
+            acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_and_si512(hi, high), x);
         };
         let mut quads = pairs.chunks_exact(2);
         for q in &mut quads {
@@ -99,6 +102,9 @@ pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
             let pairs = op.pairs_of(blk);
             let next = if prefetching { op.blocks.get(bi + ahead) } else { None };
             let sx = _mm512_set1_ps(blk.sx);
+            // The high nibbles' sums come 16 times too large (see `quad_sums`); both scalings
+            // are by powers of two, so the products equal those of shifted nibbles bit for bit.
+            let sx_high = _mm512_set1_ps(blk.sx / 16.0);
             let sum = _mm512_set1_ps(blk.sum);
             for t in 0..tiles {
                 let tile = t0 + t;
@@ -117,7 +123,8 @@ pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
                     } else {
                         _mm512_fmadd_ps(m, sum, _mm512_loadu_ps(yp.add(16 * c)))
                     };
-                    let yc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(*vc), sx), yc);
+                    let scale = if c < 2 { sx } else { sx_high };
+                    let yc = _mm512_fmadd_ps(d, _mm512_mul_ps(_mm512_cvtepi32_ps(*vc), scale), yc);
                     _mm512_storeu_ps(yp.add(16 * c), yc);
                 }
             }
