@@ -14,6 +14,15 @@ use super::{Gpu, GpuError, WeightType};
 const TILE: usize = 256;
 /// Threads per block of the input-sparse kernel (4 independent warps).
 const THREADS: usize = 128;
+/// Threads per block of the deterministic reduction (`REDUCE_THREADS` in cuda/sparse_gemv.cu).
+const REDUCE_THREADS: u32 = 256;
+
+/// Threads that share each output of the deterministic reduction: one per 8 splits, a power
+/// of two from 1 to 8 (so that a block's outputs divide a 256-output tile). On an H100, eight
+/// lanes beat one per output at every shape but 4096->14336 (32 splits), which wants fewer.
+fn reduce_lanes(splits: usize) -> usize {
+    (splits / 8).clamp(1, 8).next_power_of_two().min(8)
+}
 /// Warps per block of the row kernels.
 const ROW_WARPS: u32 = 8;
 
@@ -277,10 +286,17 @@ impl SparseGemv {
         unsafe { b.launch(cfg) }?;
         if self.reduction == Reduction::Deterministic {
             let (width_i, acc_i) = (gather.tile() as i32, accumulate as i32);
-            let cfg =
-                LaunchConfig { grid_dim: (total_tiles as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            // Each block covers REDUCE_THREADS / lanes outputs of a tile (256 or 512 wide).
+            let lanes = reduce_lanes(plan.splits);
+            let blocks = total_tiles * gather.tile() / (REDUCE_THREADS as usize / lanes);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (REDUCE_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let lanes_i = lanes as i32;
             let mut b = Launch::new(gpu, &gpu.kernels.reduce_splits, "reduce_splits");
-            b.arg(&segs).arg(&partial_addr).arg(&splits_i).arg(&tiles_i).arg(&width_i).arg(&acc_i);
+            b.arg(&segs).arg(&partial_addr).arg(&splits_i).arg(&tiles_i).arg(&width_i).arg(&acc_i).arg(&lanes_i);
             // SAFETY: reads the partial sums the launch above wrote, writes each segment's n outputs.
             unsafe { b.launch(cfg) }?;
         }
@@ -470,6 +486,16 @@ mod tests {
         let p = SplitPlan::new(4096, 56, 132, None);
         let units = p.splits * 56;
         assert!((900..1300).contains(&units), "{units}");
+    }
+
+    #[test]
+    fn reduction_lanes_divide_a_tile() {
+        for splits in 1..300 {
+            let lanes = reduce_lanes(splits);
+            assert!(lanes.is_power_of_two() && lanes <= 8, "{splits}: {lanes}");
+            assert_eq!(256 % (REDUCE_THREADS as usize / lanes), 0);
+        }
+        assert_eq!((reduce_lanes(18), reduce_lanes(32), reduce_lanes(132)), (2, 4, 8));
     }
 
     #[test]
