@@ -21,7 +21,7 @@ const REDUCE_THREADS: u32 = 256;
 /// of two from 1 to 8 (so that a block's outputs divide a 256-output tile). On an H100, eight
 /// lanes beat one per output at every shape but 4096->14336 (32 splits), which wants fewer.
 fn reduce_lanes(splits: usize) -> usize {
-    (splits / 8).clamp(1, 8).next_power_of_two().min(8)
+    (splits / 8).clamp(1, 8).next_power_of_two()
 }
 /// Warps per block of the row kernels.
 const ROW_WARPS: u32 = 8;

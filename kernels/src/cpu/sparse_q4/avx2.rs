@@ -9,9 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{
-    ActiveBlock, CODE_TILE_BYTES, I16_PAIRS, Pair, TILE, TileRun, prefetch, prefetch_blocks_ahead, software_prefetch,
-};
+use super::{ActiveBlock, CODE_TILE_BYTES, I16_PAIRS, Pair, TILE, TileRun, prefetch, prefetch_blocks_ahead};
 use crate::QK;
 use crate::cpu::avx2::hmax;
 
@@ -69,15 +67,14 @@ pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
         // Blocks ahead to prefetch: about 16 tiles of work, so that few tiles per task still
         // leave an L3 latency or more between a prefetch and its use.
         let ahead = prefetch_blocks_ahead(tiles);
-        let prefetching = software_prefetch(tiles);
-        for blk in op.blocks.iter().take(if prefetching { ahead } else { 0 }).skip(1) {
+        for blk in op.blocks.iter().take(ahead.unwrap_or(0)).skip(1) {
             for t in 0..tiles {
                 prefetch(op, blk, t0 + t);
             }
         }
         for (bi, blk) in op.blocks.iter().enumerate() {
             let pairs = op.pairs_of(blk);
-            let next = if prefetching { op.blocks.get(bi + ahead) } else { None };
+            let next = ahead.and_then(|a| op.blocks.get(bi + a));
             let sx = _mm256_set1_ps(blk.sx);
             let sum = _mm256_set1_ps(blk.sum);
             for t in 0..tiles {

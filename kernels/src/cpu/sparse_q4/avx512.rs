@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{CODE_TILE_BYTES, Pair, TILE, TileRun, position, prefetch, prefetch_blocks_ahead, software_prefetch};
+use super::{CODE_TILE_BYTES, Pair, TILE, TileRun, position, prefetch, prefetch_blocks_ahead};
 
 /// `vpermt2b` indices into the table [row 0 | row 1 | row 2 | row 3] (32 bytes each): lane i
 /// of the result takes byte `position(first + i)` of each of the four rows.
@@ -92,15 +92,14 @@ pub unsafe fn accumulate(op: &TileRun<'_>, t0: usize, y: &mut [f32]) {
         let first = _mm512_loadu_si512(FIRST_HALF.as_ptr() as *const __m512i);
         let second = _mm512_loadu_si512(SECOND_HALF.as_ptr() as *const __m512i);
         let ahead = prefetch_blocks_ahead(tiles);
-        let prefetching = software_prefetch(tiles);
-        for blk in op.blocks.iter().take(if prefetching { ahead } else { 0 }).skip(1) {
+        for blk in op.blocks.iter().take(ahead.unwrap_or(0)).skip(1) {
             for t in 0..tiles {
                 prefetch(op, blk, t0 + t);
             }
         }
         for (bi, blk) in op.blocks.iter().enumerate() {
             let pairs = op.pairs_of(blk);
-            let next = if prefetching { op.blocks.get(bi + ahead) } else { None };
+            let next = ahead.and_then(|a| op.blocks.get(bi + a));
             let sx = _mm512_set1_ps(blk.sx);
             // The high nibbles' sums come 16 times too large (see `quad_sums`); both scalings
             // are by powers of two, so the products equal those of shifted nibbles bit for bit.

@@ -168,10 +168,11 @@ const PREFETCH_TILES: usize = 16;
 
 /// Blocks ahead to prefetch when a task covers `tiles` tiles: about [`PREFETCH_TILES`] tiles
 /// of work, so that few tiles per task still leave an L3 latency or more between a prefetch
-/// and its use.
+/// and its use; `None` when the task's runs are long enough to leave to the hardware (see
+/// [`PREFETCH_MAX_RUN_BYTES`]).
 #[cfg(target_arch = "x86_64")]
-fn prefetch_blocks_ahead(tiles: usize) -> usize {
-    (PREFETCH_TILES / tiles.max(1)).clamp(1, 4)
+fn prefetch_blocks_ahead(tiles: usize) -> Option<usize> {
+    (tiles * CODE_TILE_BYTES <= PREFETCH_MAX_RUN_BYTES).then(|| (PREFETCH_TILES / tiles.max(1)).clamp(1, 4))
 }
 
 /// Prefetches block `blk`'s rows and scales of tile `tile`: the loads are latency-bound
@@ -197,17 +198,11 @@ fn prefetch(op: &TileRun<'_>, blk: &ActiveBlock, tile: usize) {
     }
 }
 
-/// Whether a task over `tiles` tiles prefetches in software: only when its run of each row
-/// is at most [`PREFETCH_MAX_RUN_BYTES`]. Longer runs the hardware prefetcher streams
-/// by itself, and the software prefetches into L1 then only hold the line fill buffers
-/// (Llama-3-8B's down shape, 2 KB runs, s = 0.5: 655-735 µs without against 750-930 µs with,
-/// taking turns in one process; the SmolLM2 shapes' runs are 96-768 bytes).
-#[cfg(target_arch = "x86_64")]
-fn software_prefetch(tiles: usize) -> bool {
-    tiles * CODE_TILE_BYTES <= PREFETCH_MAX_RUN_BYTES
-}
-
 /// Longest run of a row (bytes of codes a task reads per active row) prefetched in software.
+/// Longer runs the hardware prefetcher streams by itself, and the software prefetches into L1
+/// then only hold the line fill buffers (Llama-3-8B's down shape, 2 KB runs, s = 0.5: 655-735
+/// µs without against 750-930 µs with, taking turns in one process; the SmolLM2 shapes' runs
+/// are 96-768 bytes).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_MAX_RUN_BYTES: usize = 1024;
 
