@@ -15,6 +15,9 @@ pub const MAX_ATTENTION_LEN: usize = 8 * 1024;
 /// Positions per block of the split attention (`ATT_CHUNK` in cuda/decode.cu).
 const ATTENTION_CHUNK: usize = 128;
 
+/// Values each clearing block of the RMSNorm zeroes (`NORM_CLEAR` in cuda/decode.cu).
+const NORM_CLEAR: usize = 4096;
+
 /// The device-side step arguments: `[token, position]` as two i32.
 pub struct StepArgs<'a>(pub DevPtr<'a, i32>);
 
@@ -106,7 +109,9 @@ impl Gpu {
         let (x_a, w_a, o_a) = (x.addr(), weight.addr(), out.addr());
         let (c_a, c_n) = (clear.map_or(0u64, |c| c.addr()), clear.map_or(0i32, |c| c.len() as i32));
         let d = x.len() as i32;
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        // Block 0 normalizes, the others clear NORM_CLEAR values each (cuda/decode.cu).
+        let blocks = 1 + clear.map_or(0, |c| c.len().div_ceil(NORM_CLEAR));
+        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
         let mut b = Launch::new(self, &self.kernels.rms_norm, "rms_norm");
         b.arg(&x_a).arg(&w_a).arg(&o_a).arg(&d).arg(&eps).arg(&c_a).arg(&c_n);
         // SAFETY: x, weight and out hold d values, clear its own length (checked above).

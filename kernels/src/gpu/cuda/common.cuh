@@ -64,9 +64,12 @@ __device__ __forceinline__ float dot8(uint4 w, float4 a, float4 b) {
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + __expf(-g)); }
 
 // Programmatic dependent launch (sm_90+): with the launch attribute the next kernel's blocks
-// are scheduled while this one drains. Every kernel waits first, before touching global
-// memory: the wait holds it until the previous grid has finished and its writes are visible
-// (a no-op without the attribute). The trigger then lets the next kernel launch; waiting
+// are scheduled while this one drains. Every kernel waits before it touches memory that a
+// kernel of the step writes: the wait holds it until the previous grid has finished and its
+// writes are visible (a no-op without the attribute). What no kernel writes (weights, norm
+// weights, the step's token and position, which the host writes before the graph starts, and
+// KV-cache rows of earlier positions) may be read or prefetched before the wait, so that its
+// latency hides in the previous kernel's tail. The trigger then lets the next kernel launch; waiting
 // before triggering keeps at most one kernel queued ahead on the SMs. The wait must come on
 // every path, early exits included: a kernel that could finish before the previous one would
 // break the chain for the kernel after it.
@@ -81,6 +84,9 @@ __device__ __forceinline__ void pdl_trigger() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+// Starts fetching the 128-byte line at p into L2 (no register, never faults on a valid address).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 __device__ __forceinline__ void pdl_begin() {
     pdl_wait();

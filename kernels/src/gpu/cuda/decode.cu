@@ -5,13 +5,45 @@
 // Decode glue.
 // ---------------------------------------------------------------------------------------
 
-// out = x / rms(x) * weight (one block), and zero `clear` (the next GEMVs accumulate into it).
+// out = x / rms(x) * weight, and zero `clear` (the next GEMVs accumulate into it). Block 0
+// normalizes; blocks 1.. clear NORM_CLEAR floats each, so the clearing runs beside the norm
+// rather than after it on one SM. The norm keeps x and weight in registers (NORM_REGS per
+// thread), the weights loaded before the wait for the previous kernel: one round trip to
+// memory after it, not two (x for the sum of squares, then x and weight again).
+#define NORM_REGS 8
+#define NORM_CLEAR 4096
 extern "C" __global__ void rms_norm(const float* x, const float* weight, float* out, int d, float eps, float* clear,
                                     int clear_len) {
-    pdl_begin();
     __shared__ float partial[32];
+    const bool norm = blockIdx.x == 0;
+    const bool in_regs = d <= NORM_REGS * (int)blockDim.x;
+    float xv[NORM_REGS], wv[NORM_REGS];
+    if (norm && in_regs) {
+        // The norm's weights before the wait (no kernel writes them), x after it.
+#pragma unroll
+        for (int r = 0; r < NORM_REGS; r++) {
+            const int i = threadIdx.x + r * blockDim.x;
+            wv[r] = i < d ? weight[i] : 0.0f;
+        }
+    }
+    pdl_begin();
+    if (!norm) {
+        const int c0 = (blockIdx.x - 1) * NORM_CLEAR, c1 = min(c0 + NORM_CLEAR, clear_len);
+        for (int i = c0 + threadIdx.x; i < c1; i += blockDim.x) clear[i] = 0.0f;
+        return;
+    }
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += x[i] * x[i];
+    if (in_regs) {
+#pragma unroll
+        for (int r = 0; r < NORM_REGS; r++) {
+            const int i = threadIdx.x + r * blockDim.x;
+            xv[r] = i < d ? x[i] : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < NORM_REGS; r++) ss += xv[r] * xv[r];
+    } else {
+        for (int i = threadIdx.x; i < d; i += blockDim.x) ss += x[i] * x[i];
+    }
     ss = warp_sum(ss);
     if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
     __syncthreads();
@@ -22,8 +54,15 @@ extern "C" __global__ void rms_norm(const float* x, const float* weight, float* 
     }
     __syncthreads();
     const float scale = rsqrtf(partial[0] / (float)d + eps);
-    for (int i = threadIdx.x; i < d; i += blockDim.x) out[i] = x[i] * scale * weight[i];
-    for (int i = threadIdx.x; i < clear_len; i += blockDim.x) clear[i] = 0.0f;
+    if (in_regs) {
+#pragma unroll
+        for (int r = 0; r < NORM_REGS; r++) {
+            const int i = threadIdx.x + r * blockDim.x;
+            if (i < d) out[i] = xv[r] * scale * wv[r];
+        }
+    } else {
+        for (int i = threadIdx.x; i < d; i += blockDim.x) out[i] = x[i] * scale * weight[i];
+    }
 }
 
 // x[i] = embedding[token][i]; the token id lives on the device (step[0]) so a captured graph
@@ -40,12 +79,25 @@ extern "C" __global__ void embed_f16(const u16* table, const int* step, float* x
 extern "C" __global__ void rope_append(float* q, const float* k, const float* v, u16* k_cache, u16* v_cache,
                                        const int* step, int n_heads, int n_kv_heads, int head_dim, int rot_pairs,
                                        float theta) {
-    pdl_begin();
+    // The position (written by the host before the graph starts) and the rotation in double
+    // precision (a long dependent chain) before the wait: they overlap the previous kernel.
     const int pos = step[1];
     const int half_dim = head_dim / 2;
     const int kv_dim = n_kv_heads * head_dim;
     const int total = (n_heads + n_kv_heads) * half_dim;
-    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+    // One pair per thread wherever the grid covers them all (the launcher's grid does).
+    const int first = blockIdx.x * blockDim.x + threadIdx.x;
+    float cf = 1.0f, sf = 0.0f;
+    if (first < total && first % half_dim < rot_pairs) {
+        const int i = first % half_dim;
+        const double angle = (double)pos * pow((double)theta, -2.0 * i / (2.0 * rot_pairs));
+        double s, c;
+        sincos(angle, &s, &c);
+        cf = (float)c;
+        sf = (float)s;
+    }
+    pdl_begin();
+    for (int t = first; t < total; t += gridDim.x * blockDim.x) {
         const int head = t / half_dim, i = t % half_dim;
         float a, b;
         const bool is_q = head < n_heads;
@@ -58,10 +110,13 @@ extern "C" __global__ void rope_append(float* q, const float* k, const float* v,
             b = k[off + 1];
         }
         if (i < rot_pairs) {
-            const double angle = (double)pos * pow((double)theta, -2.0 * i / (2.0 * rot_pairs));
-            double s, c;
-            sincos(angle, &s, &c);
-            const float cf = (float)c, sf = (float)s;
+            if (t != first) {
+                const double angle = (double)pos * pow((double)theta, -2.0 * i / (2.0 * rot_pairs));
+                double s, c;
+                sincos(angle, &s, &c);
+                cf = (float)c;
+                sf = (float)s;
+            }
             const float ra = a * cf - b * sf, rb = a * sf + b * cf;
             a = ra;
             b = rb;
@@ -84,9 +139,24 @@ extern "C" __global__ void rope_append(float* q, const float* k, const float* v,
 // round-robin with lanes over the head. Scores live in dynamic shared memory (max_len floats);
 // the warps' partial outputs are added in shared memory. head_dim a multiple of 32, <= 256.
 #define ATT_MAX_WARPS 8
+
+// Prefetches into L2 the head's key and value rows of positions [p0, p1) (at most
+// ATT_PREFETCH of them): rows of earlier positions, which no kernel of this step writes, so
+// the attention kernels fetch them before waiting for the previous kernel.
+#define ATT_PREFETCH 512
+__device__ __forceinline__ void prefetch_kv(const u16* k_cache, const u16* v_cache, int p0, int p1, int kv_dim,
+                                            int off, int head_dim) {
+    const int lines = (head_dim * 2 + 127) / 128;
+    const int n = max(0, min(p1 - p0, ATT_PREFETCH)) * lines;
+    for (int t = threadIdx.x; t < n; t += blockDim.x) {
+        const size_t at = (size_t)(p0 + t / lines) * kv_dim + off + (t % lines) * 64;
+        prefetch_l2(k_cache + at);
+        prefetch_l2(v_cache + at);
+    }
+}
+
 extern "C" __global__ void attention(const float* q, const u16* k_cache, const u16* v_cache, float* out,
                                      const int* step, int n_heads, int n_kv_heads, int head_dim, float scale) {
-    pdl_begin();
     extern __shared__ float scores[];
     __shared__ float red[32];
     __shared__ float partial[ATT_MAX_WARPS][256];
@@ -94,6 +164,9 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
     const int len = step[1] + 1;
     const int kv_dim = n_kv_heads * head_dim;
     const int off = (head / (n_heads / n_kv_heads)) * head_dim;
+    // Every position but the newest (which rope_append, the kernel before, writes).
+    prefetch_kv(k_cache, v_cache, 0, len - 1, kv_dim, off, head_dim);
+    pdl_begin();
     const float* qh = q + head * head_dim;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int per_lane = head_dim / 32;  // head_dim is a multiple of 32 here
@@ -169,7 +242,6 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
 extern "C" __global__ void __launch_bounds__(128)
     attention_part(const float* q, const u16* k_cache, const u16* v_cache, float* part, const int* step, int n_heads,
                    int n_kv_heads, int head_dim, float scale, int max_splits) {
-    pdl_begin();
     __shared__ float qs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float red[4];
@@ -177,10 +249,13 @@ extern "C" __global__ void __launch_bounds__(128)
     const int head = blockIdx.x, split = blockIdx.y;
     const int len = step[1] + 1;
     const int c0 = split * ATT_CHUNK;
-    if (c0 >= len) return;
     const int c1 = min(c0 + ATT_CHUNK, len);
     const int kv_dim = n_kv_heads * head_dim;
     const int off = (head / (n_heads / n_kv_heads)) * head_dim;
+    // This chunk's rows of earlier positions (the newest is rope_append's, the kernel before).
+    prefetch_kv(k_cache, v_cache, c0, min(c1, len - 1), kv_dim, off, head_dim);
+    pdl_begin();
+    if (c0 >= len) return;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[head * head_dim + d];
     __syncthreads();
