@@ -2,7 +2,7 @@
 //! plan and sequence and replayed for every token; the token and position are written to
 //! the device before each replay, so the graph never changes between steps.
 
-use sieve_kernels::gpu::{DevPtr, GemvOut, GpuError, LowRankPredictor, StepArgs, WeightType};
+use sieve_kernels::gpu::{AttentionIo, DevPtr, GemvOut, GpuError, LowRankPredictor, StepArgs, WeightType};
 
 use super::model::GpuModel;
 use super::plan::{GpuPlan, LayerSample};
@@ -67,8 +67,8 @@ impl GpuModel {
                 let f16 = WeightType::F16;
                 g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, None)?;
                 g.rows_gemv(f16, g.view(&w.qkv_rows), normed, qkv, None, false)?;
-                g.rope_append(&attn_shape, q, k, v, g.view(kc), g.view(vc), &step)?;
-                self.attend(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
+                let io = AttentionIo { q, k, v, k_cache: g.view(kc), v_cache: g.view(vc) };
+                self.attend(&attn_shape, &io, attn, &step)?;
                 g.rows_gemv(f16, g.view(&w.o_rows), attn, x, None, true)?;
                 g.rms_norm(x, g.view(&w.ffn_norm), normed, s.rms_eps, None)?;
                 g.swiglu_rows(f16, g.view(&w.gate_rows), g.view(&w.up_rows), normed, h, None)?;
@@ -85,8 +85,8 @@ impl GpuModel {
                 threshold: lp.proj[p.index()],
             });
             self.gemv.launch(g, normed, None, &outs, true, None)?;
-            g.rope_append(&attn_shape, q, k, v, g.view(kc), g.view(vc), &step)?;
-            self.attend(&attn_shape, q, g.view(kc), g.view(vc), attn, &step)?;
+            let io = AttentionIo { q, k, v, k_cache: g.view(kc), v_cache: g.view(vc) };
+            self.attend(&attn_shape, &io, attn, &step)?;
             tap(taps.map(|t| &t.attn_out[l]), attn)?;
             let o = GemvOut { weights: wv(Proj::O), out: x, threshold: lp.proj[Proj::O.index()] };
             self.gemv.launch(g, attn, None, &[o], true, None)?;
@@ -134,19 +134,17 @@ impl GpuModel {
         g.rows_gemv(WeightType::F16, head, normed, g.view(&a.logits), None, false)
     }
 
-    /// Attention of the step, split over positions for long caches.
+    /// RoPE, the KV append and the attention of the step, split over positions for long caches.
     fn attend(
         &self,
         shape: &sieve_kernels::gpu::AttentionShape,
-        q: DevPtr<'_, f32>,
-        kc: DevPtr<'_, u16>,
-        vc: DevPtr<'_, u16>,
+        io: &AttentionIo<'_>,
         out: DevPtr<'_, f32>,
         step: &StepArgs<'_>,
     ) -> std::result::Result<(), GpuError> {
         match &self.act.attn_splits {
-            Some(scratch) => self.gpu.attention_split(shape, q, kc, vc, out, self.gpu.view(scratch), step),
-            None => self.gpu.attention(shape, q, kc, vc, out, step),
+            Some(scratch) => self.gpu.attention_split(shape, io, out, self.gpu.view(scratch), step),
+            None => self.gpu.attention(shape, io, out, step),
         }
     }
 

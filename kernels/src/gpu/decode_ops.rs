@@ -1,5 +1,5 @@
-//! Launchers of the decode glue: RMSNorm, embedding lookup, RoPE with the KV-cache append,
-//! attention over the cache, SwiGLU's elementwise product, conversions and synthetic fills.
+//! Launchers of the decode glue: RMSNorm, embedding lookup, attention (with the step's RoPE
+//! and KV-cache append folded in), conversions and synthetic fills.
 //! The token and position of a step live on the device ([`StepArgs`]), so one captured graph
 //! serves every step.
 
@@ -9,7 +9,8 @@ use super::device::DevPtr;
 use super::launch::Launch;
 use super::{Gpu, GpuError};
 
-/// Largest context the attention kernel's shared-memory scores allow (32 KiB of f32, beside 8 KiB of partial sums).
+/// Largest context the attention kernel's shared-memory scores allow (32 KiB of f32, beside about 11 KiB of
+/// partial sums, query, rotation and the new key and value).
 pub const MAX_ATTENTION_LEN: usize = 8 * 1024;
 
 /// Positions per block of the split attention (`ATT_CHUNK` in cuda/decode.cu).
@@ -38,6 +39,21 @@ pub struct AttentionShape {
     pub max_len: usize,
 }
 
+/// The step's query, key and value (f32, before RoPE) and the caches the key and value join.
+#[derive(Clone, Copy)]
+pub struct AttentionIo<'a> {
+    /// `n_heads * head_dim` values.
+    pub q: DevPtr<'a, f32>,
+    /// `n_kv_heads * head_dim` values.
+    pub k: DevPtr<'a, f32>,
+    /// `n_kv_heads * head_dim` values.
+    pub v: DevPtr<'a, f32>,
+    /// fp16 keys, `max_len` rows of `n_kv_heads * head_dim`.
+    pub k_cache: DevPtr<'a, u16>,
+    /// fp16 values, same shape.
+    pub v_cache: DevPtr<'a, u16>,
+}
+
 impl AttentionShape {
     fn check(&self) -> Result<(), GpuError> {
         let ok = self.n_heads > 0
@@ -63,18 +79,14 @@ impl AttentionShape {
     }
 
     /// The shape, and the attention buffers' sizes against it.
-    fn check_attention(
-        &self,
-        q: DevPtr<'_, f32>,
-        k_cache: DevPtr<'_, u16>,
-        v_cache: DevPtr<'_, u16>,
-        out: DevPtr<'_, f32>,
-    ) -> Result<(), GpuError> {
+    fn check_attention(&self, io: &AttentionIo<'_>, out: DevPtr<'_, f32>) -> Result<(), GpuError> {
         self.check()?;
-        same_len("query", self.n_heads * self.head_dim, q.len())?;
+        same_len("query", self.n_heads * self.head_dim, io.q.len())?;
+        same_len("key", self.kv_dim(), io.k.len())?;
+        same_len("value", self.kv_dim(), io.v.len())?;
         same_len("attention output", self.n_heads * self.head_dim, out.len())?;
-        same_len("key cache", self.kv_dim() * self.max_len, k_cache.len())?;
-        same_len("value cache", self.kv_dim() * self.max_len, v_cache.len())
+        same_len("key cache", self.kv_dim() * self.max_len, io.k_cache.len())?;
+        same_len("value cache", self.kv_dim() * self.max_len, io.v_cache.len())
     }
 }
 
@@ -135,57 +147,21 @@ impl Gpu {
         Ok(())
     }
 
-    /// RoPE on `q` (in place) and `k` at the step's position, then `k` and `v` stored (fp16)
-    /// in the caches' row of that position. Callers keep the position below `max_len`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rope_append(
-        &self,
-        shape: &AttentionShape,
-        q: DevPtr<'_, f32>,
-        k: DevPtr<'_, f32>,
-        v: DevPtr<'_, f32>,
-        k_cache: DevPtr<'_, u16>,
-        v_cache: DevPtr<'_, u16>,
-        step: &StepArgs<'_>,
-    ) -> Result<(), GpuError> {
-        shape.check()?;
-        same_len("query", shape.n_heads * shape.head_dim, q.len())?;
-        same_len("key", shape.kv_dim(), k.len())?;
-        same_len("value", shape.kv_dim(), v.len())?;
-        same_len("key cache", shape.kv_dim() * shape.max_len, k_cache.len())?;
-        same_len("value cache", shape.kv_dim() * shape.max_len, v_cache.len())?;
-        same_len("step arguments", 2, step.0.len())?;
-        let a = [q.addr(), k.addr(), v.addr(), k_cache.addr(), v_cache.addr(), step.0.addr()];
-        let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32, shape.rot_pairs as i32];
-        let pairs = (shape.n_heads + shape.n_kv_heads) * shape.head_dim / 2;
-        let mut b = Launch::new(self, &self.kernels.rope_append, "rope_append");
-        for p in &a {
-            b.arg(p);
-        }
-        for d in &dims {
-            b.arg(d);
-        }
-        b.arg(&shape.theta);
-        // SAFETY: q, k, v and the caches have the sizes the shape implies (checked above);
-        // the position the kernel reads is kept below max_len by the caller.
-        unsafe { b.launch(grid_for(pairs)) }?;
-        Ok(())
-    }
-
-    /// One block per query head: `out = softmax(K q / sqrt(head_dim)) V` over positions
-    /// `0..=position` of the caches.
+    /// One block per query head: RoPE on the step's query and key (GGML "normal", adjacent
+    /// pairs, position `step[1]`), the key and value appended to the caches as fp16, then
+    /// `out = softmax(K q / sqrt(head_dim)) V` over positions `0..=position`.
     pub fn attention(
         &self,
         shape: &AttentionShape,
-        q: DevPtr<'_, f32>,
-        k_cache: DevPtr<'_, u16>,
-        v_cache: DevPtr<'_, u16>,
+        io: &AttentionIo<'_>,
         out: DevPtr<'_, f32>,
         step: &StepArgs<'_>,
     ) -> Result<(), GpuError> {
-        shape.check_attention(q, k_cache, v_cache, out)?;
-        let a = [q.addr(), k_cache.addr(), v_cache.addr(), out.addr(), step.0.addr()];
-        let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32];
+        shape.check_attention(io, out)?;
+        same_len("step arguments", 2, step.0.len())?;
+        let a =
+            [io.q.addr(), io.k.addr(), io.v.addr(), io.k_cache.addr(), io.v_cache.addr(), out.addr(), step.0.addr()];
+        let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32, shape.rot_pairs as i32];
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let cfg = LaunchConfig {
             grid_dim: (shape.n_heads as u32, 1, 1),
@@ -199,9 +175,10 @@ impl Gpu {
         for d in &dims {
             b.arg(d);
         }
-        b.arg(&scale);
+        b.arg(&shape.theta).arg(&scale);
         // SAFETY: sizes checked above; scores for up to max_len positions fit the dynamic
-        // shared memory requested.
+        // shared memory requested; the cache row written is the step's position (< max_len,
+        // kept there by the caller).
         unsafe { b.launch(cfg) }?;
         Ok(())
     }
@@ -218,18 +195,25 @@ impl Gpu {
     pub fn attention_split(
         &self,
         shape: &AttentionShape,
-        q: DevPtr<'_, f32>,
-        k_cache: DevPtr<'_, u16>,
-        v_cache: DevPtr<'_, u16>,
+        io: &AttentionIo<'_>,
         out: DevPtr<'_, f32>,
         scratch: DevPtr<'_, f32>,
         step: &StepArgs<'_>,
     ) -> Result<(), GpuError> {
-        shape.check_attention(q, k_cache, v_cache, out)?;
+        shape.check_attention(io, out)?;
+        same_len("step arguments", 2, step.0.len())?;
         same_len("attention scratch", Self::attention_split_scratch(shape), scratch.len())?;
         let max_splits = shape.max_len.div_ceil(ATTENTION_CHUNK);
-        let a = [q.addr(), k_cache.addr(), v_cache.addr(), scratch.addr(), step.0.addr()];
-        let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32];
+        let a = [
+            io.q.addr(),
+            io.k.addr(),
+            io.v.addr(),
+            io.k_cache.addr(),
+            io.v_cache.addr(),
+            scratch.addr(),
+            step.0.addr(),
+        ];
+        let dims = [shape.n_heads as i32, shape.n_kv_heads as i32, shape.head_dim as i32, shape.rot_pairs as i32];
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let splits_i = max_splits as i32;
         let cfg = LaunchConfig {
@@ -244,9 +228,10 @@ impl Gpu {
         for d in &dims {
             b.arg(d);
         }
-        b.arg(&scale).arg(&splits_i);
+        b.arg(&shape.theta).arg(&scale).arg(&splits_i);
         // SAFETY: sizes checked above; block (head, split) writes its own head_dim + 2 values
-        // of scratch and reads cache rows below the step's position (< max_len).
+        // of scratch (and one block per KV head the cache row of the step's position, < max_len)
+        // and reads cache rows below that position.
         unsafe { b.launch(cfg) }?;
         let (s_a, o_a, st_a, hd) = (scratch.addr(), out.addr(), step.0.addr(), shape.head_dim as i32);
         let cfg = LaunchConfig { grid_dim: (shape.n_heads as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };

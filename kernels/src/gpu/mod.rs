@@ -33,7 +33,7 @@ pub use blas::CublasGemv;
 #[cfg(feature = "cuda")]
 pub use cudarc::driver::{CudaGraph, CudaSlice};
 #[cfg(feature = "cuda")]
-pub use decode_ops::{AttentionShape, MAX_ATTENTION_LEN, StepArgs};
+pub use decode_ops::{AttentionIo, AttentionShape, MAX_ATTENTION_LEN, StepArgs};
 #[cfg(feature = "cuda")]
 pub use device::{DevPtr, Gpu, GpuInfo};
 #[cfg(feature = "cuda")]

@@ -74,64 +74,60 @@ extern "C" __global__ void embed_f16(const u16* table, const int* step, float* x
         x[i] = f16_to_f32(table[row + i]);
 }
 
-// GGML "normal" RoPE on adjacent pairs for position step[1], applied to q (in place) and k,
-// then k and v stored as fp16 in the cache row of that position. One thread per pair.
-extern "C" __global__ void rope_append(float* q, const float* k, const float* v, u16* k_cache, u16* v_cache,
-                                       const int* step, int n_heads, int n_kv_heads, int head_dim, int rot_pairs,
-                                       float theta) {
-    // The position (written by the host before the graph starts) and the rotation in double
-    // precision (a long dependent chain) before the wait: they overlap the previous kernel.
-    const int pos = step[1];
-    const int half_dim = head_dim / 2;
-    const int kv_dim = n_kv_heads * head_dim;
-    const int total = (n_heads + n_kv_heads) * half_dim;
-    // One pair per thread wherever the grid covers them all (the launcher's grid does).
-    const int first = blockIdx.x * blockDim.x + threadIdx.x;
-    float cf = 1.0f, sf = 0.0f;
-    if (first < total && first % half_dim < rot_pairs) {
-        const int i = first % half_dim;
+// The step's new position, folded into the attention kernels (one launch fewer per layer):
+// GGML "normal" RoPE on adjacent pairs for position step[1], applied to the block's query head
+// and to its KV head's key; the key and value, rounded to fp16 as the cache holds them, go to
+// shared memory, and the group's first query head (in the split version: its block that covers
+// the position) also stores them in the cache row. No kernel of this step reads that row: the
+// block's own copy stands in for it.
+
+// The rotation of each pair (cosine, sine) for position `pos`, in double precision like the
+// CPU path; called before the wait (it depends only on the position), one pair per thread.
+__device__ __forceinline__ void rope_angles(int pos, int rot_pairs, float theta, float* cs, float* sn) {
+    for (int i = threadIdx.x; i < rot_pairs; i += blockDim.x) {
         const double angle = (double)pos * pow((double)theta, -2.0 * i / (2.0 * rot_pairs));
         double s, c;
         sincos(angle, &s, &c);
-        cf = (float)c;
-        sf = (float)s;
+        cs[i] = (float)c;
+        sn[i] = (float)s;
     }
-    pdl_begin();
-    for (int t = first; t < total; t += gridDim.x * blockDim.x) {
-        const int head = t / half_dim, i = t % half_dim;
-        float a, b;
-        const bool is_q = head < n_heads;
-        const int off = (is_q ? head : head - n_heads) * head_dim + 2 * i;
-        if (is_q) {
-            a = q[off];
-            b = q[off + 1];
-        } else {
-            a = k[off];
-            b = k[off + 1];
-        }
+}
+
+// qs = the rotated query of `head`; ks, vs = fp16 bits of its KV head's rotated key and value
+// (stored at cache row `pos` too when `store`). Ends with a barrier.
+__device__ __forceinline__ void rope_new_position(const float* q, const float* k, const float* v, u16* k_cache,
+                                                  u16* v_cache, int pos, int head, int off, int head_dim,
+                                                  int kv_dim, int rot_pairs, const float* cs, const float* sn,
+                                                  float* qs, u16* ks, u16* vs, bool store) {
+    for (int i = threadIdx.x; i < head_dim / 2; i += blockDim.x) {
+        float qa = q[head * head_dim + 2 * i], qb = q[head * head_dim + 2 * i + 1];
+        float ka = k[off + 2 * i], kb = k[off + 2 * i + 1];
         if (i < rot_pairs) {
-            if (t != first) {
-                const double angle = (double)pos * pow((double)theta, -2.0 * i / (2.0 * rot_pairs));
-                double s, c;
-                sincos(angle, &s, &c);
-                cf = (float)c;
-                sf = (float)s;
-            }
-            const float ra = a * cf - b * sf, rb = a * sf + b * cf;
-            a = ra;
-            b = rb;
+            const float cf = cs[i], sf = sn[i];
+            const float rqa = qa * cf - qb * sf, rqb = qa * sf + qb * cf;
+            const float rka = ka * cf - kb * sf, rkb = ka * sf + kb * cf;
+            qa = rqa;
+            qb = rqb;
+            ka = rka;
+            kb = rkb;
         }
-        if (is_q) {
-            q[off] = a;
-            q[off + 1] = b;
-        } else {
-            const size_t row = (size_t)pos * kv_dim;
-            k_cache[row + off] = f32_to_f16(a);
-            k_cache[row + off + 1] = f32_to_f16(b);
-            v_cache[row + off] = f32_to_f16(v[off]);
-            v_cache[row + off + 1] = f32_to_f16(v[off + 1]);
+        qs[2 * i] = qa;
+        qs[2 * i + 1] = qb;
+        const u16 k0 = f32_to_f16(ka), k1 = f32_to_f16(kb);
+        const u16 v0 = f32_to_f16(v[off + 2 * i]), v1 = f32_to_f16(v[off + 2 * i + 1]);
+        ks[2 * i] = k0;
+        ks[2 * i + 1] = k1;
+        vs[2 * i] = v0;
+        vs[2 * i + 1] = v1;
+        if (store) {
+            const size_t row = (size_t)pos * kv_dim + off + 2 * i;
+            k_cache[row] = k0;
+            k_cache[row + 1] = k1;
+            v_cache[row] = v0;
+            v_cache[row + 1] = v1;
         }
     }
+    __syncthreads();
 }
 
 // One query head per block over positions 0..=step[1] of the fp16 KV cache:
@@ -155,31 +151,36 @@ __device__ __forceinline__ void prefetch_kv(const u16* k_cache, const u16* v_cac
     }
 }
 
-extern "C" __global__ void attention(const float* q, const u16* k_cache, const u16* v_cache, float* out,
-                                     const int* step, int n_heads, int n_kv_heads, int head_dim, float scale) {
+extern "C" __global__ void attention(const float* q, const float* k, const float* v, u16* k_cache, u16* v_cache,
+                                     float* out, const int* step, int n_heads, int n_kv_heads, int head_dim,
+                                     int rot_pairs, float theta, float scale) {
     extern __shared__ float scores[];
     __shared__ float red[32];
     __shared__ float partial[ATT_MAX_WARPS][256];
+    __shared__ float qs[256], cs[128], sn[128];
+    __shared__ __align__(16) u16 ks[256];
+    __shared__ __align__(16) u16 vs[256];
     const int head = blockIdx.x;
-    const int len = step[1] + 1;
+    const int pos = step[1], len = pos + 1;
+    const int group = n_heads / n_kv_heads;
     const int kv_dim = n_kv_heads * head_dim;
-    const int off = (head / (n_heads / n_kv_heads)) * head_dim;
-    // Every position but the newest (which rope_append, the kernel before, writes).
-    prefetch_kv(k_cache, v_cache, 0, len - 1, kv_dim, off, head_dim);
+    const int off = (head / group) * head_dim;
+    // Before the wait: the rotation, and every earlier position's key and value rows.
+    rope_angles(pos, rot_pairs, theta, cs, sn);
+    prefetch_kv(k_cache, v_cache, 0, pos, kv_dim, off, head_dim);
     pdl_begin();
-    const float* qh = q + head * head_dim;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int per_lane = head_dim / 32;  // head_dim is a multiple of 32 here
+    __syncthreads();  // the angles
+    rope_new_position(q, k, v, k_cache, v_cache, pos, head, off, head_dim, kv_dim, rot_pairs, cs, sn, qs, ks, vs,
+                      head % group == 0);
 
     // Scores, one position per lane: each lane reads its key row 16 bytes at a time (q from
-    // shared memory), so a warp has 32 rows in flight.
-    __shared__ float qs[256];
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = qh[d];
-    __syncthreads();
+    // shared memory), so a warp has 32 rows in flight; the newest row is the block's own copy.
     for (int base = warp * 32; base < len; base += warps * 32) {
         const int p = base + lane;
         if (p < len) {
-            const u16* kr = k_cache + (size_t)p * kv_dim + off;
+            const u16* kr = p == pos ? ks : k_cache + (size_t)p * kv_dim + off;
             float s = 0.0f;
 #pragma unroll 4
             for (int c = 0; c < head_dim; c += 8) {
@@ -215,7 +216,7 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
     for (int p = warp; p < len; p += warps) {
-        const u16* vr = v_cache + (size_t)p * kv_dim + off;
+        const u16* vr = p == pos ? vs : v_cache + (size_t)p * kv_dim + off;
         const float e = scores[p];
 #pragma unroll
         for (int j = 0; j < 8; j++)
@@ -240,29 +241,35 @@ extern "C" __global__ void attention(const float* q, const u16* k_cache, const u
 // splits. head_dim a multiple of 32, <= 256.
 #define ATT_CHUNK 128
 extern "C" __global__ void __launch_bounds__(128)
-    attention_part(const float* q, const u16* k_cache, const u16* v_cache, float* part, const int* step, int n_heads,
-                   int n_kv_heads, int head_dim, float scale, int max_splits) {
-    __shared__ float qs[256];
+    attention_part(const float* q, const float* k, const float* v, u16* k_cache, u16* v_cache, float* part,
+                   const int* step, int n_heads, int n_kv_heads, int head_dim, int rot_pairs, float theta,
+                   float scale, int max_splits) {
+    __shared__ float qs[256], cs[128], sn[128];
+    __shared__ __align__(16) u16 ks[256];
+    __shared__ __align__(16) u16 vs[256];
     __shared__ float sc[ATT_CHUNK];
     __shared__ float red[4];
     __shared__ float partial[4][256];
     const int head = blockIdx.x, split = blockIdx.y;
-    const int len = step[1] + 1;
+    const int pos = step[1], len = pos + 1;
     const int c0 = split * ATT_CHUNK;
     const int c1 = min(c0 + ATT_CHUNK, len);
+    const int group = n_heads / n_kv_heads;
     const int kv_dim = n_kv_heads * head_dim;
-    const int off = (head / (n_heads / n_kv_heads)) * head_dim;
-    // This chunk's rows of earlier positions (the newest is rope_append's, the kernel before).
-    prefetch_kv(k_cache, v_cache, c0, min(c1, len - 1), kv_dim, off, head_dim);
+    const int off = (head / group) * head_dim;
+    // Before the wait: the rotation, and this chunk's rows of earlier positions.
+    if (c0 < len) rope_angles(pos, rot_pairs, theta, cs, sn);
+    prefetch_kv(k_cache, v_cache, c0, min(c1, pos), kv_dim, off, head_dim);
     pdl_begin();
     if (c0 >= len) return;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) qs[d] = q[head * head_dim + d];
-    __syncthreads();
+    __syncthreads();  // the angles
+    rope_new_position(q, k, v, k_cache, v_cache, pos, head, off, head_dim, kv_dim, rot_pairs, cs, sn, qs, ks, vs,
+                      head % group == 0 && pos < c1);
     const int p = c0 + threadIdx.x;
     float s = __int_as_float(0xff800000);
     if (p < c1) {
-        const u16* kr = k_cache + (size_t)p * kv_dim + off;
+        const u16* kr = p == pos ? ks : k_cache + (size_t)p * kv_dim + off;
         float acc = 0.0f;
 #pragma unroll 4
         for (int c = 0; c < head_dim; c += 8) {
@@ -287,7 +294,7 @@ extern "C" __global__ void __launch_bounds__(128)
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll 4
     for (int pp = c0 + warp; pp < c1; pp += 4) {
-        const u16* vr = v_cache + (size_t)pp * kv_dim + off;
+        const u16* vr = pp == pos ? vs : v_cache + (size_t)pp * kv_dim + off;
         const float w = sc[pp - c0];
 #pragma unroll
         for (int j = 0; j < 8; j++)
