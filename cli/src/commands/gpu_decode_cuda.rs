@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use sieve_engine::config::Config;
-use sieve_engine::gpu::{GpuModel, GpuPlan, calibrate_uniform, method_step_weight_bytes, step_weight_bytes};
+use sieve_engine::gpu::{
+    GpuModel, GpuPlan, achieved_sparsity, calibrate_uniform, method_step_weight_bytes, step_weight_bytes,
+};
 use sieve_engine::model::{Hooks, Logits};
 use sieve_engine::sampling::{Sampler, SamplingParams, argmax};
 use sieve_engine::sparsity::SparsityPlan;
@@ -178,6 +180,16 @@ pub fn bench(model_path: &Path, a: &DecodeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Projection names in the order of [`achieved_sparsity`]'s shares.
+const PROJECTIONS: [&str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+/// Shares skipped per projection, weighted by the projections' weights (as bytes are).
+fn weighted_sparsity(cfg: &Config, by: &[f64; 7]) -> f64 {
+    let (d, f, kv) = (cfg.d_model as f64, cfg.d_ff as f64, cfg.kv_dim() as f64);
+    let weights = [d * d, d * kv, d * kv, d * d, d * f, d * f, d * f];
+    weights.iter().zip(by).map(|(w, s)| w * s).sum::<f64>() / weights.iter().sum::<f64>()
+}
+
 /// `sieve bench gpu-synthetic`.
 pub fn synthetic(a: SyntheticArgs) -> Result<()> {
     let methods = super::validate_synthetic(&a)?;
@@ -194,6 +206,10 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
     gm.reset();
     let samples = gm.sample_activations(&cal)?;
     let steps: Vec<u32> = (0..a.steps).map(|i| token(i + 1000)).collect();
+    // The timed steps' own activations (up to 64 of them), to report what the thresholds skip
+    // where they are applied: per projection, and as a share of the layers' weights.
+    gm.reset();
+    let timed = gm.sample_activations(&steps[..steps.len().min(64)])?;
     let dense = GpuPlan::dense(shape.n_layers);
     let roofline_us = bytes as f64 / copy_bw * 1e6;
     let mut rows = Vec::new();
@@ -201,6 +217,7 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
     let modes: Vec<bool> = if gm.gpu().early_launch() { vec![true, false] } else { vec![false] };
     for &(m, s) in &methods {
         let plan = calibrate_uniform(m, s, &samples)?;
+        let achieved = achieved_sparsity(&plan, &timed).map(|by| (weighted_sparsity(&shape, &by), by));
         for (&early, &gather) in modes.iter().flat_map(|e| a.gathers.iter().map(move |g| (e, g))) {
             gm.set_early_launch(early);
             gm.set_gather(match gather {
@@ -219,6 +236,10 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
                 "method_weight_bytes_per_step": method_bytes,
                 "method_of_roofline": method_roofline_us / method_us,
                 "bound_speedup": bytes as f64 / method_bytes,
+                "weights_skipped": achieved.map(|a| a.0),
+                "skipped_by_projection": achieved.map(|(_, by)| {
+                    PROJECTIONS.iter().zip(by).map(|(p, s)| (p.to_string(), serde_json::json!(s))).collect::<serde_json::Map<_, _>>()
+                }),
             }));
         }
     }
@@ -247,15 +268,16 @@ pub fn synthetic(a: SyntheticArgs) -> Result<()> {
         1e6 / roofline_us
     );
     println!(
-        "| method | sparsity | early launch | gather | dense µs/step | dense of roofline | method µs/step | method of its roofline | tok/s | speedup | bytes allow |"
+        "| method | sparsity | weights skipped | early launch | gather | dense µs/step | dense of roofline | method µs/step | method of its roofline | tok/s | speedup | bytes allow |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.1} | {:.2}x | {:.2}x |",
+            "| {} | {} | {:.3} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.1} | {:.2}x | {:.2}x |",
             r["method"].as_str().unwrap_or("?"),
             f("sparsity"),
+            f("weights_skipped"),
             if r["early_launch"].as_bool().unwrap_or(false) { "on" } else { "off" },
             r["gather"].as_str().unwrap_or("?"),
             f("dense_us_per_step"),

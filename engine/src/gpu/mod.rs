@@ -14,6 +14,6 @@ mod session;
 mod step;
 
 pub use model::{GpuModel, method_step_weight_bytes, step_weight_bytes};
-pub use plan::{GpuLayerPlan, GpuPlan, calibrate_uniform};
+pub use plan::{GpuLayerPlan, GpuPlan, achieved_sparsity, calibrate_uniform};
 pub use session::GpuSession;
 pub use step::StepTiming;

@@ -163,6 +163,47 @@ pub fn calibrate_uniform(method: Method, s: f32, samples: &[Vec<LayerSample>]) -
     Ok(GpuPlan { method: if method == Method::Teal { Method::TealUniform } else { method }, layers, predictors: None })
 }
 
+/// The share of each projection's inputs (q, k, v, o, gate, up, down) that `plan` skips on
+/// these activations (the dense step's, as [`crate::gpu::GpuModel::sample_activations`]
+/// records them), over every layer and step: what the thresholds achieve where they are
+/// applied, against the target they were calibrated for. CATS skips the up rows and the down
+/// inputs of its dropped neurons; the predictor method is not covered (None).
+pub fn achieved_sparsity(plan: &GpuPlan, samples: &[Vec<LayerSample>]) -> Option<[f64; 7]> {
+    let silu = |g: f32| g / (1.0 + (-g).exp());
+    let mut skipped = [0usize; 7];
+    let mut seen = [0usize; 7];
+    let mut count = |p: usize, values: &mut dyn Iterator<Item = f32>, t: f32| {
+        for v in values {
+            seen[p] += 1;
+            skipped[p] += (t >= 0.0 && v.abs() <= t) as usize;
+        }
+    };
+    for (lp, steps) in plan.layers.iter().zip(samples) {
+        for x in steps {
+            let h = || x.gate.iter().zip(&x.up).map(|(&g, &u)| silu(g) * u);
+            match plan.method {
+                Method::Predictor => return None,
+                Method::Cats => {
+                    count(4, &mut x.gate.iter().map(|_| 1.0), -1.0);
+                    for p in [5, 6] {
+                        count(p, &mut x.gate.iter().map(|&g| silu(g)), lp.gate_act);
+                    }
+                }
+                _ => {
+                    for p in 0..3 {
+                        count(p, &mut x.attn_in.iter().copied(), lp.proj[p]);
+                    }
+                    count(3, &mut x.attn_out.iter().copied(), lp.proj[3]);
+                    count(4, &mut x.mlp_in.iter().copied(), lp.proj[4]);
+                    count(5, &mut x.mlp_in.iter().copied(), lp.proj[5]);
+                    count(6, &mut h(), lp.proj[6]);
+                }
+            }
+        }
+    }
+    Some(std::array::from_fn(|p| if seen[p] == 0 { 0.0 } else { skipped[p] as f64 / seen[p] as f64 }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,11 +225,31 @@ mod tests {
             gate: vec![-3.0, -1.0, 0.5, 2.0],
             up: vec![1.0; 4],
         };
-        let plan = calibrate_uniform(Method::Cats, 0.5, &[vec![sample]]).unwrap();
+        let plan = calibrate_uniform(Method::Cats, 0.5, &[vec![sample.clone()]]).unwrap();
         let t = plan.layers[0].gate_act;
         let silu = |g: f32| g / (1.0 + (-g).exp());
         let kept = [-3.0f32, -1.0, 0.5, 2.0].iter().filter(|&&g| silu(g).abs() > t).count();
         assert_eq!(kept, 2);
         assert!(calibrate_uniform(Method::Cats, 1.5, &[]).is_err());
+        // The kept half: up rows and down inputs skip the other two neurons, the gate none.
+        let achieved = achieved_sparsity(&plan, &[vec![sample]]).unwrap();
+        assert_eq!(achieved, [0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn teal_skips_what_its_thresholds_say_on_each_projection() {
+        let sample = LayerSample {
+            attn_in: vec![0.1, 0.2, 0.3, 0.4],
+            attn_out: vec![1.0, 2.0, 3.0, 4.0],
+            mlp_in: vec![-1.0, 1.0, -2.0, 2.0],
+            gate: vec![5.0; 4],
+            up: vec![0.5, 1.0, 2.0, 4.0],
+        };
+        let lp = GpuLayerPlan { proj: [0.25, -1.0, 0.35, 2.5, 1.0, 1.5, 5.0], ..GpuLayerPlan::DENSE };
+        let plan = GpuPlan { method: Method::Teal, layers: vec![lp], predictors: None };
+        let achieved = achieved_sparsity(&plan, &[vec![sample]]).unwrap();
+        // h = silu(5) * up = 4.97 * up: 2.48 and 4.97 are at or below 5, 9.93 and 19.9 above.
+        assert_eq!(achieved, [0.5, 0.0, 0.75, 0.5, 0.5, 0.5, 0.5]);
+        assert!(achieved_sparsity(&GpuPlan::dense(1), &[vec![]]).unwrap().iter().all(|&s| s == 0.0));
     }
 }
