@@ -99,7 +99,8 @@ mod tests {
         let (rows, stride) = (9usize, 400usize);
         let w: Vec<f32> = (0..rows * stride).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
         for n in 1..=F32_REGISTER_OUTPUTS {
-            for count in [0usize, 1, 2, 3, 8, 9] {
+            // From 10 rows on, the AVX-512 loop also prefetches rows 8 ahead, up to the last.
+            for count in [0usize, 1, 2, 3, 8, 9, 10, 11, 25] {
                 let idx: Vec<u32> = (0..count as u32).map(|k| (k * 5) % rows as u32).collect();
                 let a: Vec<f32> = (0..count).map(|k| 0.75 - k as f32 * 0.25).collect();
                 let mut want = vec![0.0f32; n];
