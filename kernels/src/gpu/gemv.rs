@@ -105,8 +105,9 @@ fn to_i32(v: usize, what: &str) -> Result<i32, GpuError> {
 /// reads of each active weight row are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Gather {
-    /// [`Gather::Wide`] when every output is at least [`WIDE_MIN_OUTPUTS`] wide, else
-    /// [`Gather::Narrow`].
+    /// [`Gather::Wide`] when every output is at least [`WIDE_MIN_OUTPUTS`] wide, or the
+    /// product has [`WIDE_FROM_INPUTS`] inputs or more and every output is at least
+    /// [`WIDE_MIN_FROM_INPUTS`] wide; else [`Gather::Narrow`].
     #[default]
     Auto,
     /// One 16-byte load per lane and row: 256 outputs per unit, rows read in 512-byte runs.
@@ -121,17 +122,21 @@ pub enum Gather {
 /// narrow ahead at 4096 outputs and high sparsity).
 pub const WIDE_MIN_OUTPUTS: usize = 8192;
 
-/// Weights of an output from which [`Gather::Auto`] reads it wide even below
-/// [`WIDE_MIN_OUTPUTS`] (but at 4096 outputs or more): Llama-3-8B's down projection (14336 ->
-/// 4096) ran 1.74-1.75x against 1.73x narrow, and the synthetic 8B decode step with every
-/// product wide took 3831 µs against 3886 at TEAL 50% (q/k/v and o, 4096 -> 4096 and
-/// narrower, stay narrow: 1.60x against 1.47-1.53x wide at 50%).
-pub const WIDE_MIN_WEIGHTS: usize = 32 << 20;
+/// Inputs from which [`Gather::Auto`] reads every output of at least [`WIDE_MIN_FROM_INPUTS`]
+/// wide, below [`WIDE_MIN_OUTPUTS`] too. Alone, the narrow units win at 4096 outputs
+/// (4096->4096 at 50%: 1.66x against 1.56x, decode form), but inside the step the wide ones do:
+/// the synthetic 8B decode with every product wide (q/k/v and o as well as gate/up and down)
+/// took 3530-3532 µs against 3556-3559 at TEAL 50% and 2249-2255 against 2308-2310 at 75%,
+/// two runs on one H100 (Nov 27). SmolLM2's products (576 or 1536 inputs) stay narrow.
+pub const WIDE_FROM_INPUTS: usize = 4096;
+
+/// Narrowest output [`WIDE_FROM_INPUTS`] reads wide (two units of 512, no idle lanes).
+pub const WIDE_MIN_FROM_INPUTS: usize = 1024;
 
 impl Gather {
     /// The gather used for outputs of these widths over `k` inputs.
     pub fn resolve(self, k: usize, widths: &[usize]) -> Gather {
-        let wide = |n: usize| n >= WIDE_MIN_OUTPUTS || (n >= 4096 && k.saturating_mul(n) >= WIDE_MIN_WEIGHTS);
+        let wide = |n: usize| n >= WIDE_MIN_OUTPUTS || (k >= WIDE_FROM_INPUTS && n >= WIDE_MIN_FROM_INPUTS);
         match self {
             Gather::Auto if widths.iter().all(|&n| wide(n)) => Gather::Wide,
             Gather::Auto => Gather::Narrow,
@@ -504,10 +509,13 @@ mod tests {
         assert_eq!(Gather::Auto.resolve(4096, &[14336, 14336]), Gather::Wide);
         // Llama-3-8B's down projection: 4096 outputs, but 58.7M weights.
         assert_eq!(Gather::Auto.resolve(14336, &[4096]), Gather::Wide);
-        assert_eq!(Gather::Auto.resolve(4096, &[4096]), Gather::Narrow);
-        // q/k/v in one launch: the narrowest output decides.
-        assert_eq!(Gather::Auto.resolve(4096, &[4096, 1024, 1024]), Gather::Narrow);
+        // Llama-3-8B's o and q/k/v (one launch: the narrowest output decides).
+        assert_eq!(Gather::Auto.resolve(4096, &[4096]), Gather::Wide);
+        assert_eq!(Gather::Auto.resolve(4096, &[4096, 1024, 1024]), Gather::Wide);
+        assert_eq!(Gather::Auto.resolve(4096, &[4096, 512, 512]), Gather::Narrow);
+        // SmolLM2: down, gate/up.
         assert_eq!(Gather::Auto.resolve(1536, &[576]), Gather::Narrow);
+        assert_eq!(Gather::Auto.resolve(576, &[1536, 1536]), Gather::Narrow);
         assert_eq!(Gather::Narrow.resolve(4096, &[14336]), Gather::Narrow);
         assert_eq!(Gather::Wide.resolve(576, &[576]), Gather::Wide);
         assert_eq!((Gather::Wide.tile(), Gather::Narrow.tile()), (512, 256));
