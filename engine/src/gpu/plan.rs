@@ -1,6 +1,7 @@
 //! What a GPU decode step drops: per layer, the input threshold of each projection and
 //! CATS's gate threshold, from a CPU sparsity plan or calibrated on the GPU model itself.
 
+use sieve_kernels::ops::silu;
 use sieve_predictor::model::{Body, Output};
 use sieve_predictor::store::Tap as PredictorTap;
 
@@ -138,7 +139,6 @@ pub fn calibrate_uniform(method: Method, s: f32, samples: &[Vec<LayerSample>]) -
     for steps in samples {
         let cat =
             |f: fn(&LayerSample) -> &Vec<f32>| steps.iter().flat_map(|x| f(x).iter().copied()).collect::<Vec<_>>();
-        let silu = |g: f32| g / (1.0 + (-g).exp());
         let lp = match method {
             Method::TealUniform | Method::Teal => {
                 let t_attn = quantile_abs(&mut cat(|x| &x.attn_in), s);
@@ -169,7 +169,6 @@ pub fn calibrate_uniform(method: Method, s: f32, samples: &[Vec<LayerSample>]) -
 /// applied, against the target they were calibrated for. CATS skips the up rows and the down
 /// inputs of its dropped neurons; the predictor method is not covered (None).
 pub fn achieved_sparsity(plan: &GpuPlan, samples: &[Vec<LayerSample>]) -> Option<[f64; 7]> {
-    let silu = |g: f32| g / (1.0 + (-g).exp());
     let mut skipped = [0usize; 7];
     let mut seen = [0usize; 7];
     let mut count = |p: usize, values: &mut dyn Iterator<Item = f32>, t: f32| {
@@ -184,7 +183,8 @@ pub fn achieved_sparsity(plan: &GpuPlan, samples: &[Vec<LayerSample>]) -> Option
             match plan.method {
                 Method::Predictor => return None,
                 Method::Cats => {
-                    count(4, &mut x.gate.iter().map(|_| 1.0), -1.0);
+                    // The gate is read whole.
+                    count(4, &mut x.gate.iter().copied(), -1.0);
                     for p in [5, 6] {
                         count(p, &mut x.gate.iter().map(|&g| silu(g)), lp.gate_act);
                     }
