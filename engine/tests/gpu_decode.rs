@@ -10,7 +10,7 @@ use sieve_engine::gpu::{GpuModel, GpuPlan, calibrate_uniform};
 use sieve_engine::model::{Hooks, Logits};
 use sieve_engine::sparsity::Method;
 use sieve_engine::{Model, Precision};
-use sieve_kernels::gpu::{Gpu, GpuError};
+use sieve_kernels::gpu::{FoldedNorm, Gpu, GpuError, WeightType};
 
 fn gpu() -> Option<Gpu> {
     match Gpu::open(0) {
@@ -191,4 +191,32 @@ fn early_launch_changes_no_result() {
             assert!(cosine(a, b) > 0.999, "{m:?}, position {i}: cosine {}", cosine(a, b));
         }
     }
+}
+
+#[test]
+fn folded_norms_match_norm_launches() {
+    let Some(gpu) = gpu() else { return };
+    let shape = small(512, 1536, 8, 1000);
+    let mut gm = GpuModel::synthetic(gpu, shape, 32, 5).unwrap();
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 53 + 7) % 1000).collect();
+    let mut run = |fold: bool| {
+        gm.set_folded_norms(fold);
+        gm.reset();
+        tokens.iter().map(|&t| gm.step(t, &GpuPlan::dense(2)).unwrap()).collect::<Vec<_>>()
+    };
+    let (folded, launched) = (run(true), run(false));
+    // The same sums in another order (x * w then the scale, against x * scale * w): rounding
+    // apart, the same logits; a wrong scale or weight would not come close.
+    for (i, (a, b)) in folded.iter().zip(&launched).enumerate() {
+        assert!(cosine(a, b) > 0.99999, "position {i}: cosine {}", cosine(a, b));
+        let top = |v: &[f32]| v.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(j, _)| j);
+        assert_eq!(top(a), top(b), "position {i}");
+    }
+    // Norm weights that do not match the input are refused, not read.
+    let g = gm.gpu();
+    let (w, x, y) = (g.zeros::<u16>(8 * 16).unwrap(), g.zeros::<f32>(16).unwrap(), g.zeros::<f32>(8).unwrap());
+    let short = g.zeros::<f32>(15).unwrap();
+    let bad = FoldedNorm { weight: g.view(&short), eps: 1e-5 };
+    let (wv, xv, yv) = (g.view(&w), g.view(&x), g.view(&y));
+    assert!(g.rows_gemv(WeightType::F16, wv, xv, yv, None, false, Some(&bad)).is_err());
 }

@@ -133,6 +133,8 @@ pub struct GpuModel {
     pub(crate) current: usize,
     pub(crate) act: Activations,
     pub(crate) gemv: SparseGemv,
+    /// The row kernels (dense products, the LM head) fold in the RMSNorm they read.
+    pub(crate) fold_norms: bool,
     /// The uploaded predictor set (keyed by the plan's shared set) and its layers.
     pub(crate) predictors: Option<(crate::sparsity::Predictors, Vec<GpuPredictor>)>,
 }
@@ -201,6 +203,7 @@ impl GpuModel {
             gather: Gather::Auto,
             units_per_sm: None,
         };
+        let fold_norms = shape.d_model <= super::step::FOLD_ROWS_MAX_WIDTH;
         Ok(GpuModel {
             gpu,
             shape,
@@ -213,6 +216,7 @@ impl GpuModel {
             current: 0,
             act,
             gemv,
+            fold_norms,
             predictors: None,
         })
     }
@@ -345,6 +349,16 @@ impl GpuModel {
     /// sequence's step graph is captured again at its next step.
     pub fn set_gather(&mut self, gather: Gather) {
         self.gemv.gather = gather;
+        for seq in &mut self.seqs {
+            seq.graph = None;
+        }
+    }
+
+    /// Folds each RMSNorm into the row kernels that read its output (dense products and the
+    /// LM head; on by default for models up to 2048 wide, where it measured faster) or runs
+    /// it as its own launch; each sequence's step graph is captured again at its next step.
+    pub fn set_folded_norms(&mut self, on: bool) {
+        self.fold_norms = on;
         for seq in &mut self.seqs {
             seq.graph = None;
         }

@@ -369,6 +369,7 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                 gpu.view(&y),
                 Some(gpu.view(&rows_dev)),
                 false,
+                None,
             )?;
             let got = gpu.download(&y)?;
             let (g, w): (Vec<f32>, Vec<f64>) = rows.iter().map(|&r| (got[r as usize], dense_want[r as usize])).unzip();
@@ -389,6 +390,7 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                         gpu.view(&y),
                         Some(gpu.view(&rows_dev)),
                         false,
+                        None,
                     )
                 })
             };
@@ -421,6 +423,7 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                     gpu.view(&x_dev),
                     gpu.view(&y),
                     Some(gpu.view(&keep_dev)),
+                    None,
                 )?;
                 let got = gpu.download(&y)?;
                 let silu = |v: f64| v / (1.0 + (-v).exp());
@@ -443,6 +446,7 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                         gpu.view(&x_dev),
                         gpu.view(&y),
                         Some(gpu.view(&keep_dev)),
+                        None,
                     )
                 })?;
                 timings.push(Timing {

@@ -32,7 +32,11 @@ pub(crate) struct TypedKernels {
     pub sparse_gemv: CudaFunction,
     pub sparse_gemv_wide: CudaFunction,
     pub rows_gemv: CudaFunction,
+    /// `rows_gemv` with an RMSNorm of x folded in.
+    pub rows_gemv_norm: CudaFunction,
     pub swiglu_rows: CudaFunction,
+    /// `swiglu_rows` with an RMSNorm of x folded in.
+    pub swiglu_rows_norm: CudaFunction,
     pub up_gated: CudaFunction,
 }
 
@@ -124,15 +128,18 @@ impl Gpu {
         let module = ctx.load_module(ptx).map_err(|e| GpuError::driver("cuModuleLoadData", e))?;
         let f = |name: &'static str| module.load_function(name).map_err(|e| GpuError::driver(name, e));
         let typed = |suffix: &str| -> Result<TypedKernels, GpuError> {
-            let g = |base: &'static str| -> Result<CudaFunction, GpuError> {
-                let name = format!("{base}_{suffix}");
+            let load = |base: &'static str, name: String| -> Result<CudaFunction, GpuError> {
                 module.load_function(&name).map_err(|e| GpuError::Driver { what: base, message: e.to_string() })
             };
+            let g = |base: &'static str| load(base, format!("{base}_{suffix}"));
+            let normed = |base: &'static str| load(base, format!("{base}_{suffix}_norm"));
             Ok(TypedKernels {
                 sparse_gemv: g("sparse_gemv")?,
                 sparse_gemv_wide: g("sparse_gemv_wide2")?,
                 rows_gemv: g("rows_gemv")?,
+                rows_gemv_norm: normed("rows_gemv")?,
                 swiglu_rows: g("swiglu_rows")?,
+                swiglu_rows_norm: normed("swiglu_rows")?,
                 up_gated: g("up_gated")?,
             })
         };

@@ -49,6 +49,28 @@ pub struct GemvOut<'a> {
     pub threshold: f32,
 }
 
+/// An RMSNorm folded into the row kernel that reads its output: the kernel reads the
+/// un-normalized `x` and normalizes it (`x / rms(x) * weight`) as it goes, one launch fewer
+/// than a norm kernel followed by the product.
+#[derive(Clone, Copy)]
+pub struct FoldedNorm<'a> {
+    /// The norm's weights, one per input.
+    pub weight: DevPtr<'a, f32>,
+    /// Added to the mean square.
+    pub eps: f32,
+}
+
+impl FoldedNorm<'_> {
+    /// The weights' address and eps, checked against `k` inputs.
+    fn args(&self, k: usize) -> Result<(u64, f32), GpuError> {
+        if self.weight.len() == k {
+            Ok((self.weight.addr(), self.eps))
+        } else {
+            Err(GpuError::Unsupported(format!("norm weights of {} values for {k} inputs", self.weight.len())))
+        }
+    }
+}
+
 /// Warp units per SM the input-sparse GEMV aims at unless told otherwise.
 pub const DEFAULT_UNITS_PER_SM: usize = 8;
 
@@ -351,8 +373,10 @@ fn check_gate_up(gate: usize, up: usize, f: usize, k: usize) -> Result<(), GpuEr
 
 impl Gpu {
     /// `y[r] = W[r] . x` (with `accumulate`, `y[r] += W[r] . x`) for the listed rows of
-    /// row-major `W` (`y.len()` rows of `x.len()`), or for every row when `rows` is None.
-    /// Outputs of unlisted rows are left untouched; listed rows outside `0..n` are skipped.
+    /// row-major `W` (`y.len()` rows of `x.len()`), or for every row when `rows` is None;
+    /// with `norm`, `x` is RMS-normalized first. Outputs of unlisted rows are left untouched;
+    /// listed rows outside `0..n` are skipped.
+    #[allow(clippy::too_many_arguments)]
     pub fn rows_gemv(
         &self,
         wt: WeightType,
@@ -361,24 +385,34 @@ impl Gpu {
         y: DevPtr<'_, f32>,
         rows: Option<DevPtr<'_, i32>>,
         accumulate: bool,
+        norm: Option<&FoldedNorm<'_>>,
     ) -> Result<(), GpuError> {
         let (n, k) = (y.len(), x.len());
         check_rows("rows GEMV", w.len(), n, k)?;
         let count = rows.map_or(n, |r| r.len());
         let (w_a, x_a, y_a, r_a) = (w.addr(), x.addr(), y.addr(), rows.map_or(0u64, |r| r.addr()));
         let (n_i, k_i, c_i, acc_i) = (n as i32, k as i32, to_i32(count, "rows")?, accumulate as i32);
+        let norm_args = norm.map(|nm| nm.args(k)).transpose()?;
         if count == 0 {
             return Ok(());
         }
-        let mut b = Launch::new(self, &self.typed(wt).rows_gemv, "rows_gemv");
+        let typed = self.typed(wt);
+        let kernel = if norm_args.is_some() { &typed.rows_gemv_norm } else { &typed.rows_gemv };
+        let mut b = Launch::new(self, kernel, "rows_gemv");
         b.arg(&w_a).arg(&x_a).arg(&y_a).arg(&n_i).arg(&k_i).arg(&r_a).arg(&c_i).arg(&acc_i);
-        // SAFETY: w holds n * k values, x k, y n; listed rows are bounds-checked in the kernel.
+        if let Some((nw_a, eps)) = &norm_args {
+            b.arg(nw_a).arg(eps);
+        }
+        // SAFETY: w holds n * k values, x (and the norm's weights) k, y n; listed rows are
+        // bounds-checked in the kernel.
         unsafe { b.launch(row_config(count)) }?;
         Ok(())
     }
 
     /// Fused SwiGLU rows: `h[j] = silu(Wg[j] . x) * (Wu[j] . x)` where `keep[j] != 0` (every
-    /// neuron when `keep` is None), 0 elsewhere; row-major gate and up weights.
+    /// neuron when `keep` is None), 0 elsewhere; row-major gate and up weights; with `norm`,
+    /// `x` is RMS-normalized first.
+    #[allow(clippy::too_many_arguments)]
     pub fn swiglu_rows(
         &self,
         wt: WeightType,
@@ -387,9 +421,11 @@ impl Gpu {
         x: DevPtr<'_, f32>,
         h: DevPtr<'_, f32>,
         keep: Option<DevPtr<'_, u8>>,
+        norm: Option<&FoldedNorm<'_>>,
     ) -> Result<(), GpuError> {
         let (f, k) = (h.len(), x.len());
         check_gate_up(w_gate.len(), w_up.len(), f, k)?;
+        let norm_args = norm.map(|nm| nm.args(k)).transpose()?;
         if let Some(m) = keep
             && m.len() != f
         {
@@ -398,9 +434,15 @@ impl Gpu {
         let (g_a, u_a, x_a, h_a, m_a) =
             (w_gate.addr(), w_up.addr(), x.addr(), h.addr(), keep.map_or(0u64, |m| m.addr()));
         let (f_i, k_i) = (f as i32, k as i32);
-        let mut b = Launch::new(self, &self.typed(wt).swiglu_rows, "swiglu_rows");
+        let typed = self.typed(wt);
+        let kernel = if norm_args.is_some() { &typed.swiglu_rows_norm } else { &typed.swiglu_rows };
+        let mut b = Launch::new(self, kernel, "swiglu_rows");
         b.arg(&g_a).arg(&u_a).arg(&x_a).arg(&h_a).arg(&f_i).arg(&k_i).arg(&m_a);
-        // SAFETY: gate and up hold f * k values, x k, h and the mask f (checked above).
+        if let Some((nw_a, eps)) = &norm_args {
+            b.arg(nw_a).arg(eps);
+        }
+        // SAFETY: gate and up hold f * k values, x (and the norm's weights) k, h and the mask
+        // f (checked above).
         unsafe { b.launch(row_config(f)) }?;
         Ok(())
     }

@@ -37,7 +37,7 @@ pub use decode_ops::{AttentionIo, AttentionShape, MAX_ATTENTION_LEN, StepArgs};
 #[cfg(feature = "cuda")]
 pub use device::{DevPtr, Gpu, GpuInfo};
 #[cfg(feature = "cuda")]
-pub use gemv::{DEFAULT_UNITS_PER_SM, Gather, GemvOut, LowRankPredictor, Reduction, SparseGemv, SplitPlan};
+pub use gemv::{DEFAULT_UNITS_PER_SM, FoldedNorm, Gather, GemvOut, LowRankPredictor, Reduction, SparseGemv, SplitPlan};
 #[cfg(feature = "cuda")]
 pub use module::{KERNEL_SOURCE, compile_ptx};
 

@@ -48,6 +48,8 @@ mod tests {
                     "sparse_gemv_bf16",
                     "reduce_splits",
                     "swiglu_rows_f16",
+                    "swiglu_rows_f16_norm",
+                    "rows_gemv_f16_norm",
                     "attention",
                 ] {
                     assert!(text.contains(name), "{name} missing from the PTX");

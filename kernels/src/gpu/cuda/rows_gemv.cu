@@ -6,8 +6,29 @@
 // at a time (k a multiple of 8), four 16-byte loads in flight.
 // ---------------------------------------------------------------------------------------
 
-template <bool BF16>
-__device__ __forceinline__ float row_dot(const u16* __restrict__ row, const float* __restrict__ x, int k, int lane) {
+// x[c..c + 8] as two float4; with NORM, times the RMSNorm weights nw[c..c + 8], the squares
+// of x added to ss for the scale the caller applies to the finished dot product
+// (W . (x * nw) * scale = W . normed x).
+template <bool NORM>
+__device__ __forceinline__ void load_x8(const float* __restrict__ x, const float* __restrict__ nw, int c, float4& a,
+                                        float4& b, float& ss) {
+    const float4* xv = reinterpret_cast<const float4*>(x + c);
+    a = __ldg(xv);
+    b = __ldg(xv + 1);
+    if (NORM) {
+        ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
+        const float4* wv = reinterpret_cast<const float4*>(nw + c);
+        const float4 wa = __ldg(wv), wb = __ldg(wv + 1);
+        a = make_float4(a.x * wa.x, a.y * wa.y, a.z * wa.z, a.w * wa.w);
+        b = make_float4(b.x * wb.x, b.y * wb.y, b.z * wb.z, b.w * wb.w);
+    }
+}
+
+// The warp's dot product of a row with x (with NORM, with x * nw, the lane's sum of squares of
+// x added to ss).
+template <bool BF16, bool NORM>
+__device__ __forceinline__ float row_dot(const u16* __restrict__ row, const float* __restrict__ x,
+                                         const float* __restrict__ nw, int k, int lane, float& ss) {
     float sum = 0.0f;
     int c = lane * 8;
     for (; c + 3 * 256 < k; c += 4 * 256) {
@@ -16,49 +37,67 @@ __device__ __forceinline__ float row_dot(const u16* __restrict__ row, const floa
         for (int u = 0; u < 4; u++) w[u] = load_stream(row + c + u * 256);
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-            const float4* xv = reinterpret_cast<const float4*>(x + c + u * 256);
-            sum += dot8<BF16>(w[u], __ldg(xv), __ldg(xv + 1));
+            float4 a, b;
+            load_x8<NORM>(x, nw, c + u * 256, a, b, ss);
+            sum += dot8<BF16>(w[u], a, b);
         }
     }
     for (; c < k; c += 256) {
-        const float4* xv = reinterpret_cast<const float4*>(x + c);
-        sum += dot8<BF16>(load_stream(row + c), __ldg(xv), __ldg(xv + 1));
+        float4 a, b;
+        load_x8<NORM>(x, nw, c, a, b, ss);
+        sum += dot8<BF16>(load_stream(row + c), a, b);
     }
     return warp_sum(sum);
 }
 
-// y[r] = W[r] . x (or y[r] += W[r] . x with accumulate) for the listed rows (all rows 0..n when
-// rows is null); other outputs untouched.
 template <bool BF16>
+__device__ __forceinline__ float row_dot(const u16* __restrict__ row, const float* __restrict__ x, int k, int lane) {
+    float unused = 0.0f;
+    return row_dot<BF16, false>(row, x, nullptr, k, lane, unused);
+}
+
+// The RMSNorm scale 1 / rms(x) from the lanes' sums of squares over all k inputs.
+__device__ __forceinline__ float rms_scale(float lane_ss, int k, float eps) {
+    return rsqrtf(warp_sum(lane_ss) / (float)k + eps);
+}
+
+// y[r] = W[r] . x (or y[r] += W[r] . x with accumulate) for the listed rows (all rows 0..n when
+// rows is null); other outputs untouched. With NORM, x is RMS-normalized with weights nw first:
+// the norm folded into the product (each warp reads all of x anyway), one launch fewer.
+template <bool BF16, bool NORM>
 __device__ __forceinline__ void rows_gemv_body(const u16* w, const float* x, float* y, int n, int k, const int* rows,
-                                               int count, int accumulate) {
+                                               int count, int accumulate, const float* nw, float eps) {
     const int item = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (item >= count) return;
     const int r = rows ? rows[item] : item;
     if (r < 0 || r >= n) return;
-    const float s = row_dot<BF16>(w + (size_t)r * k, x, k, lane);
+    float ss = 0.0f;
+    float s = row_dot<BF16, NORM>(w + (size_t)r * k, x, nw, k, lane, ss);
+    if (NORM) s *= rms_scale(ss, k, eps);
     if (lane == 0) y[r] = accumulate ? y[r] + s : s;
 }
 
-extern "C" __global__ void rows_gemv_f16(const u16* w, const float* x, float* y, int n, int k, const int* rows, int count,
-                                         int accumulate) {
-    pdl_begin();
-    rows_gemv_body<false>(w, x, y, n, k, rows, count, accumulate);
-}
-
-extern "C" __global__ void rows_gemv_bf16(const u16* w, const float* x, float* y, int n, int k, const int* rows,
-                                          int count, int accumulate) {
-    pdl_begin();
-    rows_gemv_body<true>(w, x, y, n, k, rows, count, accumulate);
-}
+#define ROWS_GEMV_KERNEL(NAME, BF16)                                                                              \
+    extern "C" __global__ void NAME(const u16* w, const float* x, float* y, int n, int k, const int* rows,       \
+                                    int count, int accumulate) {                                                 \
+        pdl_begin();                                                                                             \
+        rows_gemv_body<BF16, false>(w, x, y, n, k, rows, count, accumulate, nullptr, 0.0f);                      \
+    }                                                                                                            \
+    extern "C" __global__ void NAME##_norm(const u16* w, const float* x, float* y, int n, int k, const int* rows, \
+                                           int count, int accumulate, const float* nw, float eps) {              \
+        pdl_begin();                                                                                             \
+        rows_gemv_body<BF16, true>(w, x, y, n, k, rows, count, accumulate, nw, eps);                             \
+    }
+ROWS_GEMV_KERNEL(rows_gemv_f16, false)
+ROWS_GEMV_KERNEL(rows_gemv_bf16, true)
 
 // Fused SwiGLU over selected neurons: h[j] = silu(Wg[j] . x) * (Wu[j] . x) where keep[j] != 0
 // (every j when keep is null), h[j] = 0 elsewhere. Gate and up rows of dropped neurons are
-// never read.
-template <bool BF16>
+// never read. With NORM, x is RMS-normalized with weights nw first (as in rows_gemv_body).
+template <bool BF16, bool NORM>
 __device__ __forceinline__ void swiglu_rows_body(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
-                                                 const unsigned char* keep) {
+                                                 const unsigned char* keep, const float* nw, float eps) {
     const int j = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (j >= f) return;
@@ -66,22 +105,30 @@ __device__ __forceinline__ void swiglu_rows_body(const u16* wg, const u16* wu, c
         if (lane == 0) h[j] = 0.0f;
         return;
     }
-    const float g = row_dot<BF16>(wg + (size_t)j * k, x, k, lane);
-    const float u = row_dot<BF16>(wu + (size_t)j * k, x, k, lane);
+    float ss = 0.0f, ss_again = 0.0f;  // the second pass's squares are the first's: unused
+    float g = row_dot<BF16, NORM>(wg + (size_t)j * k, x, nw, k, lane, ss);
+    float u = row_dot<BF16, NORM>(wu + (size_t)j * k, x, nw, k, lane, ss_again);
+    if (NORM) {
+        const float scale = rms_scale(ss, k, eps);
+        g *= scale;
+        u *= scale;
+    }
     if (lane == 0) h[j] = silu(g) * u;
 }
 
-extern "C" __global__ void swiglu_rows_f16(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
-                                           const unsigned char* keep) {
-    pdl_begin();
-    swiglu_rows_body<false>(wg, wu, x, h, f, k, keep);
-}
-
-extern "C" __global__ void swiglu_rows_bf16(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,
-                                            const unsigned char* keep) {
-    pdl_begin();
-    swiglu_rows_body<true>(wg, wu, x, h, f, k, keep);
-}
+#define SWIGLU_ROWS_KERNEL(NAME, BF16)                                                                            \
+    extern "C" __global__ void NAME(const u16* wg, const u16* wu, const float* x, float* h, int f, int k,        \
+                                    const unsigned char* keep) {                                                 \
+        pdl_begin();                                                                                             \
+        swiglu_rows_body<BF16, false>(wg, wu, x, h, f, k, keep, nullptr, 0.0f);                                  \
+    }                                                                                                            \
+    extern "C" __global__ void NAME##_norm(const u16* wg, const u16* wu, const float* x, float* h, int f, int k, \
+                                           const unsigned char* keep, const float* nw, float eps) {              \
+        pdl_begin();                                                                                             \
+        swiglu_rows_body<BF16, true>(wg, wu, x, h, f, k, keep, nw, eps);                                         \
+    }
+SWIGLU_ROWS_KERNEL(swiglu_rows_f16, false)
+SWIGLU_ROWS_KERNEL(swiglu_rows_bf16, true)
 
 // CATS: given the dense gate g, h[j] = silu(g[j]) * (Wu[j] . x) where |silu(g[j])| > thr,
 // else 0 (the up row is not read).
