@@ -12,10 +12,12 @@ use crate::error::{EngineError, Result};
 use crate::sparsity::Proj;
 
 /// Widest model whose row kernels (the dense products and the LM head) fold in the RMSNorm
-/// they read, unless told otherwise ([`GpuModel::set_folded_norms`]). On an H100, folding took SmolLM2's first five blocks (576 wide) from 155.8 to
-/// 149.1 µs per dense step, but the synthetic Llama-3-8B (4096 wide) from 5516 to 6132: each
-/// warp then loads the norm's weights beside x, and at 4096 inputs those loads cost more than
-/// the launch they save.
+/// they read, unless told otherwise ([`GpuModel::set_folded_norms`]). On an H100 folding took
+/// SmolLM2's first five blocks (576 wide) from 156.1 to 141.6-141.9 µs per dense step. On the
+/// synthetic Llama-3-8B (4096 wide) a first build of the fold took the dense step from 5654 to
+/// 6132 µs: each warp loads the norm's weights beside x, and at 4096 inputs those loads cost
+/// more than the launch they save (that build chose at run time, which alone cost the unfolded
+/// step 2.5%: 5654 against 5516; the kernels now have a folded twin each).
 pub(crate) const FOLD_ROWS_MAX_WIDTH: usize = 2048;
 
 /// The norm with these weights, folded into a row kernel.
