@@ -20,9 +20,22 @@ use crate::sparsity::Proj;
 /// step 2.5%: 5654 against 5516; the kernels now have a folded twin each).
 pub(crate) const FOLD_ROWS_MAX_WIDTH: usize = 2048;
 
-/// The norm with these weights, folded into a row kernel.
-fn folded<'w>(g: &Gpu, weight: &'w CudaSlice<f32>, eps: f32) -> FoldedNorm<'w> {
-    FoldedNorm { weight: g.view(weight), eps }
+/// The input of a row kernel that reads the RMSNorm of `x` with these weights: `x` itself
+/// with the norm folded in, or `normed` after a norm launch.
+fn row_input<'w>(
+    g: &Gpu,
+    fold: bool,
+    x: DevPtr<'w, f32>,
+    normed: DevPtr<'w, f32>,
+    weight: &'w CudaSlice<f32>,
+    eps: f32,
+) -> std::result::Result<(DevPtr<'w, f32>, Option<FoldedNorm<'w>>), GpuError> {
+    if fold {
+        Ok((x, Some(FoldedNorm { weight: g.view(weight), eps })))
+    } else {
+        g.rms_norm(x, g.view(weight), normed, eps, None)?;
+        Ok((normed, None))
+    }
 }
 
 /// GPU time of decode steps, measured with CUDA events around the graph replays.
@@ -77,28 +90,18 @@ impl GpuModel {
         // Dense reads whole rows (faster than the input-sparse kernel at s = 0); calibration
         // taps need gate and up apart, so they take the general path.
         let dense_rows = plan.method == crate::sparsity::Method::Dense && taps.is_none();
-        let fold_rows = self.fold_norms;
-        let norm = |weight| folded(g, weight, s.rms_eps);
+        let row_input = |weight| row_input(g, self.fold_norms, x, normed, weight, s.rms_eps);
         for (l, (w, lp)) in self.layers.iter().zip(&plan.layers).enumerate() {
             if dense_rows {
                 let (kc, vc) = (&caches[l].0, &caches[l].1);
                 let f16 = WeightType::F16;
-                let (gate_rows, up_rows) = (g.view(&w.gate_rows), g.view(&w.up_rows));
-                if fold_rows {
-                    g.rows_gemv(f16, g.view(&w.qkv_rows), x, qkv, None, false, Some(&norm(&w.attn_norm)))?;
-                } else {
-                    g.rms_norm(x, g.view(&w.attn_norm), normed, s.rms_eps, None)?;
-                    g.rows_gemv(f16, g.view(&w.qkv_rows), normed, qkv, None, false, None)?;
-                }
+                let (input, norm) = row_input(&w.attn_norm)?;
+                g.rows_gemv(f16, g.view(&w.qkv_rows), input, qkv, None, false, norm.as_ref())?;
                 let io = AttentionIo { q, k, v, k_cache: g.view(kc), v_cache: g.view(vc) };
                 self.attend(&attn_shape, &io, attn, &step)?;
                 g.rows_gemv(f16, g.view(&w.o_rows), attn, x, None, true, None)?;
-                if fold_rows {
-                    g.swiglu_rows(f16, gate_rows, up_rows, x, h, None, Some(&norm(&w.ffn_norm)))?;
-                } else {
-                    g.rms_norm(x, g.view(&w.ffn_norm), normed, s.rms_eps, None)?;
-                    g.swiglu_rows(f16, gate_rows, up_rows, normed, h, None, None)?;
-                }
+                let (input, norm) = row_input(&w.ffn_norm)?;
+                g.swiglu_rows(f16, g.view(&w.gate_rows), g.view(&w.up_rows), input, h, None, norm.as_ref())?;
                 g.rows_gemv(f16, g.view(&w.down_rows), h, x, None, true, None)?;
                 continue;
             }
@@ -157,12 +160,8 @@ impl GpuModel {
             self.gemv.launch(g, down_in, down_x2, &[od], true, None)?;
         }
         let head = g.view(self.head.as_ref().unwrap_or(&self.embed));
-        if fold_rows {
-            g.rows_gemv(WeightType::F16, head, x, g.view(&a.logits), None, false, Some(&norm(&self.out_norm)))
-        } else {
-            g.rms_norm(x, g.view(&self.out_norm), normed, s.rms_eps, None)?;
-            g.rows_gemv(WeightType::F16, head, normed, g.view(&a.logits), None, false, None)
-        }
+        let (input, norm) = row_input(&self.out_norm)?;
+        g.rows_gemv(WeightType::F16, head, input, g.view(&a.logits), None, false, norm.as_ref())
     }
 
     /// RoPE, the KV append and the attention of the step, split over positions for long caches.
