@@ -142,15 +142,34 @@ impl MatQ4_1 {
             (lo, hi) = crate::decode_panels::panel_span(&rows, self.rows);
             p.gemv(x, lo..hi, self.rows, out);
         }
-        for r in (rows.start..lo).chain(hi..rows.end) {
-            if r + PREFETCH_ROWS_AHEAD < rows.end {
-                let ahead = self.row(r + PREFETCH_ROWS_AHEAD);
+        for span in [rows.start..lo, hi..rows.end] {
+            self.gemv_span(&act, span, out);
+        }
+    }
+    /// Rows `span` of one token's product through the row dots, four rows at a time.
+    fn gemv_span(&self, act: &inner::ActRow<'_>, span: std::ops::Range<usize>, out: OutPtr) {
+        let prefetch = |r: usize| {
+            if r < span.end {
+                let ahead = self.row(r);
                 crate::cpu::prefetch(ahead.codes);
                 crate::cpu::prefetch(ahead.d);
                 crate::cpu::prefetch(ahead.m);
             }
-            // SAFETY: row r belongs to this chunk, which owns its output entry.
-            unsafe { out.write(r, inner::dot(&self.row(r), &act)) };
+        };
+        let mut r = span.start;
+        while r + 4 <= span.end {
+            (r + PREFETCH_ROWS_AHEAD..r + PREFETCH_ROWS_AHEAD + 4).for_each(prefetch);
+            let four = inner::dot_rows4([self.row(r), self.row(r + 1), self.row(r + 2), self.row(r + 3)], act);
+            for (k, v) in four.into_iter().enumerate() {
+                // SAFETY: rows r..r + 4 belong to this span, whose caller owns their outputs.
+                unsafe { out.write(r + k, v) };
+            }
+            r += 4;
+        }
+        for r in r..span.end {
+            prefetch(r + PREFETCH_ROWS_AHEAD);
+            // SAFETY: row r belongs to this span, whose caller owns its output entry.
+            unsafe { out.write(r, inner::dot(&self.row(r), act)) };
         }
     }
     #[inline]

@@ -185,7 +185,7 @@ pub unsafe fn dot_q8(wq: &[i8], ws: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
 
 /// Sums of four vectors at once: lane `k` of the result is the sum of all lanes of `v[k]`.
 #[inline(always)]
-unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
+pub(crate) unsafe fn hsum4(v: [__m256; 4]) -> __m128 {
     // SAFETY: register-only intrinsics; the caller enabled avx2.
     unsafe {
         let h = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));

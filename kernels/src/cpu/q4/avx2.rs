@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{ActRow, Q4Row};
-use crate::cpu::avx2::hsum;
+use crate::cpu::avx2::{hsum, hsum4};
 
 /// One f16 (as bits) to f32 through F16C.
 #[inline(always)]
@@ -38,28 +38,6 @@ unsafe fn block(q: __m256i, x: &[i8], b: usize) -> __m256 {
     }
 }
 
-/// Block scales (`d * dx`) of up to 8 blocks starting at `b0`, and `Σ m * sum` over them.
-#[inline(always)]
-unsafe fn scales8(w: &Q4Row<'_>, x: &ActRow<'_>, b0: usize, nb: usize, out: &mut [f32; 8]) -> f32 {
-    let k = (nb - b0).min(8);
-    // SAFETY: full groups read 8 entries at b0 + 8 <= nb; the tail goes through scalars.
-    unsafe {
-        if k == 8 {
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(b0) as *const __m128i));
-            let m = _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(b0) as *const __m128i));
-            _mm256_storeu_ps(out.as_mut_ptr(), _mm256_mul_ps(d, _mm256_loadu_ps(x.d.as_ptr().add(b0))));
-            hsum(_mm256_mul_ps(m, _mm256_loadu_ps(x.sum.as_ptr().add(b0))))
-        } else {
-            let mut mins = 0f32;
-            for (i, o) in out.iter_mut().enumerate().take(k) {
-                *o = f16(w.d[b0 + i]) * x.d[b0 + i];
-                mins += f16(w.m[b0 + i]) * x.sum[b0 + i];
-            }
-            mins
-        }
-    }
-}
-
 /// Σ codes * x of blocks b and b + 1 at once: 32 bytes of codes split into low and high
 /// nibbles line up with the pair-ordered activations. Lanes 0-3 hold block b's sum, 4-7
 /// block b + 1's. Two maddubs sums stay below 2 * 2 * 15 * 128, far from i16 saturation.
@@ -68,53 +46,63 @@ unsafe fn block_pair(w: &Q4Row<'_>, pair_q: &[i8], b: usize) -> __m256 {
     // SAFETY: reads codes [16b, 16b + 32) and pair_q [32b, 32b + 64); the caller ensures
     // b + 1 < nb.
     unsafe {
-        let packed = _mm256_loadu_si256(w.codes.as_ptr().add(b * 16) as *const __m256i);
+        let xlo = _mm256_loadu_si256(pair_q.as_ptr().add(b * 32) as *const __m256i);
+        let xhi = _mm256_loadu_si256(pair_q.as_ptr().add(b * 32 + 32) as *const __m256i);
+        pair_sums(w.codes.as_ptr().add(b * 16), xlo, xhi)
+    }
+}
+
+/// [`block_pair`] on the 32 code bytes at `codes` with the pair's activations loaded
+/// (`xlo` against the low nibbles, `xhi` against the high ones).
+#[inline(always)]
+unsafe fn pair_sums(codes: *const u8, xlo: __m256i, xhi: __m256i) -> __m256 {
+    // SAFETY: reads 32 bytes at `codes` (the caller's bound); the rest is register-only.
+    unsafe {
+        let packed = _mm256_loadu_si256(codes as *const __m256i);
         let mask = _mm256_set1_epi8(0x0f);
         let lo = _mm256_and_si256(packed, mask);
         let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-        let xlo = _mm256_loadu_si256(pair_q.as_ptr().add(b * 32) as *const __m256i);
-        let xhi = _mm256_loadu_si256(pair_q.as_ptr().add(b * 32 + 32) as *const __m256i);
         let p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
         _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
     }
 }
 
+/// Whole groups of 8 blocks take their scales as vectors, the blocks after the last whole
+/// group one by one (see [`dot_rows4`]); two chains of sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot(w: &Q4Row<'_>, x: &ActRow<'_>) -> f32 {
     let nb = w.d.len().min(w.m.len()).min(w.codes.len() / 16).min(x.d.len()).min(x.sum.len());
     let nb = nb.min(x.q.len() / 32).min(x.pair_q.len() / 32);
-    let mut mins = 0f32;
-    let mut sc = [0f32; 8];
-    // SAFETY: every block index is < nb, within all slices; pairs need b + 1 < nb.
+    // SAFETY: every block index read is < nb, within all slices; pairs start at even blocks
+    // and need b + 1 < nb.
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut b0 = 0;
-        while b0 < nb {
-            mins += scales8(w, x, b0, nb, &mut sc);
-            let k = (nb - b0).min(8);
-            let scv = _mm256_loadu_ps(sc.as_ptr());
-            let mut i = 0;
-            while i + 2 <= k {
-                let idx = _mm256_setr_epi32(
-                    i as i32,
-                    i as i32,
-                    i as i32,
-                    i as i32,
-                    i as i32 + 1,
-                    i as i32 + 1,
-                    i as i32 + 1,
-                    i as i32 + 1,
-                );
-                let p = block_pair(w, x.pair_q, b0 + i);
-                acc[(i / 2) & 1] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scv, idx), acc[(i / 2) & 1]);
-                i += 2;
-            }
-            if i < k {
-                // A last odd block (pair order leaves it as it was).
-                let p = block(codes(w, b0 + i), x.q, b0 + i);
-                acc[0] = _mm256_fmadd_ps(p, _mm256_set1_ps(sc[i]), acc[0]);
+        while b0 + 8 <= nb {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(w.d.as_ptr().add(b0) as *const __m128i));
+            let m = _mm256_cvtph_ps(_mm_loadu_si128(w.m.as_ptr().add(b0) as *const __m128i));
+            let scale = _mm256_mul_ps(d, _mm256_loadu_ps(x.d.as_ptr().add(b0)));
+            acc[1] = _mm256_fmadd_ps(m, _mm256_loadu_ps(x.sum.as_ptr().add(b0)), acc[1]);
+            for i in [0i32, 2, 4, 6] {
+                let lanes = _mm256_setr_epi32(i, i, i, i, i + 1, i + 1, i + 1, i + 1);
+                let p = block_pair(w, x.pair_q, b0 + i as usize);
+                acc[(i as usize / 2) & 1] =
+                    _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scale, lanes), acc[(i as usize / 2) & 1]);
             }
             b0 += 8;
+        }
+        let mut mins = 0f32;
+        let block_scale = |b: usize| f16(w.d[b]) * x.d[b];
+        while b0 + 2 <= nb {
+            let scale = _mm256_set_m128(_mm_set1_ps(block_scale(b0 + 1)), _mm_set1_ps(block_scale(b0)));
+            acc[0] = _mm256_fmadd_ps(block_pair(w, x.pair_q, b0), scale, acc[0]);
+            mins += f16(w.m[b0]) * x.sum[b0] + f16(w.m[b0 + 1]) * x.sum[b0 + 1];
+            b0 += 2;
+        }
+        if b0 < nb {
+            // A last odd block (pair order leaves it as it was).
+            acc[1] = _mm256_fmadd_ps(block(codes(w, b0), x.q, b0), _mm256_set1_ps(block_scale(b0)), acc[1]);
+            mins += f16(w.m[b0]) * x.sum[b0];
         }
         hsum(_mm256_add_ps(acc[0], acc[1])) + mins
     }
@@ -144,4 +132,73 @@ pub unsafe fn dot_x4(w: &Q4Row<'_>, x: &[ActRow<'_>; 4]) -> [f32; 4] {
         }
     }
     out
+}
+
+/// [`dot`] of four weight rows against one activation row: each block pair's activations
+/// are loaded once for the four rows, the four rows' sums run as four independent chains
+/// (one row alone waits on its FMA chain), and one horizontal sum finishes all four rows.
+/// Whole groups of 8 blocks take their scales as vectors; the blocks after the last whole
+/// group take theirs one by one (a partial vector built in memory would stall its load on
+/// store forwarding: a third of the time at 18 blocks).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows4(w: &[Q4Row<'_>; 4], x: &ActRow<'_>) -> [f32; 4] {
+    let mut nb = x.d.len().min(x.sum.len()).min(x.q.len() / 32).min(x.pair_q.len() / 32);
+    for row in w {
+        nb = nb.min(row.d.len()).min(row.m.len()).min(row.codes.len() / 16);
+    }
+    // SAFETY: every block index read is < nb, within all slices; pairs start at even
+    // blocks (whole groups of 8 from 0, then steps of 2) and need b + 1 < nb.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut b0 = 0;
+        while b0 + 8 <= nb {
+            let xd = _mm256_loadu_ps(x.d.as_ptr().add(b0));
+            let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(b0));
+            let mut scale = [_mm256_setzero_ps(); 4];
+            for r in 0..4 {
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(w[r].d.as_ptr().add(b0) as *const __m128i));
+                let m = _mm256_cvtph_ps(_mm_loadu_si128(w[r].m.as_ptr().add(b0) as *const __m128i));
+                scale[r] = _mm256_mul_ps(d, xd);
+                // The minima's terms join the sums lane by lane; one horizontal sum ends all.
+                acc[r] = _mm256_fmadd_ps(m, xsum, acc[r]);
+            }
+            for i in [0i32, 2, 4, 6] {
+                let b = b0 + i as usize;
+                let xlo = _mm256_loadu_si256(x.pair_q.as_ptr().add(b * 32) as *const __m256i);
+                let xhi = _mm256_loadu_si256(x.pair_q.as_ptr().add(b * 32 + 32) as *const __m256i);
+                // Lanes 0-3 of a pair's sums belong to block i, 4-7 to block i + 1.
+                let lanes = _mm256_setr_epi32(i, i, i, i, i + 1, i + 1, i + 1, i + 1);
+                for r in 0..4 {
+                    let p = pair_sums(w[r].codes.as_ptr().add(b * 16), xlo, xhi);
+                    acc[r] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scale[r], lanes), acc[r]);
+                }
+            }
+            b0 += 8;
+        }
+        let mut mins = [0f32; 4];
+        let block_scale = |r: usize, b: usize| f16(w[r].d[b]) * x.d[b];
+        while b0 + 2 <= nb {
+            let xlo = _mm256_loadu_si256(x.pair_q.as_ptr().add(b0 * 32) as *const __m256i);
+            let xhi = _mm256_loadu_si256(x.pair_q.as_ptr().add(b0 * 32 + 32) as *const __m256i);
+            for r in 0..4 {
+                let scale = _mm256_set_m128(_mm_set1_ps(block_scale(r, b0 + 1)), _mm_set1_ps(block_scale(r, b0)));
+                let p = pair_sums(w[r].codes.as_ptr().add(b0 * 16), xlo, xhi);
+                acc[r] = _mm256_fmadd_ps(p, scale, acc[r]);
+                mins[r] += f16(w[r].m[b0]) * x.sum[b0] + f16(w[r].m[b0 + 1]) * x.sum[b0 + 1];
+            }
+            b0 += 2;
+        }
+        if b0 < nb {
+            // A last odd block (pair order leaves it as it was).
+            for r in 0..4 {
+                let p = block(codes(&w[r], b0), x.q, b0);
+                acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(block_scale(r, b0)), acc[r]);
+                mins[r] += f16(w[r].m[b0]) * x.sum[b0];
+            }
+        }
+        let sums = _mm_add_ps(hsum4(acc), _mm_loadu_ps(mins.as_ptr()));
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), sums);
+        out
+    }
 }
