@@ -135,110 +135,93 @@ pub unsafe fn dot_x4(w: &Q4Row<'_>, x: &[ActRow<'_>; 4]) -> [f32; 4] {
     out
 }
 
+/// Blocks `from..to` of four rows into their sums, with the scales and minima of the 8
+/// blocks from `base` on (`base <= from < to <= base + 8`, `from` even): the minima of the
+/// blocks from `from` on join the sums lane by lane (one horizontal sum ends all), and each
+/// block pair's activations are loaded once for the four rows.
+#[inline(always)]
+unsafe fn window4(w: &[Q4Row<'_>; 4], x: &ActRow<'_>, base: usize, from: usize, to: usize, acc: &mut [__m256; 4]) {
+    // SAFETY: the caller guarantees base + 8 <= every slice's block count and the pair
+    // order's even start; reads stay below block `base + 8`.
+    unsafe {
+        let first = (from - base) as i32;
+        let xd = _mm256_loadu_ps(x.d.as_ptr().add(base));
+        let fresh = _mm256_cmpgt_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(first - 1));
+        let xsum = _mm256_and_ps(_mm256_loadu_ps(x.sum.as_ptr().add(base)), _mm256_castsi256_ps(fresh));
+        let mut scale = [_mm256_setzero_ps(); 4];
+        for r in 0..4 {
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(w[r].d.as_ptr().add(base) as *const __m128i));
+            let m = _mm256_cvtph_ps(_mm_loadu_si128(w[r].m.as_ptr().add(base) as *const __m128i));
+            scale[r] = _mm256_mul_ps(d, xd);
+            acc[r] = _mm256_fmadd_ps(m, xsum, acc[r]);
+        }
+        let mut b = from;
+        while b + 2 <= to {
+            let xlo = _mm256_loadu_si256(x.pair_q.as_ptr().add(b * 32) as *const __m256i);
+            let xhi = _mm256_loadu_si256(x.pair_q.as_ptr().add(b * 32 + 32) as *const __m256i);
+            // Lanes 0-3 of a pair's sums belong to its first block, 4-7 to the second.
+            let lane = (b - base) as i32;
+            let lanes = _mm256_setr_epi32(lane, lane, lane, lane, lane + 1, lane + 1, lane + 1, lane + 1);
+            for r in 0..4 {
+                let p = pair_sums(w[r].codes.as_ptr().add(b * 16), xlo, xhi);
+                acc[r] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scale[r], lanes), acc[r]);
+            }
+            b += 2;
+        }
+        if b < to {
+            // A last odd block (pair order leaves it as it was).
+            let lanes = _mm256_set1_epi32((b - base) as i32);
+            for r in 0..4 {
+                let p = block(codes(&w[r], b), x.q, b);
+                acc[r] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scale[r], lanes), acc[r]);
+            }
+        }
+    }
+}
+
 /// [`dot`] of four weight rows against one activation row: each block pair's activations
 /// are loaded once for the four rows, the four rows' sums run as four independent chains
 /// (one row alone waits on its FMA chain), and one horizontal sum finishes all four rows.
 /// Whole groups of 8 blocks take their scales as vectors, and so do the blocks after the
 /// last whole group, from the 8 blocks ending at the row's end (a partial vector built in
-/// memory instead stalled its load on store forwarding: a third of the time at 18 blocks).
+/// memory instead stalled its load on store forwarding: a third of the time at 18 blocks;
+/// scalar scales for those blocks: 1536 x 576 36.8 against 35.0 µs, 1536 x 608 33.0 against
+/// 30.9, on a Zen 3 VM, weights from memory, taking turns in one process). Only rows under
+/// 8 blocks pad theirs in memory.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_rows4(w: &[Q4Row<'_>; 4], x: &ActRow<'_>) -> [f32; 4] {
     let mut nb = x.d.len().min(x.sum.len()).min(x.q.len() / 32).min(x.pair_q.len() / 32);
     for row in w {
         nb = nb.min(row.d.len()).min(row.m.len()).min(row.codes.len() / 16);
     }
-    // SAFETY: every block index read is < nb, within all slices; pairs start at even
-    // blocks (whole groups of 8 from 0, then steps of 2) and need b + 1 < nb.
+    // SAFETY: every block index read is < nb, within all slices (a short row's scales are
+    // read from its padded copies); windows end at or below nb and start their pairs at
+    // even blocks (multiples of 8).
     unsafe {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut b0 = 0;
         while b0 + 8 <= nb {
-            let xd = _mm256_loadu_ps(x.d.as_ptr().add(b0));
-            let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(b0));
-            let mut scale = [_mm256_setzero_ps(); 4];
-            for r in 0..4 {
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(w[r].d.as_ptr().add(b0) as *const __m128i));
-                let m = _mm256_cvtph_ps(_mm_loadu_si128(w[r].m.as_ptr().add(b0) as *const __m128i));
-                scale[r] = _mm256_mul_ps(d, xd);
-                // The minima's terms join the sums lane by lane; one horizontal sum ends all.
-                acc[r] = _mm256_fmadd_ps(m, xsum, acc[r]);
-            }
-            for i in [0i32, 2, 4, 6] {
-                let b = b0 + i as usize;
-                let xlo = _mm256_loadu_si256(x.pair_q.as_ptr().add(b * 32) as *const __m256i);
-                let xhi = _mm256_loadu_si256(x.pair_q.as_ptr().add(b * 32 + 32) as *const __m256i);
-                // Lanes 0-3 of a pair's sums belong to block i, 4-7 to block i + 1.
-                let lanes = _mm256_setr_epi32(i, i, i, i, i + 1, i + 1, i + 1, i + 1);
-                for r in 0..4 {
-                    let p = pair_sums(w[r].codes.as_ptr().add(b * 16), xlo, xhi);
-                    acc[r] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scale[r], lanes), acc[r]);
-                }
-            }
+            window4(w, x, b0, b0, b0 + 8, &mut acc);
             b0 += 8;
         }
         if b0 < nb && nb >= 8 {
-            // The last blocks' scales as one vector of the 8 blocks ending at nb (in bounds as
-            // nb >= 8): lanes below `first` belong to the last whole group, counted already.
-            // Against scalar scales for these blocks (still below, for rows under 8 blocks):
-            // 1536 x 576 (18 blocks) 35.0 against 36.8 µs, 1536 x 608 30.9 against 33.0, on a
-            // Zen 3 VM, weights from memory, taking turns in one process.
-            let base = nb - 8;
-            let first = (b0 - base) as i32;
-            let xd = _mm256_loadu_ps(x.d.as_ptr().add(base));
-            let fresh = _mm256_cmpgt_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(first - 1));
-            let xsum = _mm256_and_ps(_mm256_loadu_ps(x.sum.as_ptr().add(base)), _mm256_castsi256_ps(fresh));
-            let mut scale = [_mm256_setzero_ps(); 4];
-            for r in 0..4 {
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(w[r].d.as_ptr().add(base) as *const __m128i));
-                let m = _mm256_cvtph_ps(_mm_loadu_si128(w[r].m.as_ptr().add(base) as *const __m128i));
-                scale[r] = _mm256_mul_ps(d, xd);
-                acc[r] = _mm256_fmadd_ps(m, xsum, acc[r]);
+            window4(w, x, nb - 8, b0, nb, &mut acc);
+        } else if b0 < nb {
+            // Rows under 8 blocks (rare): their scales padded with zeros to a window of 8.
+            fn pad<T: Copy + Default>(v: &[T], n: usize) -> [T; 8] {
+                let mut out = [T::default(); 8];
+                out[..n].copy_from_slice(&v[..n]);
+                out
             }
-            let mut lane = first;
-            while b0 + 2 <= nb {
-                let xlo = _mm256_loadu_si256(x.pair_q.as_ptr().add(b0 * 32) as *const __m256i);
-                let xhi = _mm256_loadu_si256(x.pair_q.as_ptr().add(b0 * 32 + 32) as *const __m256i);
-                let lanes = _mm256_setr_epi32(lane, lane, lane, lane, lane + 1, lane + 1, lane + 1, lane + 1);
-                for r in 0..4 {
-                    let p = pair_sums(w[r].codes.as_ptr().add(b0 * 16), xlo, xhi);
-                    acc[r] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scale[r], lanes), acc[r]);
-                }
-                lane += 2;
-                b0 += 2;
-            }
-            if b0 < nb {
-                let lanes = _mm256_set1_epi32(lane);
-                for r in 0..4 {
-                    let p = block(codes(&w[r], b0), x.q, b0);
-                    acc[r] = _mm256_fmadd_ps(p, _mm256_permutevar8x32_ps(scale[r], lanes), acc[r]);
-                }
-                b0 = nb;
-            }
+            let (d, m): ([[u16; 8]; 4], [[u16; 8]; 4]) =
+                (w.each_ref().map(|r| pad(r.d, nb)), w.each_ref().map(|r| pad(r.m, nb)));
+            let rows = [0, 1, 2, 3].map(|r| Q4Row { codes: w[r].codes, d: &d[r], m: &m[r] });
+            let (xd, xsum) = (pad(x.d, nb), pad(x.sum, nb));
+            let act = ActRow { q: x.q, pair_q: x.pair_q, d: &xd, sum: &xsum };
+            window4(&rows, &act, 0, 0, nb, &mut acc);
         }
-        let mut mins = [0f32; 4];
-        let block_scale = |r: usize, b: usize| f16(w[r].d[b]) * x.d[b];
-        while b0 + 2 <= nb {
-            let xlo = _mm256_loadu_si256(x.pair_q.as_ptr().add(b0 * 32) as *const __m256i);
-            let xhi = _mm256_loadu_si256(x.pair_q.as_ptr().add(b0 * 32 + 32) as *const __m256i);
-            for r in 0..4 {
-                let scale = _mm256_set_m128(_mm_set1_ps(block_scale(r, b0 + 1)), _mm_set1_ps(block_scale(r, b0)));
-                let p = pair_sums(w[r].codes.as_ptr().add(b0 * 16), xlo, xhi);
-                acc[r] = _mm256_fmadd_ps(p, scale, acc[r]);
-                mins[r] += f16(w[r].m[b0]) * x.sum[b0] + f16(w[r].m[b0 + 1]) * x.sum[b0 + 1];
-            }
-            b0 += 2;
-        }
-        if b0 < nb {
-            // A last odd block (pair order leaves it as it was).
-            for r in 0..4 {
-                let p = block(codes(&w[r], b0), x.q, b0);
-                acc[r] = _mm256_fmadd_ps(p, _mm256_set1_ps(block_scale(r, b0)), acc[r]);
-                mins[r] += f16(w[r].m[b0]) * x.sum[b0];
-            }
-        }
-        let sums = _mm_add_ps(hsum4(acc), _mm_loadu_ps(mins.as_ptr()));
         let mut out = [0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), sums);
+        _mm_storeu_ps(out.as_mut_ptr(), hsum4(acc));
         out
     }
 }
