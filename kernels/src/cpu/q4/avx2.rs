@@ -141,8 +141,10 @@ pub unsafe fn dot_x4(w: &Q4Row<'_>, x: &[ActRow<'_>; 4]) -> [f32; 4] {
 /// block pair's activations are loaded once for the four rows.
 #[inline(always)]
 unsafe fn window4(w: &[Q4Row<'_>; 4], x: &ActRow<'_>, base: usize, from: usize, to: usize, acc: &mut [__m256; 4]) {
-    // SAFETY: the caller guarantees base + 8 <= every slice's block count and the pair
-    // order's even start; reads stay below block `base + 8`.
+    // SAFETY: the caller guarantees that the scale slices (each row's d and m, x.d, x.sum)
+    // hold at least base + 8 blocks, the codes and activations at least `to` blocks, and an
+    // even `from` (the pair order's); scales are read at base..base + 8, codes and
+    // activations below block `to`.
     unsafe {
         let first = (from - base) as i32;
         let xd = _mm256_loadu_ps(x.d.as_ptr().add(base));
