@@ -236,12 +236,7 @@ mod tests {
             let xv: Vec<f32> = (0..cols).map(|i| ((i * 104_729 % 1009) as f32 - 504.0) / 300.0).collect();
             let mut x = ActsQ8::default();
             x.quantize_from(&xv, 1, cols).unwrap();
-            let act = crate::cpu::q4::ActRow {
-                q: x.row_qs(0),
-                pair_q: x.row_pair_qs(0),
-                d: x.row_scales(0),
-                sum: x.row_sums(0),
-            };
+            let act = crate::cpu::q4::ActRow::of(&x, 0);
             let want: Vec<f32> = (0..rows).map(|r| crate::cpu::q4::dot(&w.row_view(r), &act)).collect();
             let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
             for range in [0..rows, (rows / 32 * 16)..rows] {

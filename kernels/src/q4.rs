@@ -136,7 +136,7 @@ impl MatQ4_1 {
     /// One chunk of a decode product: whole panels through the VNNI kernel, rows outside
     /// them (a chunk that does not start or end on a panel) through the row dot product.
     fn gemv_chunk(&self, x: &ActsQ8, panels: Option<&Q4Panels>, rows: std::ops::Range<usize>, out: OutPtr) {
-        let act = inner::ActRow { q: x.row_qs(0), pair_q: x.row_pair_qs(0), d: x.row_scales(0), sum: x.row_sums(0) };
+        let act = inner::ActRow::of(x, 0);
         let (mut lo, mut hi) = (rows.start, rows.start);
         if let Some(p) = panels {
             (lo, hi) = crate::decode_panels::panel_span(&rows, self.rows);
@@ -349,8 +349,7 @@ fn products(w: &MatQ4_1, x: &ActsQ8, gemm: Gemm<'_>, row_bytes: usize, out: &mut
         for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| w.gemv_chunk(x, panels, range, out));
         return;
     }
-    let acts =
-        |t: usize| inner::ActRow { q: x.row_qs(t), pair_q: x.row_pair_qs(t), d: x.row_scales(t), sum: x.row_sums(t) };
+    let acts = |t: usize| inner::ActRow::of(x, t);
     for_each_row_chunk(rows, row_bytes, n, out, |range, out: OutPtr| {
         match gemm {
             // The minimums are folded into the VNNI kernel.

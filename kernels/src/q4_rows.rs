@@ -157,8 +157,7 @@ mod tests {
             x.quantize_from(&crate::testdata::values(cols, 100 + nb as u64), 1, cols).unwrap();
             let steps = StepRows::new(&w);
             let acts = StepActsBuf::new(&x);
-            let act =
-                natural::ActRow { q: x.row_qs(0), pair_q: x.row_pair_qs(0), d: x.row_scales(0), sum: x.row_sums(0) };
+            let act = natural::ActRow::of(&x, 0);
             let want: Vec<f32> = (0..rows).map(|r| natural::dot(&w.row_view(r), &act)).collect();
             let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + a.abs());
             for len in 0..=9usize {

@@ -70,7 +70,7 @@ impl RowMajor<'_> {
         match (self, x) {
             (RowMajor::F32(m), Vector::F32(x)) => cpu::dot_f32(m.row(r), x),
             (RowMajor::Q8(m), Vector::Q8(a)) => cpu::dot_q8(m.row_qs(r), m.row_scales(r), a.row_qs(0), a.row_scales(0)),
-            (RowMajor::Q4(m), Vector::Q8(a)) => q4_inner::dot(&m.row_view(r), &act_row(a)),
+            (RowMajor::Q4(m), Vector::Q8(a)) => q4_inner::dot(&m.row_view(r), &q4_inner::ActRow::of(a, 0)),
             _ => 0.0,
         }
     }
@@ -80,15 +80,12 @@ impl RowMajor<'_> {
     fn dot4(&self, r: [usize; 4], x: &Vector<'_>) -> [f32; 4] {
         match (self, x) {
             (RowMajor::F32(m), Vector::F32(x)) => cpu::dot4_f32(r.map(|r| m.row(r)), x),
-            (RowMajor::Q4(m), Vector::Q8(a)) => q4_inner::dot_rows4(r.map(|r| m.row_view(r)), &act_row(a)),
+            (RowMajor::Q4(m), Vector::Q8(a)) => {
+                q4_inner::dot_rows4(r.map(|r| m.row_view(r)), &q4_inner::ActRow::of(a, 0))
+            }
             _ => r.map(|r| self.dot(r, x)),
         }
     }
-}
-
-/// The one activation row of `a` as the Q4_1 row dots read it.
-fn act_row(a: &ActsQ8) -> q4_inner::ActRow<'_> {
-    q4_inner::ActRow { q: a.row_qs(0), pair_q: a.row_pair_qs(0), d: a.row_scales(0), sum: a.row_sums(0) }
 }
 
 /// How one product reads the rows of one matrix: Q4_1 rows in step order against the

@@ -24,6 +24,13 @@ pub struct ActRow<'a> {
     pub sum: &'a [f32],
 }
 
+impl<'a> ActRow<'a> {
+    /// Row `t` of quantized activations.
+    pub fn of(x: &'a crate::ActsQ8, t: usize) -> Self {
+        Self { q: x.row_qs(t), pair_q: x.row_pair_qs(t), d: x.row_scales(t), sum: x.row_sums(t) }
+    }
+}
+
 /// Dot product of a Q4_1 row and an activation row with as many blocks.
 #[inline]
 pub fn dot(w: &Q4Row<'_>, x: &ActRow<'_>) -> f32 {
