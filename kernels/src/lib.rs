@@ -27,6 +27,7 @@ pub mod sparse_q4;
 pub mod sparse_rows;
 pub mod testdata;
 
+pub use cpu::prefetch;
 pub use error::KernelError;
 pub use matmul::{matmul_f32, matmul_q8};
 pub use q4::{MatQ4_1, matmul_q4_1, matmul_q4_1_many};
