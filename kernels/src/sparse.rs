@@ -148,19 +148,22 @@ pub(crate) fn check_io(inputs: usize, outputs: usize, x: usize, out: usize) -> R
     Ok(())
 }
 
-/// Most outputs per task of the f32 input-sparse GEMV: each active row is read in runs of up
-/// to 8 KB (two pages), which the hardware prefetcher follows, while the task's sums (8 KB)
-/// stay in L1. Runs of 256 bytes, one per 64-output task, read each active row from as many
-/// pages as tasks and measured 0.5-0.7x of the dense GEMV at 50% sparsity.
+/// Most outputs per task of the f32 input-sparse GEMV when it has too few active rows to
+/// split them ([`F32_ROWS_AHEAD`] twice): each active row is read in runs of up to 8 KB, while
+/// the task's sums (8 KB) stay in L1. With more rows the tasks split the rows instead, each
+/// read whole: on a Zen 3 VM (AVX2, 32 MB of L3), in-process against 2048-output tasks at 50%,
+/// 14336 x 4096 2.02-2.11x of the dense GEMV against 1.51x, 4096 x 14336 1.91-1.99x against
+/// 1.55x, 1536 x 576 1.91x against 1.30x (one thread: 2.13x, 1.69x, 1.93x against 1.61x,
+/// 1.43x, 1.53x), though the sums of 14336 outputs leave L1.
 const F32_MAX_TASK_OUTPUTS: usize = 2048;
 
 /// Active rows ahead of the current one whose run a task prefetches: the runs
 /// are scattered, so the hardware prefetcher cannot start them.
 const F32_ROWS_AHEAD: usize = 8;
 
-/// Outputs below which the f32 input-sparse GEMV splits its active rows over the tasks
-/// (each read whole, 4 KB or less) rather than its outputs (runs of a quarter of a row, 1 KB
-/// or less, which the hardware prefetcher does not follow from row to row).
+/// Outputs below which the f32 input-sparse GEMV splits its active rows over twice as many
+/// tasks as threads (rows of 4 KB or less are quick to finish; wider ones go one task a
+/// thread).
 const F32_SPLIT_INPUTS_BELOW: usize = 1024;
 
 thread_local! {
@@ -187,7 +190,7 @@ impl F32Buffers {
 /// GEMV: q/o 576 x 576 2.2-2.3x, k/v 1.9-2.1x, where the AVX2 loops below (four rows at a
 /// time into sums in L1, a scalar mask) gave 1.4-1.7x and 0.9-1.3x. At Llama-3-8B's widths
 /// the register loop's runs of 1.5 KB per row were slower than the AVX2 loop's 8 KB ones:
-/// 1.5-1.6x against 1.8-1.9x.
+/// 1.5-1.6x against 1.8-1.9x (that loop now reads whole rows).
 const F32_REGISTER_SUMS_BELOW: usize = 2048;
 
 /// `out = W (x ⊙ [|x| > threshold])` for f32 input-major weights; returns how many input
@@ -233,17 +236,18 @@ fn input_sparse_f32(w: &InputMajorF32, x: &[f32], threshold: f32, out: &mut [f32
         }
         return count;
     }
-    if w.outputs < F32_SPLIT_INPUTS_BELOW && threads > 1 && active.len() >= 2 * F32_ROWS_AHEAD {
-        // Narrow outputs: the tasks take the active rows in turn, each row read whole into
-        // the task's own sums.
-        split_rows(2 * threads, active.len(), out, partial, |rows, y| {
+    if active.len() >= 2 * F32_ROWS_AHEAD {
+        // The tasks take the active rows in turn, each row read whole (one run, which the
+        // hardware prefetcher follows to its end) into the task's own sums over every output.
+        let narrow = w.outputs < F32_SPLIT_INPUTS_BELOW && threads > 1;
+        split_rows(if narrow { 2 * threads } else { threads }, active.len(), out, partial, |rows, y| {
             y.fill(0.0);
             cpu::axpy_rows_f32(data, stride, 0, &active[rows.clone()], &values[rows], y, F32_ROWS_AHEAD)
         });
         return count;
     }
-    // At least two tasks per thread and a multiple of the threads (7 tasks of 2048 on 2
-    // threads left one thread a task behind), each a whole number of cache lines.
+    // A few active rows: at least two tasks per thread and a multiple of the threads (7 tasks
+    // of 2048 on 2 threads left one thread a task behind), each a whole number of cache lines.
     let tasks = w.outputs.div_ceil(F32_MAX_TASK_OUTPUTS).max(2 * threads).next_multiple_of(threads);
     split_outputs(tasks, out, |j0, y| {
         y.fill(0.0);
