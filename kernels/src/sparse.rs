@@ -154,17 +154,14 @@ pub(crate) fn check_io(inputs: usize, outputs: usize, x: usize, out: usize) -> R
 /// read whole: on a Zen 3 VM (AVX2, 32 MB of L3), in-process against 2048-output tasks at 50%,
 /// 14336 x 4096 2.02-2.11x of the dense GEMV against 1.51x, 4096 x 14336 1.91-1.99x against
 /// 1.55x, 1536 x 576 1.91x against 1.30x (one thread: 2.13x, 1.69x, 1.93x against 1.61x,
-/// 1.43x, 1.53x), though the sums of 14336 outputs leave L1.
+/// 1.43x, 1.53x), though the sums of 14336 outputs leave L1. One task a thread rather than
+/// two also for narrower outputs (576 x 1536, 576 x 576, 192 x 576 at 50%: 3-5% faster, eleven
+/// of twelve alternations).
 const F32_MAX_TASK_OUTPUTS: usize = 2048;
 
 /// Active rows ahead of the current one whose run a task prefetches: the runs
 /// are scattered, so the hardware prefetcher cannot start them.
 const F32_ROWS_AHEAD: usize = 8;
-
-/// Outputs below which the f32 input-sparse GEMV splits its active rows over twice as many
-/// tasks as threads (rows of 4 KB or less are quick to finish; wider ones go one task a
-/// thread).
-const F32_SPLIT_INPUTS_BELOW: usize = 1024;
 
 thread_local! {
     /// The active channels (indices, values) of this thread's f32 input-sparse products and
@@ -237,10 +234,10 @@ fn input_sparse_f32(w: &InputMajorF32, x: &[f32], threshold: f32, out: &mut [f32
         return count;
     }
     if active.len() >= 2 * F32_ROWS_AHEAD {
-        // The tasks take the active rows in turn, each row read whole (one run, which the
-        // hardware prefetcher follows to its end) into the task's own sums over every output.
-        let narrow = w.outputs < F32_SPLIT_INPUTS_BELOW && threads > 1;
-        split_rows(if narrow { 2 * threads } else { threads }, active.len(), out, partial, |rows, y| {
+        // One task a thread, each taking its share of the active rows, each row read whole
+        // (one run, which the hardware prefetcher follows to its end) into the task's own sums
+        // over every output.
+        split_rows(threads, active.len(), out, partial, |rows, y| {
             y.fill(0.0);
             cpu::axpy_rows_f32(data, stride, 0, &active[rows.clone()], &values[rows], y, F32_ROWS_AHEAD)
         });
