@@ -7,7 +7,9 @@
 
 use std::sync::OnceLock;
 
-use sieve_kernels::sparse::{InputMajorF32, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, swiglu_gated};
+use sieve_kernels::sparse::{
+    InputMajorF32, RowMajor, SparseScratch, UpDownF32, Vector, gemv_input_sparse_f32, swiglu_down_f32, swiglu_gated,
+};
 use sieve_kernels::sparse_q4::{InputMajorQ4_1, SparseQ4Job, gemv_input_sparse_q4_1, gemv_input_sparse_q4_1_many};
 use sieve_kernels::{ActsQ8, MatF32, ops};
 
@@ -70,16 +72,35 @@ impl InputMajor {
 }
 
 /// Input-major copies of the projections, built on first use (TEAL needs all seven, CATS
-/// only down), shared by every request.
+/// only down), and for CATS at f32 each neuron's up row and down column side by side;
+/// shared by every request.
 #[derive(Default)]
 pub struct SparseWeights {
     layers: Vec<[OnceLock<InputMajor>; 7]>,
+    up_down: Vec<OnceLock<UpDownF32>>,
 }
 
 impl SparseWeights {
     /// Empty slots for `layers` layers.
     pub fn new(layers: usize) -> Self {
-        Self { layers: (0..layers).map(|_| Default::default()).collect() }
+        Self {
+            layers: (0..layers).map(|_| Default::default()).collect(),
+            up_down: (0..layers).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Layer `l`'s gate and its up/down pairs, where the MLP is stored in f32 (CATS reads each
+    /// kept neuron's up row and down column as one run there); `None` in other precisions.
+    fn up_down<'a>(&'a self, l: usize, w: &'a LayerWeights) -> Result<Option<(&'a MatF32, &'a UpDownF32)>> {
+        let (Linear::F32(gate), Linear::F32(up), Linear::F32(down)) = (&w.w_gate, &w.w_up, &w.w_down) else {
+            return Ok(None);
+        };
+        let slot = &self.up_down[l];
+        if let Some(pairs) = slot.get() {
+            return Ok(Some((gate, pairs)));
+        }
+        let built = UpDownF32::new(up, down)?;
+        Ok(Some((gate, slot.get_or_init(|| built))))
     }
 
     fn get(&self, l: usize, p: Proj, w: &LayerWeights) -> Result<&InputMajor> {
@@ -105,6 +126,9 @@ impl SparseWeights {
             _ => &[],
         };
         for (l, w) in layers.iter().enumerate() {
+            if method == Method::Cats && self.up_down(l, w)?.is_some() {
+                continue;
+            }
             for &p in projs {
                 self.get(l, p, w)?;
             }
@@ -120,13 +144,19 @@ impl SparseWeights {
     /// Bytes the input-sparse product of projection `p` in layer `l` reads with a fraction
     /// `active` of its inputs active (builds the copy if it is not there yet).
     pub(crate) fn bytes_read(&self, l: usize, p: Proj, w: &LayerWeights, active: f64) -> Result<f64> {
+        if let Linear::F32(m) = w.proj(p) {
+            // Whole f32 rows of `rows` outputs, in whichever copy holds them.
+            return Ok(4.0 * (active * m.cols() as f64).clamp(0.0, m.cols() as f64) * m.rows() as f64);
+        }
         let m = self.get(l, p, w)?;
         Ok(m.bytes_read(active * w.proj(p).cols() as f64))
     }
 
     /// Bytes of the copies built so far.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().flat_map(|l| l.iter()).filter_map(|s| s.get()).map(InputMajor::bytes).sum()
+        let input_major: usize =
+            self.layers.iter().flat_map(|l| l.iter()).filter_map(|s| s.get()).map(InputMajor::bytes).sum();
+        input_major + self.up_down.iter().filter_map(|s| s.get()).map(UpDownF32::bytes).sum::<usize>()
     }
 }
 
@@ -294,11 +324,16 @@ pub(crate) fn mlp(
             }
         }
         Method::Cats => {
-            scratch.qa.quantize_from(x, 1, x.len())?;
-            let (gate_w, up_w, vector) = gate_up_rows(w, x, &scratch.qa)?;
-            let kept = swiglu_gated(&gate_w, &up_w, &vector, lp.gate_act, h)?;
-            // Dropped neurons are exact zeros, so threshold 0 skips exactly their columns.
-            sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
+            let kept = if let Some((gate_w, pairs)) = sw.up_down(l, w)? {
+                swiglu_down_f32(gate_w, pairs, x, lp.gate_act, h, out)?
+            } else {
+                scratch.qa.quantize_from(x, 1, x.len())?;
+                let (gate_w, up_w, vector) = gate_up_rows(w, x, &scratch.qa)?;
+                let kept = swiglu_gated(&gate_w, &up_w, &vector, lp.gate_act, h)?;
+                // Dropped neurons are exact zeros, so threshold 0 skips exactly their columns.
+                sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
+                kept
+            };
             if let Some(s) = stats.as_mut() {
                 let f = h.len();
                 s.add(l, Proj::Gate, 0, f);

@@ -100,8 +100,9 @@ fn sparse_decode_kernels_match_the_accuracy_path() {
 }
 
 /// The f32 (reference) precision decodes with its own sparse kernels too: f32 input-sparse
-/// GEMVs for TEAL; for CATS the dense attention projections in f32 beside the f32 gate and up
-/// rows (this path once fed them int8 activations and failed).
+/// GEMVs for TEAL; for CATS the dense attention projections in f32 beside the f32 gate rows
+/// and each kept neuron's up row and down column read as one run (`swiglu_down_f32`; this
+/// path once fed the gate and up rows int8 activations and failed).
 #[test]
 fn f32_sparse_decode_matches_its_accuracy_path() {
     let s = setup();

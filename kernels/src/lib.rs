@@ -25,6 +25,7 @@ pub mod quant;
 pub mod sparse;
 pub mod sparse_q4;
 pub mod sparse_rows;
+pub mod swiglu_down;
 pub mod testdata;
 
 pub use cpu::prefetch;

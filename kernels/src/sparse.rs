@@ -17,6 +17,7 @@ use crate::cpu::sparse::{self as inner, SparsePairs};
 use crate::lines::Lines;
 use crate::pool::{global, parallel_for};
 pub use crate::sparse_rows::{RowMajor, Vector, gemv_rows, swiglu_gated, swiglu_rows};
+pub use crate::swiglu_down::{UpDownF32, swiglu_down_f32};
 use crate::{KernelError, MatF32};
 
 /// Outputs per parallel task of an input-sparse GEMV (a multiple of the SIMD tile).
@@ -256,7 +257,7 @@ fn input_sparse_f32(w: &InputMajorF32, x: &[f32], threshold: f32, out: &mut [f32
 /// Splits `active` rows over `tasks` tasks: `task(rows, sums)` overwrites `sums` with its
 /// rows' sums over every output, task 0 in `out` itself and every other in its own row of
 /// `partial` (storage only), and those rows are added into `out`.
-fn split_rows(
+pub(crate) fn split_rows(
     tasks: usize,
     active: usize,
     out: &mut [f32],
