@@ -66,7 +66,7 @@ fn main() {
     println!(
         "scattered rows, {threads} threads: useful GB/s, and all rows' time over the kept rows' (the most skipping rows can gain)"
     );
-    for row in [288usize, 384, 768, 1152, 2304] {
+    for row in [288usize, 384, 768, 1152, 2304, 4608] {
         let nrows = all_bytes / row;
         let all: Vec<u32> = (0..nrows as u32).collect();
         let t_all = time_rows(&src, row, &all, threads);

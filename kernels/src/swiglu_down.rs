@@ -5,7 +5,7 @@
 //! Stored apart, those are two scattered 2.3 KB reads per neuron at SmolLM2's width; stored
 //! side by side ([`UpDownF32`]) they are one 4.6 KB run, which the hardware prefetcher follows
 //! for longer. On a 2-core Zen 3 VM reading a random half of such runs took 1/1.62 of the time
-//! of reading them all (median of six runs of the `bandwidth` example), against 1/1.40 for
+//! of reading them all (median of nine runs of the `bandwidth` example), against 1/1.45 for
 //! 2.3 KB runs.
 
 use std::cell::RefCell;
