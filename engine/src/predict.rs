@@ -5,7 +5,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use sieve_kernels::sparse::{gemv_rows, swiglu_rows};
+use sieve_kernels::sparse::{NeuronRunsF32, gemv_rows, swiglu_down_rows_f32, swiglu_rows};
 use sieve_kernels::{ActsQ8, ops, pool};
 use sieve_predictor::model::Scratch as PredictorScratch;
 use sieve_predictor::store::Tap as PredictorTap;
@@ -144,7 +144,9 @@ pub(crate) fn drop_neurons(
 }
 
 /// Decode path for one position: `h` (f) receives silu(g)·u on the kept neurons and zeros
-/// elsewhere, reading only the proposed gate rows and the kept up rows.
+/// elsewhere, reading only the proposed gate rows and the kept up rows. With `down` (the
+/// layer's neuron runs and the MLP's output), the plain predictor also writes `out = Wd h`,
+/// each proposed neuron's gate row, up row and down column read as one run.
 ///
 /// With a lookahead set and the next layer's plan `next` given, its proposal (its input is this
 /// layer's `x`) is made as a side task of this layer's first parallel product, on whichever
@@ -159,6 +161,7 @@ pub(crate) fn front_half(
     w: &LayerWeights,
     x: &[f32],
     h: &mut [f32],
+    down: Option<(&NeuronRunsF32, &mut [f32])>,
     s: &mut PredictScratch,
 ) -> Result<Skipped> {
     let p = layer(set, l)?;
@@ -181,7 +184,14 @@ pub(crate) fn front_half(
         // the error.
         a.layer = a.proposal.propose(next_p, method, next_lp, x).ok().map(|()| l + 1);
     };
-    pool::alongside(&make_next, || confirm.apply(method, lp, w, x, h, rows))
+    pool::alongside(&make_next, || match down {
+        Some((runs, out)) if method == Method::Predictor => {
+            swiglu_down_rows_f32(runs, x, rows, h, out)?;
+            let skipped = h.len() - rows.len();
+            Ok(Skipped { gate: skipped, up: skipped, down: skipped })
+        }
+        _ => confirm.apply(method, lp, w, x, h, rows),
+    })
 }
 
 impl Confirm {

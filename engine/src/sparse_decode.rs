@@ -8,7 +8,7 @@
 use std::sync::OnceLock;
 
 use sieve_kernels::sparse::{
-    InputMajorF32, RowMajor, SparseScratch, UpDownF32, Vector, gemv_input_sparse_f32, swiglu_down_f32, swiglu_gated,
+    InputMajorF32, NeuronRunsF32, RowMajor, SparseScratch, Vector, gemv_input_sparse_f32, swiglu_down_f32, swiglu_gated,
 };
 use sieve_kernels::sparse_q4::{InputMajorQ4_1, SparseQ4Job, gemv_input_sparse_q4_1, gemv_input_sparse_q4_1_many};
 use sieve_kernels::{ActsQ8, MatF32, ops};
@@ -72,12 +72,13 @@ impl InputMajor {
 }
 
 /// Input-major copies of the projections, built on first use (TEAL needs all seven, CATS
-/// only down), and for CATS at f32 each neuron's up row and down column side by side;
-/// shared by every request.
+/// and the predictors only down), and at f32 each neuron's weights side by side (CATS: up
+/// row and down column; the predictors: gate row too); shared by every request.
 #[derive(Default)]
 pub struct SparseWeights {
     layers: Vec<[OnceLock<InputMajor>; 7]>,
-    up_down: Vec<OnceLock<UpDownF32>>,
+    up_down: Vec<OnceLock<NeuronRunsF32>>,
+    gate_up_down: Vec<OnceLock<NeuronRunsF32>>,
 }
 
 impl SparseWeights {
@@ -86,21 +87,8 @@ impl SparseWeights {
         Self {
             layers: (0..layers).map(|_| Default::default()).collect(),
             up_down: (0..layers).map(|_| OnceLock::new()).collect(),
+            gate_up_down: (0..layers).map(|_| OnceLock::new()).collect(),
         }
-    }
-
-    /// Layer `l`'s gate and its up/down pairs, where the MLP is stored in f32 (CATS reads each
-    /// kept neuron's up row and down column as one run there); `None` in other precisions.
-    fn up_down<'a>(&'a self, l: usize, w: &'a LayerWeights) -> Result<Option<(&'a MatF32, &'a UpDownF32)>> {
-        let (Linear::F32(gate), Linear::F32(up), Linear::F32(down)) = (&w.w_gate, &w.w_up, &w.w_down) else {
-            return Ok(None);
-        };
-        let slot = &self.up_down[l];
-        if let Some(pairs) = slot.get() {
-            return Ok(Some((gate, pairs)));
-        }
-        let built = UpDownF32::new(up, down)?;
-        Ok(Some((gate, slot.get_or_init(|| built))))
     }
 
     fn get(&self, l: usize, p: Proj, w: &LayerWeights) -> Result<&InputMajor> {
@@ -110,6 +98,25 @@ impl SparseWeights {
         }
         let built = InputMajor::from_linear(w.proj(p))?;
         Ok(slot.get_or_init(|| built))
+    }
+
+    /// Layer `l`'s gate and its neurons' up rows and down columns side by side, where the MLP
+    /// is stored in f32 (CATS reads each kept neuron's as one run); `None` in other precisions.
+    fn up_down<'a>(&'a self, l: usize, w: &'a LayerWeights) -> Result<Option<(&'a MatF32, &'a NeuronRunsF32)>> {
+        let (Linear::F32(gate), Linear::F32(up), Linear::F32(down)) = (&w.w_gate, &w.w_up, &w.w_down) else {
+            return Ok(None);
+        };
+        let runs = built(&self.up_down[l], || NeuronRunsF32::up_down(up, down))?;
+        Ok(Some((gate, runs)))
+    }
+
+    /// Layer `l`'s neurons' gate rows, up rows and down columns side by side, where the MLP is
+    /// stored in f32 (a predictor reads each proposed neuron's as one run); `None` otherwise.
+    pub(crate) fn gate_up_down(&self, l: usize, w: &LayerWeights) -> Result<Option<&NeuronRunsF32>> {
+        let (Linear::F32(gate), Linear::F32(up), Linear::F32(down)) = (&w.w_gate, &w.w_up, &w.w_down) else {
+            return Ok(None);
+        };
+        Ok(Some(built(&self.gate_up_down[l], || NeuronRunsF32::gate_up_down(gate, up, down))?))
     }
 
     /// Builds every copy `method` reads, so no decode step pays for it.
@@ -126,7 +133,12 @@ impl SparseWeights {
             _ => &[],
         };
         for (l, w) in layers.iter().enumerate() {
-            if method == Method::Cats && self.up_down(l, w)?.is_some() {
+            let runs = match method {
+                Method::Cats => self.up_down(l, w)?.is_some(),
+                Method::Predictor => self.gate_up_down(l, w)?.is_some(),
+                _ => false,
+            };
+            if runs {
                 continue;
             }
             for &p in projs {
@@ -156,8 +168,21 @@ impl SparseWeights {
     pub fn bytes(&self) -> usize {
         let input_major: usize =
             self.layers.iter().flat_map(|l| l.iter()).filter_map(|s| s.get()).map(InputMajor::bytes).sum();
-        input_major + self.up_down.iter().filter_map(|s| s.get()).map(UpDownF32::bytes).sum::<usize>()
+        let runs = self.up_down.iter().chain(&self.gate_up_down).filter_map(|s| s.get()).map(NeuronRunsF32::bytes);
+        input_major + runs.sum::<usize>()
     }
+}
+
+/// The value in `slot`, built by `build` the first time.
+fn built(
+    slot: &OnceLock<NeuronRunsF32>,
+    build: impl FnOnce() -> std::result::Result<NeuronRunsF32, sieve_kernels::KernelError>,
+) -> Result<&NeuronRunsF32> {
+    if let Some(runs) = slot.get() {
+        return Ok(runs);
+    }
+    let runs = build()?;
+    Ok(slot.get_or_init(|| runs))
 }
 
 /// Buffers of one sparse decode step.
@@ -317,8 +342,24 @@ pub(crate) fn mlp(
     match method {
         Method::Predictor | Method::PredictorVerify => {
             let set = predictors.ok_or_else(|| EngineError::InvalidInput(format!("{method} needs a predictor set")))?;
-            let skipped = predict::front_half(set, method, lp, next, l, w, x, h, &mut scratch.predict)?;
-            sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
+            // A plain predictor at f32 reads each proposed neuron's gate row, up row and down
+            // column as one run, the down projection included.
+            let runs = if method == Method::Predictor { sw.gate_up_down(l, w)? } else { None };
+            let skipped = predict::front_half(
+                set,
+                method,
+                lp,
+                next,
+                l,
+                w,
+                x,
+                h,
+                runs.map(|r| (r, &mut *out)),
+                &mut scratch.predict,
+            )?;
+            if runs.is_none() {
+                sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
+            }
             if let Some(s) = stats.as_mut() {
                 predict::count(s, l, h.len(), skipped);
             }
