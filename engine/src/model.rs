@@ -92,7 +92,7 @@ impl Model {
         if let Some(set) = &plan.predictors {
             set.0.layers.iter().for_each(|p| p.prepare_decode());
         }
-        if plan.is_dense() { Ok(()) } else { self.sparse.prepare(plan.method, &self.weights.layers) }
+        if plan.is_dense() { Ok(()) } else { self.sparse.prepare(plan, &self.weights.layers) }
     }
 
     /// Bytes of the input-major weight copies built so far.

@@ -5,7 +5,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use sieve_kernels::sparse::{NeuronRunsF32, gemv_rows, swiglu_down_rows_f32, swiglu_rows};
+use sieve_kernels::sparse::{NeuronRunsF32, gemv_rows, swiglu_down_confirmed_f32, swiglu_down_rows_f32, swiglu_rows};
 use sieve_kernels::{ActsQ8, ops, pool};
 use sieve_predictor::model::Scratch as PredictorScratch;
 use sieve_predictor::store::Tap as PredictorTap;
@@ -145,8 +145,9 @@ pub(crate) fn drop_neurons(
 
 /// Decode path for one position: `h` (f) receives silu(g)·u on the kept neurons and zeros
 /// elsewhere, reading only the proposed gate rows and the kept up rows. With `down` (the
-/// layer's neuron runs and the MLP's output), the plain predictor also writes `out = Wd h`,
-/// each proposed neuron's gate row, up row and down column read as one run.
+/// layer's neuron runs and the MLP's output, given where [`reads_runs`]) it also writes
+/// `out = Wd h`, each neuron's gate row, up row and down column read as one run, and says so
+/// (`true`).
 ///
 /// With a lookahead set and the next layer's plan `next` given, its proposal (its input is this
 /// layer's `x`) is made as a side task of this layer's first parallel product, on whichever
@@ -163,7 +164,7 @@ pub(crate) fn front_half(
     h: &mut [f32],
     down: Option<(&NeuronRunsF32, &mut [f32])>,
     s: &mut PredictScratch,
-) -> Result<Skipped> {
+) -> Result<(Skipped, bool)> {
     let p = layer(set, l)?;
     let lookahead = set.manifest.tap == PredictorTap::Lookahead;
     let ahead = s.ahead.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -184,14 +185,28 @@ pub(crate) fn front_half(
         // the error.
         a.layer = a.proposal.propose(next_p, method, next_lp, x).ok().map(|()| l + 1);
     };
-    pool::alongside(&make_next, || match down {
-        Some((runs, out)) if method == Method::Predictor => {
-            swiglu_down_rows_f32(runs, x, rows, h, out)?;
-            let skipped = h.len() - rows.len();
-            Ok(Skipped { gate: skipped, up: skipped, down: skipped })
+    pool::alongside(&make_next, || {
+        let f = h.len();
+        match down {
+            Some((runs, out)) if method == Method::Predictor => {
+                swiglu_down_rows_f32(runs, x, rows, h, out)?;
+                let skipped = f - rows.len();
+                Ok((Skipped { gate: skipped, up: skipped, down: skipped }, true))
+            }
+            Some((runs, out)) if lp.gate_act > 0.0 => {
+                let kept = swiglu_down_confirmed_f32(runs, x, rows, lp.gate_act, h, out)?;
+                Ok((Skipped { gate: f - rows.len(), up: f - kept, down: f - kept }, true))
+            }
+            _ => Ok((confirm.apply(method, lp, w, x, h, rows)?, false)),
         }
-        _ => confirm.apply(method, lp, w, x, h, rows),
     })
+}
+
+/// Whether [`front_half`] reads layer `l`'s neuron runs (gate row, up row and down column
+/// side by side) and computes the down product itself, where the MLP is stored in f32: the
+/// plain predictor, and a proposal confirmed by CATS's rule.
+pub(crate) fn reads_runs(method: Method, lp: &LayerPlan) -> bool {
+    method == Method::Predictor || (method == Method::PredictorVerify && lp.gate_act > 0.0)
 }
 
 impl Confirm {

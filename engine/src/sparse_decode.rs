@@ -17,7 +17,7 @@ use sieve_predictor::PredictorSet;
 
 use crate::error::{EngineError, Result};
 use crate::predict::{self, PredictScratch};
-use crate::sparsity::{LayerPlan, Method, Proj, SparsityStats};
+use crate::sparsity::{LayerPlan, Method, Proj, SparsityPlan, SparsityStats};
 use crate::weights::{LayerWeights, Linear, Prepared};
 
 /// A projection stored input-major for the input-sparse GEMV.
@@ -120,7 +120,8 @@ impl SparseWeights {
     }
 
     /// Builds every copy `method` reads, so no decode step pays for it.
-    pub(crate) fn prepare(&self, method: Method, layers: &[LayerWeights]) -> Result<()> {
+    pub(crate) fn prepare(&self, plan: &SparsityPlan, layers: &[LayerWeights]) -> Result<()> {
+        let method = plan.method;
         let projs: &[Proj] = match method {
             Method::Teal | Method::TealUniform => &Proj::ALL,
             Method::Cats => &[Proj::Down],
@@ -133,9 +134,11 @@ impl SparseWeights {
             _ => &[],
         };
         for (l, w) in layers.iter().enumerate() {
-            let runs = match method {
-                Method::Cats => self.up_down(l, w)?.is_some(),
-                Method::Predictor => self.gate_up_down(l, w)?.is_some(),
+            let runs = match (method, plan.layers.get(l)) {
+                (Method::Cats, _) => self.up_down(l, w)?.is_some(),
+                (Method::Predictor | Method::PredictorVerify, Some(lp)) if predict::reads_runs(method, lp) => {
+                    self.gate_up_down(l, w)?.is_some()
+                }
                 _ => false,
             };
             if runs {
@@ -342,10 +345,10 @@ pub(crate) fn mlp(
     match method {
         Method::Predictor | Method::PredictorVerify => {
             let set = predictors.ok_or_else(|| EngineError::InvalidInput(format!("{method} needs a predictor set")))?;
-            // A plain predictor at f32 reads each proposed neuron's gate row, up row and down
-            // column as one run, the down projection included.
-            let runs = if method == Method::Predictor { sw.gate_up_down(l, w)? } else { None };
-            let skipped = predict::front_half(
+            // At f32 a neuron's gate row, up row and down column are read as one run, the down
+            // product included, where the method reads the gate of its neurons only.
+            let runs = if predict::reads_runs(method, lp) { sw.gate_up_down(l, w)? } else { None };
+            let (skipped, down_done) = predict::front_half(
                 set,
                 method,
                 lp,
@@ -357,7 +360,7 @@ pub(crate) fn mlp(
                 runs.map(|r| (r, &mut *out)),
                 &mut scratch.predict,
             )?;
-            if runs.is_none() {
+            if !down_done {
                 sw.get(l, Proj::Down, w)?.gemv(h, 0.0, out, &mut scratch.kernel)?;
             }
             if let Some(s) = stats.as_mut() {

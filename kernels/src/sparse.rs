@@ -17,7 +17,7 @@ use crate::cpu::sparse::{self as inner, SparsePairs};
 use crate::lines::Lines;
 use crate::pool::{global, parallel_for};
 pub use crate::sparse_rows::{RowMajor, Vector, gemv_rows, swiglu_gated, swiglu_rows};
-pub use crate::swiglu_down::{NeuronRunsF32, swiglu_down_f32, swiglu_down_rows_f32};
+pub use crate::swiglu_down::{NeuronRunsF32, swiglu_down_confirmed_f32, swiglu_down_f32, swiglu_down_rows_f32};
 use crate::{KernelError, MatF32};
 
 /// Outputs per parallel task of an input-sparse GEMV (a multiple of the SIMD tile).

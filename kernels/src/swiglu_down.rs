@@ -1,5 +1,6 @@
 //! The sparse MLP at f32 with each kept neuron's weights read as one run: CATS's (up row and
-//! down column) and a predictor's (gate row, up row and down column).
+//! down column) and a predictor's (gate row, up row and down column; for a proposal that
+//! CATS's rule confirms, the gate rows of the proposal, then the rest of the confirmed runs).
 //!
 //! CATS keeps a neuron when |silu(gate)| clears its threshold; a kept neuron needs its up row
 //! (to form `h = silu(g) * (up · x)`) and its down column (to add `h * down` into the output).
@@ -166,6 +167,60 @@ pub fn swiglu_down_rows_f32(
     h: &mut [f32],
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    check_listed(runs, x, rows, h, out)?;
+    h.fill(0.0);
+    with_buffers(|b| add_runs(runs, x, rows, None, h, out, &mut b.partial));
+    Ok(())
+}
+
+/// A predictor's proposal confirmed by CATS's rule at f32: for `i` in `rows`, the gate
+/// `a_i = silu(gate_i · x)` from the runs (which must hold the gates); where
+/// `|a_i| > threshold`, `h_i = a_i * (up_i · x)` and `h_i * down_i` goes into `out`; `h` is 0
+/// elsewhere. The proposed gate rows are read first (split over the pool), then the confirmed
+/// neurons' up rows and down columns, each one run. Returns how many neurons were confirmed.
+pub fn swiglu_down_confirmed_f32(
+    runs: &NeuronRunsF32,
+    x: &[f32],
+    rows: &[u32],
+    threshold: f32,
+    h: &mut [f32],
+    out: &mut [f32],
+) -> Result<usize, KernelError> {
+    check_threshold(threshold)?;
+    check_listed(runs, x, rows, h, out)?;
+    h.fill(0.0);
+    Ok(with_buffers(|b| {
+        b.acts.resize(rows.len(), 0.0);
+        let per = rows.len().div_ceil(2 * global().threads()).max(16).next_multiple_of(4);
+        let a = Shared(b.acts.as_mut_ptr());
+        parallel_for(rows.len().div_ceil(per), |t| {
+            let k0 = t * per;
+            let len = per.min(rows.len() - k0);
+            // SAFETY: task t owns acts[k0..k0 + len], inside the resize above.
+            let acts = unsafe { a.range(k0, len) };
+            for (four, acts) in rows[k0..k0 + len].chunks(4).zip(acts.chunks_mut(4)) {
+                let g = dots(four, x, |i| runs.gate(i));
+                acts.iter_mut().zip(g).for_each(|(a, g)| *a = crate::ops::silu(g));
+            }
+        });
+        b.rows.clear();
+        let mut kept = 0;
+        for (k, &i) in rows.iter().enumerate() {
+            let act = b.acts[k];
+            if act.abs() > threshold {
+                b.rows.push(i);
+                b.acts[kept] = act;
+                kept += 1;
+            }
+        }
+        b.acts.truncate(kept);
+        add_runs(runs, x, &b.rows, Some(&b.acts), h, out, &mut b.partial);
+        kept
+    }))
+}
+
+/// Checks a list of neurons against runs with gates and the vectors.
+fn check_listed(runs: &NeuronRunsF32, x: &[f32], rows: &[u32], h: &[f32], out: &[f32]) -> Result<(), KernelError> {
     if !runs.has_gate() {
         return Err(KernelError::Shape("these neuron runs hold no gate rows".into()));
     }
@@ -177,8 +232,6 @@ pub fn swiglu_down_rows_f32(
     if let Some(&twice) = rows.iter().find(|&&r| std::mem::replace(&mut seen[r as usize], true)) {
         return Err(KernelError::Shape(format!("neuron {twice} is listed twice")));
     }
-    h.fill(0.0);
-    with_buffers(|b| add_runs(runs, x, rows, None, h, out, &mut b.partial));
     Ok(())
 }
 
@@ -370,6 +423,13 @@ mod tests {
                 swiglu_down_rows_f32(&runs, &m.x, &rows, &mut h, &mut out).unwrap();
                 assert_close(&format!("d {d} n {n}, {} rows", rows.len()), &h, &out, &want_h, &want);
             }
+            // Confirmed by CATS's rule: the listed neurons whose |silu(gate)| clears 0.05.
+            let listed: Vec<u32> = (0..n as u32).filter(|i| i % 3 != 0).collect();
+            let (want_h, want) = reference(&m, |i, s| listed.contains(&(i as u32)) && s.abs() > 0.05);
+            let (mut h, mut out) = (vec![f32::NAN; n], vec![f32::NAN; d]);
+            let kept = swiglu_down_confirmed_f32(&runs, &m.x, &listed, 0.05, &mut h, &mut out).unwrap();
+            assert_eq!(kept, want_h.iter().filter(|v| **v != 0.0).count(), "d {d} n {n} confirmed");
+            assert_close("confirmed", &h, &out, &want_h, &want);
             // The gated kernel reads the up rows and down columns of runs with gates as well.
             let (want_h, want) = reference(&m, |_, s| s.abs() > 0.05);
             let (mut h, mut out) = (vec![0.0; n], vec![0.0; d]);
@@ -398,5 +458,10 @@ mod tests {
         assert!(swiglu_down_rows_f32(&gated, &m.x, &[2, 1, 2], &mut h, &mut out).is_err());
         assert!(swiglu_down_rows_f32(&gated, &m.x, &[2, 1], &mut h, &mut out[..3]).is_err());
         assert!(swiglu_down_rows_f32(&gated, &m.x, &[2, 1], &mut h, &mut out).is_ok());
+        assert!(swiglu_down_confirmed_f32(&runs, &m.x, &[0], 0.1, &mut h, &mut out).is_err());
+        assert!(swiglu_down_confirmed_f32(&gated, &m.x, &[0, 0], 0.1, &mut h, &mut out).is_err());
+        assert!(swiglu_down_confirmed_f32(&gated, &m.x, &[0], -0.5, &mut h, &mut out).is_err());
+        assert!(swiglu_down_confirmed_f32(&gated, &m.x, &[9], 0.1, &mut h, &mut out).is_err());
+        assert!(swiglu_down_confirmed_f32(&gated, &m.x, &[5, 0], 0.1, &mut h, &mut out).is_ok());
     }
 }
