@@ -249,7 +249,7 @@ const KEPT_CHUNK: usize = 256;
 
 /// `y[i] = Wg[k0 + i] · x` for consecutive gate rows: the dense kernels (the decode panels,
 /// or four f32 rows per activation load), else one row at a time.
-fn gate_rows(gate: &RowMajor<'_>, x: &Vector<'_>, k0: usize, y: &mut [f32]) {
+pub(crate) fn gate_rows(gate: &RowMajor<'_>, x: &Vector<'_>, k0: usize, y: &mut [f32]) {
     let len = y.len();
     match (gate, x) {
         (RowMajor::Q4(g), Vector::Q8(a)) => g.gemv_rows(a, k0..k0 + len, y),

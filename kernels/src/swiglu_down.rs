@@ -16,6 +16,7 @@ use crate::cpu;
 use crate::lines::Lines;
 use crate::pool::{global, parallel_for};
 use crate::sparse::{Shared, check_threshold, split_rows};
+use crate::sparse_rows::{RowMajor, Vector, gate_rows};
 use crate::{KernelError, MatF32};
 
 /// Each neuron's weights side by side, in runs of `parts` segments: its gate row (with
@@ -167,10 +168,12 @@ pub fn swiglu_down_rows_f32(
     h: &mut [f32],
     out: &mut [f32],
 ) -> Result<(), KernelError> {
-    check_listed(runs, x, rows, h, out)?;
-    h.fill(0.0);
-    with_buffers(|b| add_runs(runs, x, rows, None, h, out, &mut b.partial));
-    Ok(())
+    with_buffers(|b| {
+        check_listed(runs, x, rows, h, out, &mut b.seen)?;
+        h.fill(0.0);
+        add_runs(runs, x, rows, None, h, out, &mut b.partial);
+        Ok(())
+    })
 }
 
 /// A predictor's proposal confirmed by CATS's rule at f32: for `i` in `rows`, the gate
@@ -187,9 +190,9 @@ pub fn swiglu_down_confirmed_f32(
     out: &mut [f32],
 ) -> Result<usize, KernelError> {
     check_threshold(threshold)?;
-    check_listed(runs, x, rows, h, out)?;
-    h.fill(0.0);
-    Ok(with_buffers(|b| {
+    with_buffers(|b| {
+        check_listed(runs, x, rows, h, out, &mut b.seen)?;
+        h.fill(0.0);
         b.acts.resize(rows.len(), 0.0);
         let per = rows.len().div_ceil(2 * global().threads()).max(16).next_multiple_of(4);
         let a = Shared(b.acts.as_mut_ptr());
@@ -215,12 +218,20 @@ pub fn swiglu_down_confirmed_f32(
         }
         b.acts.truncate(kept);
         add_runs(runs, x, &b.rows, Some(&b.acts), h, out, &mut b.partial);
-        kept
-    }))
+        Ok(kept)
+    })
 }
 
-/// Checks a list of neurons against runs with gates and the vectors.
-fn check_listed(runs: &NeuronRunsF32, x: &[f32], rows: &[u32], h: &[f32], out: &[f32]) -> Result<(), KernelError> {
+/// Checks a list of neurons against runs with gates and the vectors; `seen` is scratch for
+/// the duplicate check (reused, so a decode step allocates nothing).
+fn check_listed(
+    runs: &NeuronRunsF32,
+    x: &[f32],
+    rows: &[u32],
+    h: &[f32],
+    out: &[f32],
+    seen: &mut Vec<bool>,
+) -> Result<(), KernelError> {
     if !runs.has_gate() {
         return Err(KernelError::Shape("these neuron runs hold no gate rows".into()));
     }
@@ -228,7 +239,8 @@ fn check_listed(runs: &NeuronRunsF32, x: &[f32], rows: &[u32], h: &[f32], out: &
     if let Some(&bad) = rows.iter().find(|&&r| r as usize >= runs.neurons) {
         return Err(KernelError::Shape(format!("neuron {bad} out of range ({} neurons)", runs.neurons)));
     }
-    let mut seen = vec![false; runs.neurons];
+    seen.clear();
+    seen.resize(runs.neurons, false);
     if let Some(&twice) = rows.iter().find(|&&r| std::mem::replace(&mut seen[r as usize], true)) {
         return Err(KernelError::Shape(format!("neuron {twice} is listed twice")));
     }
@@ -248,6 +260,7 @@ fn check_vectors(runs: &NeuronRunsF32, x: &[f32], h: &[f32], out: &[f32]) -> Res
 /// Buffers of the kernels above, kept between calls: a decode step runs one per layer.
 #[derive(Default)]
 struct Buffers {
+    seen: Vec<bool>,
     rows: Vec<u32>,
     acts: Vec<f32>,
     partial: Vec<f32>,
@@ -275,13 +288,7 @@ fn gated_silu(gate: &MatF32, x: &[f32], threshold: f32, h: &mut [f32]) {
         let len = per.min(n - k0);
         // SAFETY: task t owns h[k0..k0 + len], inside `h`.
         let y = unsafe { o.range(k0, len) };
-        let whole = len / 4 * 4;
-        for i in (0..whole).step_by(4) {
-            y[i..i + 4].copy_from_slice(&cpu::f32_rows_x1::<4>(gate.rows_data(k0 + i, 4), gate.cols(), x));
-        }
-        for (i, v) in y.iter_mut().enumerate().skip(whole) {
-            *v = cpu::dot_f32(gate.row(k0 + i), x);
-        }
+        gate_rows(&RowMajor::F32(gate), &Vector::F32(x), k0, y);
         crate::ops::silu_in_place(y);
         y.iter_mut().filter(|v| v.abs() <= threshold).for_each(|v| *v = 0.0);
     });
