@@ -19,8 +19,9 @@ pub struct Args {
     /// Also time the input-sparse kernel aiming at these numbers of warp units per SM (tuning aid).
     #[arg(long, value_delimiter = ',')]
     pub units_sweep: Vec<usize>,
-    /// Which inputs are active: the largest of a random vector (random), or evenly spaced
-    /// (even: every warp unit gets the same count, to see what uneven units cost).
+    /// Which inputs are active: the largest of a random vector (random), evenly spaced (even:
+    /// every warp unit gets the same count), or random with the same count in every unit's
+    /// chunk (balanced: what uneven units cost, the rows still at random places).
     #[arg(long, value_enum, default_value_t = Mask::Random)]
     pub mask: Mask,
     /// GPU ordinal.
@@ -38,6 +39,8 @@ pub enum Mask {
     Random,
     /// Evenly spaced inputs.
     Even,
+    /// Random inputs, the same count in every warp unit's chunk of inputs.
+    Balanced,
 }
 
 /// Parses `KxN` into (inputs, outputs).
@@ -97,6 +100,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.replays = a.replays;
     cfg.units_sweep = a.units_sweep.clone();
     cfg.even_mask = a.mask == Mask::Even;
+    cfg.balanced_mask = a.mask == Mask::Balanced;
     let bar = super::progress(cfg.shapes.len() as u64, "gpu-bench");
     let report = bench::run(&gpu, &cfg, |shape| {
         bar.set_message(format!("gpu-bench {shape}"));

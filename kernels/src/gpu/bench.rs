@@ -27,6 +27,9 @@ pub struct BenchConfig {
     /// Keep evenly spaced inputs instead of the largest of a random vector (a diagnostic:
     /// every warp unit then has the same number of active rows).
     pub even_mask: bool,
+    /// Keep a random set of inputs with the same count in every warp unit's chunk (a
+    /// diagnostic: what uneven units cost, with the active rows still at random places).
+    pub balanced_mask: bool,
     /// Seed of the random weights and inputs.
     pub seed: u64,
 }
@@ -51,6 +54,7 @@ impl BenchConfig {
             rotate_bytes: (4 * l2_bytes).max(64 << 20),
             units_sweep: Vec::new(),
             even_mask: false,
+            balanced_mask: false,
             seed: 7,
         }
     }
@@ -157,6 +161,23 @@ pub fn threshold_for(x: &[f32], s: f32) -> f32 {
     let mut a: Vec<f32> = x.iter().map(|v| v.abs()).collect();
     a.sort_by(f32::total_cmp);
     a[drop.min(a.len()) - 1]
+}
+
+/// Makes the same share `1 - s` of every `chunk` inputs active (at random places in it): the
+/// kept ones get magnitudes above 2, the others are clamped to [-1, 1].
+fn balance_mask(x: &mut [f32], chunk: usize, s: f32, rng: &mut Rng) {
+    for c0 in (0..x.len()).step_by(chunk.max(1)) {
+        let len = chunk.min(x.len() - c0);
+        let keep = ((1.0 - s as f64) * len as f64).round() as usize;
+        let mut idx: Vec<usize> = (c0..c0 + len).collect();
+        for i in 0..keep {
+            let j = i + (rng.next_u64() % (len - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        for (rank, &i) in idx.iter().enumerate() {
+            x[i] = if rank < keep { 2.0 + x[i].abs() } else { x[i].clamp(-1.0, 1.0) };
+        }
+    }
 }
 
 fn rel_err(got: &[f32], want: &[f64]) -> f64 {
@@ -276,6 +297,15 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
                 for (i, v) in fresh.iter_mut().enumerate() {
                     *v = if keep(i) { 2.0 + v.abs() } else { v.clamp(-1.0, 1.0) };
                 }
+            }
+            if cfg.balanced_mask {
+                let default = SparseGemv {
+                    weight_type: WeightType::F16,
+                    reduction: Reduction::Atomic,
+                    gather: Gather::Auto,
+                    units_per_sm: None,
+                };
+                balance_mask(&mut fresh, default.plan(gpu, k, &[n]).chunk, s, &mut rng);
             }
             gpu.write(&fresh, &mut x_dev)?;
             let t = threshold_for(&fresh, s);
@@ -504,6 +534,19 @@ mod tests {
             let t = threshold_for(&x, s);
             let dropped = x.iter().filter(|v| v.abs() <= t).count();
             assert_eq!(dropped, (s * 1000.0).round() as usize);
+        }
+    }
+
+    #[test]
+    fn a_balanced_mask_keeps_the_same_count_in_every_chunk() {
+        let mut rng = Rng(5);
+        let mut x: Vec<f32> = (0..1000).map(|_| rng.normal()).collect();
+        balance_mask(&mut x, 128, 0.75, &mut rng);
+        let t = threshold_for(&x, 0.75);
+        for (c, chunk) in x.chunks(128).enumerate() {
+            let kept = chunk.iter().filter(|v| v.abs() > t).count();
+            assert_eq!(kept, (chunk.len() as f64 * 0.25).round() as usize, "chunk {c}");
+            assert!(chunk.iter().all(|v| v.abs() > 2.0 || v.abs() <= 1.0));
         }
     }
 
