@@ -3,7 +3,8 @@
 //! the device before each replay, so the graph never changes between steps.
 
 use sieve_kernels::gpu::{
-    AttentionIo, CudaSlice, DevPtr, FoldedNorm, GemvOut, Gpu, GpuError, LowRankPredictor, StepArgs, WeightType,
+    AttentionIo, CudaSlice, DevPtr, FoldedNorm, GemvOut, Gpu, GpuError, LowRankPredictor, SparseGemv, StepArgs,
+    WeightType,
 };
 
 use super::model::GpuModel;
@@ -19,6 +20,14 @@ use crate::sparsity::Proj;
 /// more than the launch they save (that build chose at run time, which alone cost the unfolded
 /// step 2.5%: 5654 against 5516; the kernels now have a folded twin each).
 pub(crate) const FOLD_ROWS_MAX_WIDTH: usize = 2048;
+
+/// Warp units per SM of the o projection's input-sparse GEMV. At the default 8, Llama-3-8B's
+/// 4096 inputs over eight 512-output tiles leave each unit 32 inputs; at 4 each has 64 (SmolLM2's
+/// 576 inputs split the same either way). The synthetic Llama-3-8B step on an H100 (Nov 27,
+/// the two taking turns in one device call): TEAL-uniform 50% 3505-3510 against 3529-3537 µs,
+/// 75% 2236-2239 against 2250-2255, CATS 50% 4537-4538 against 4555-4557 (o read densely by the
+/// same kernel). 2 and 3 units (128 and 96 inputs) measured slower, 6 level with 4, 12 as 8.
+const O_UNITS_PER_SM: usize = 4;
 
 /// The input of a row kernel that reads the RMSNorm of `x` with these weights: `x` itself
 /// with the norm folded in, or `normed` after a norm launch.
@@ -119,7 +128,8 @@ impl GpuModel {
             self.attend(&attn_shape, &io, attn, &step)?;
             tap(taps.map(|t| &t.attn_out[l]), attn)?;
             let o = GemvOut { weights: wv(Proj::O), out: x, threshold: lp.proj[Proj::O.index()] };
-            self.gemv.launch(g, attn, None, &[o], true, None)?;
+            let o_gemv = SparseGemv { units_per_sm: Some(O_UNITS_PER_SM), ..self.gemv };
+            o_gemv.launch(g, attn, None, &[o], true, None)?;
             g.rms_norm(x, g.view(&w.ffn_norm), normed, s.rms_eps, Some(gate_up))?;
             tap(taps.map(|t| &t.mlp_in[l]), normed)?;
             let down_t = lp.proj[Proj::Down.index()];
