@@ -99,8 +99,11 @@ pub fn run(a: Args) -> Result<()> {
     cfg.sparsities = sparsities;
     cfg.replays = a.replays;
     cfg.units_sweep = a.units_sweep.clone();
-    cfg.even_mask = a.mask == Mask::Even;
-    cfg.balanced_mask = a.mask == Mask::Balanced;
+    cfg.mask = match a.mask {
+        Mask::Random => bench::MaskKind::Random,
+        Mask::Even => bench::MaskKind::Even,
+        Mask::Balanced => bench::MaskKind::Balanced,
+    };
     let bar = super::progress(cfg.shapes.len() as u64, "gpu-bench");
     let report = bench::run(&gpu, &cfg, |shape| {
         bar.set_message(format!("gpu-bench {shape}"));

@@ -24,12 +24,8 @@ pub struct BenchConfig {
     pub rotate_bytes: usize,
     /// Extra timings of the input-sparse kernel aiming at these warp units per SM (tuning aid).
     pub units_sweep: Vec<usize>,
-    /// Keep evenly spaced inputs instead of the largest of a random vector (a diagnostic:
-    /// every warp unit then has the same number of active rows).
-    pub even_mask: bool,
-    /// Keep a random set of inputs with the same count in every warp unit's chunk (a
-    /// diagnostic: what uneven units cost, with the active rows still at random places).
-    pub balanced_mask: bool,
+    /// Which inputs are active.
+    pub mask: MaskKind,
     /// Seed of the random weights and inputs.
     pub seed: u64,
 }
@@ -53,11 +49,23 @@ impl BenchConfig {
             replays: 20,
             rotate_bytes: (4 * l2_bytes).max(64 << 20),
             units_sweep: Vec::new(),
-            even_mask: false,
-            balanced_mask: false,
+            mask: MaskKind::Random,
             seed: 7,
         }
     }
+}
+
+/// Which inputs the benchmark makes active at sparsity `s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskKind {
+    /// The largest `1 - s` of a random vector, as activations give.
+    Random,
+    /// Evenly spaced inputs (a diagnostic: every warp unit gets the same count, but the active
+    /// rows are regularly strided).
+    Even,
+    /// A random `1 - s` of every warp unit's chunk (a diagnostic: what uneven units cost, the
+    /// active rows still at random places).
+    Balanced,
 }
 
 /// One correctness check.
@@ -163,20 +171,36 @@ pub fn threshold_for(x: &[f32], s: f32) -> f32 {
     a[drop.min(a.len()) - 1]
 }
 
-/// Makes the same share `1 - s` of every `chunk` inputs active (at random places in it): the
-/// kept ones get magnitudes above 2, the others are clamped to [-1, 1].
-fn balance_mask(x: &mut [f32], chunk: usize, s: f32, rng: &mut Rng) {
-    for c0 in (0..x.len()).step_by(chunk.max(1)) {
-        let len = chunk.min(x.len() - c0);
-        let keep = ((1.0 - s as f64) * len as f64).round() as usize;
-        let mut idx: Vec<usize> = (c0..c0 + len).collect();
-        for i in 0..keep {
-            let j = i + (rng.next_u64() % (len - i) as u64) as usize;
-            idx.swap(i, j);
+/// Which of `k` inputs are active under an even or balanced mask (None for a random one);
+/// `chunk` is a warp unit's share of the inputs.
+fn chosen_inputs(kind: MaskKind, k: usize, chunk: usize, s: f32, rng: &mut Rng) -> Option<Vec<bool>> {
+    let kept_share = 1.0 - s as f64;
+    match kind {
+        MaskKind::Random => None,
+        MaskKind::Even => {
+            Some((0..k).map(|i| ((i + 1) as f64 * kept_share).floor() > (i as f64 * kept_share).floor()).collect())
         }
-        for (rank, &i) in idx.iter().enumerate() {
-            x[i] = if rank < keep { 2.0 + x[i].abs() } else { x[i].clamp(-1.0, 1.0) };
+        MaskKind::Balanced => {
+            let mut active = vec![false; k];
+            for c0 in (0..k).step_by(chunk.max(1)) {
+                let len = chunk.min(k - c0);
+                let keep = (kept_share * len as f64).round() as usize;
+                let mut idx: Vec<usize> = (c0..c0 + len).collect();
+                for i in 0..keep {
+                    idx.swap(i, i + (rng.next_u64() % (len - i) as u64) as usize);
+                }
+                idx[..keep].iter().for_each(|&i| active[i] = true);
+            }
+            Some(active)
         }
+    }
+}
+
+/// Gives the chosen inputs magnitudes above 2 and clamps the others to [-1, 1], so that the
+/// threshold for sparsity `s` keeps exactly the chosen ones.
+fn activate(x: &mut [f32], active: &[bool]) {
+    for (v, &on) in x.iter_mut().zip(active) {
+        *v = if on { 2.0 + v.abs() } else { v.clamp(-1.0, 1.0) };
     }
 }
 
@@ -289,23 +313,15 @@ pub fn run(gpu: &Gpu, cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Resu
 
         for &s in &cfg.sparsities {
             let mut fresh: Vec<f32> = (0..k).map(|_| rng.normal()).collect();
-            if cfg.even_mask {
-                // The kept inputs evenly spaced, so every unit gets the same count: the random
-                // mask's cost of uneven units is the difference.
-                let kept_share = 1.0 - s as f64;
-                let keep = |i: usize| ((i + 1) as f64 * kept_share).floor() > (i as f64 * kept_share).floor();
-                for (i, v) in fresh.iter_mut().enumerate() {
-                    *v = if keep(i) { 2.0 + v.abs() } else { v.clamp(-1.0, 1.0) };
-                }
-            }
-            if cfg.balanced_mask {
-                let default = SparseGemv {
-                    weight_type: WeightType::F16,
-                    reduction: Reduction::Atomic,
-                    gather: Gather::Auto,
-                    units_per_sm: None,
-                };
-                balance_mask(&mut fresh, default.plan(gpu, k, &[n]).chunk, s, &mut rng);
+            let default = SparseGemv {
+                weight_type: WeightType::F16,
+                reduction: Reduction::Atomic,
+                gather: Gather::Auto,
+                units_per_sm: None,
+            };
+            let chunk = default.plan(gpu, k, &[n]).chunk;
+            if let Some(active) = chosen_inputs(cfg.mask, k, chunk, s, &mut rng) {
+                activate(&mut fresh, &active);
             }
             gpu.write(&fresh, &mut x_dev)?;
             let t = threshold_for(&fresh, s);
@@ -538,16 +554,20 @@ mod tests {
     }
 
     #[test]
-    fn a_balanced_mask_keeps_the_same_count_in_every_chunk() {
+    fn even_and_balanced_masks_keep_the_same_count_in_every_chunk() {
         let mut rng = Rng(5);
         let mut x: Vec<f32> = (0..1000).map(|_| rng.normal()).collect();
-        balance_mask(&mut x, 128, 0.75, &mut rng);
+        let active = chosen_inputs(MaskKind::Balanced, 1000, 128, 0.75, &mut rng).unwrap();
+        activate(&mut x, &active);
         let t = threshold_for(&x, 0.75);
         for (c, chunk) in x.chunks(128).enumerate() {
             let kept = chunk.iter().filter(|v| v.abs() > t).count();
             assert_eq!(kept, (chunk.len() as f64 * 0.25).round() as usize, "chunk {c}");
             assert!(chunk.iter().all(|v| v.abs() > 2.0 || v.abs() <= 1.0));
         }
+        let even = chosen_inputs(MaskKind::Even, 1000, 128, 0.5, &mut rng).unwrap();
+        assert!(even.chunks(2).all(|pair| pair.iter().filter(|&&on| on).count() == 1));
+        assert!(chosen_inputs(MaskKind::Random, 1000, 128, 0.5, &mut rng).is_none());
     }
 
     #[test]
